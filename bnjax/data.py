@@ -1,0 +1,264 @@
+"""Datasets -> per-host slices -> global sharded batches.
+
+A dataset is held in host memory (every dataset the paper uses is small) as a
+``Dataset`` of numpy arrays. Batches are a pure function of ``(seed, step)``:
+epoch ``e`` visits the training set in the order ``permutation(seed, e)``, so a run
+resumed at step ``s`` reads exactly the batches an uninterrupted run reads, and the
+data iterator needs no checkpoint of its own.
+
+Sources (``config.dataset``):
+- a tfds name (``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``, ``svhn_cropped``),
+  read through ``tfds.data_source`` (ArrayRecord, no TensorFlow at training time);
+- ``imagefolder:PATH``: a folder or tarball with ``train/<class>/*`` and
+  ``test/<class>/*`` images (e.g. the offline CIFAR-10 JPEG tarball), decoded once and
+  cached as ``.npz`` under ``config.data.cache_dir``;
+- ``dln_gaussian``: the deep linear network's regression data, x ~ N(0, I),
+  targets A x with A i.i.d. Gaussian, seeded.
+
+Images are scaled to [0, 1] and standardised per channel with the training split's
+mean and standard deviation (PAPER.md); no augmentation.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import io
+import logging
+import os
+import pathlib
+import tarfile
+
+import jax
+import numpy as np
+
+TFDS_DATASETS = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'svhn_cropped')
+SYNTHETIC_DATASETS = ('dln_gaussian',)
+IMAGEFOLDER_PREFIX = 'imagefolder:'
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  inputs: np.ndarray  # [N, ...] float32, preprocessed
+  targets: np.ndarray  # [N] int32 labels, or [N, d] float32 regression targets
+
+  def __len__(self) -> int:
+    return len(self.inputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train: Split
+  test: Split | None
+  num_classes: int | None  # None for regression
+
+
+def describe_datasets() -> str:
+  return ', '.join(TFDS_DATASETS + SYNTHETIC_DATASETS + (IMAGEFOLDER_PREFIX + 'PATH',))
+
+
+def check_name(name: str) -> None:
+  """Raises ValueError for an unknown dataset name or a missing local path."""
+  if name.startswith(IMAGEFOLDER_PREFIX):
+    path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+    if not path.exists():
+      raise ValueError(f'local dataset path {str(path)!r} does not exist')
+    return
+  if name not in TFDS_DATASETS + SYNTHETIC_DATASETS:
+    raise ValueError(f'unknown dataset {name!r}; valid names: {describe_datasets()}')
+
+
+def load(name: str, *, seed: int = 0, cache_dir: str = '', tfds_data_dir: str = '',
+         dln_num_examples: int = 1000, dln_dim: int = 10) -> Dataset:
+  """Loads dataset ``name`` into host memory, preprocessed."""
+  check_name(name)
+  if name == 'dln_gaussian':
+    return dln_gaussian(seed, dln_num_examples, dln_dim)
+  if name.startswith(IMAGEFOLDER_PREFIX):
+    path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+    raw = _load_imagefolder_cached(path, pathlib.Path(cache_dir or _default_cache_dir()))
+  else:
+    raw = _load_tfds(name, tfds_data_dir or None)
+  return _standardise(raw)
+
+
+def dln_gaussian(seed: int, num_examples: int = 1000, dim: int = 10) -> Dataset:
+  """x ~ N(0, I_dim), targets A x with A [dim, dim] i.i.d. N(0, 1); train split only."""
+  rng = np.random.default_rng([seed, 0xD1])
+  x = rng.standard_normal((num_examples, dim)).astype(np.float32)
+  a = rng.standard_normal((dim, dim)).astype(np.float32)
+  return Dataset(train=Split(x, x @ a.T), test=None, num_classes=None)
+
+
+# ----------------------------------------------------------------------------- images
+@dataclasses.dataclass(frozen=True)
+class _RawImages:
+  train_images: np.ndarray  # uint8 [N, H, W, C]
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+
+
+def _standardise(raw: _RawImages) -> Dataset:
+  # float64 statistics: a float32 sum over 10^8 pixels loses digits.
+  c = raw.train_images.shape[-1]
+  pixels = raw.train_images.reshape(-1, c)
+  mean = pixels.mean(0, dtype=np.float64) / 255.0
+  std = np.sqrt((pixels.astype(np.float64) ** 2).mean(0) / 255.0**2 - mean**2)
+  scale = (1.0 / (255.0 * std)).astype(np.float32)
+  shift = (mean / std).astype(np.float32)
+  prep = lambda im: im.astype(np.float32) * scale - shift
+  return Dataset(
+      train=Split(prep(raw.train_images), raw.train_labels.astype(np.int32)),
+      test=Split(prep(raw.test_images), raw.test_labels.astype(np.int32)),
+      num_classes=raw.num_classes)
+
+
+def _default_cache_dir() -> str:
+  return os.environ.get('BNJAX_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'bnjax'))
+
+
+def _source_fingerprint(path: pathlib.Path) -> str:
+  """sha256 of a tarball's bytes, or of a folder's file names and sizes."""
+  h = hashlib.sha256()
+  if path.is_file():
+    with open(path, 'rb') as f:
+      for chunk in iter(lambda: f.read(1 << 20), b''):
+        h.update(chunk)
+  else:
+    for p in sorted(path.rglob('*')):
+      if p.is_file():
+        h.update(f'{p.relative_to(path)}:{p.stat().st_size};'.encode())
+  return h.hexdigest()[:16]
+
+
+def _load_imagefolder_cached(path: pathlib.Path, cache_dir: pathlib.Path) -> _RawImages:
+  cache = cache_dir / f'imagefolder-{_source_fingerprint(path)}.npz'
+  if cache.exists():
+    with np.load(cache) as z:
+      return _RawImages(z['train_images'], z['train_labels'], z['test_images'],
+                        z['test_labels'], int(z['num_classes']))
+  logging.info('decoding %s once; caching to %s', path, cache)
+  raw = _decode_imagefolder(path)
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  tmp = cache.with_name(cache.name + f'.tmp{os.getpid()}.npz')
+  np.savez(tmp, train_images=raw.train_images, train_labels=raw.train_labels,
+           test_images=raw.test_images, test_labels=raw.test_labels,
+           num_classes=raw.num_classes)
+  os.replace(tmp, cache)  # atomic: concurrent hosts never read a half-written cache
+  return raw
+
+
+def _decode_imagefolder(path: pathlib.Path) -> _RawImages:
+  """Decodes ``{train,test}/<class>/<image>``; class index = sorted class-folder order."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  files: dict[str, list[tuple[str, bytes]]] = {'train': [], 'test': []}
+  if path.is_file():
+    with tarfile.open(path) as tar:
+      for member in tar:
+        parts = pathlib.PurePosixPath(member.name).parts
+        if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+          split_at = [i for i, p in enumerate(parts) if p in files]
+          if split_at and len(parts) - split_at[-1] == 3:
+            i = split_at[-1]
+            files[parts[i]].append((parts[i + 1], tar.extractfile(member).read()))
+  else:
+    for split in files:
+      for p in sorted((path / split).glob('*/*')):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+          files[split].append((p.parent.name, p.read_bytes()))
+  if not files['train'] or not files['test']:
+    raise ValueError(f'{path} holds no train/<class>/<image> and test/<class>/<image> files')
+  classes = sorted({c for c, _ in files['train']})
+  index = {c: i for i, c in enumerate(classes)}
+
+  def decode(items):
+    items = sorted(items, key=lambda item: item[0])  # stable: class, then archive order
+    images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert('RGB')) for _, b in items])
+    labels = np.array([index[c] for c, _ in items], np.int32)
+    return images, labels
+
+  tr_x, tr_y = decode(files['train'])
+  te_x, te_y = decode(files['test'])
+  return _RawImages(tr_x, tr_y, te_x, te_y, len(classes))
+
+
+def _load_tfds(name: str, data_dir: str | None) -> _RawImages:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    sources = {s: tfds.data_source(name, split=s, data_dir=data_dir) for s in ('train', 'test')}
+  except Exception as e:  # tfds raises many types when a dataset is not prepared
+    raise RuntimeError(
+        f'tfds dataset {name!r} is not prepared in ArrayRecord format under '
+        f'{data_dir or "the default TFDS data dir"} ({type(e).__name__}: {e}). Preparing it '
+        'needs TensorFlow: pip install ".[prepare]" && python -c "import tensorflow_datasets '
+        f'as tfds; tfds.builder(\'{name}\').download_and_prepare(file_format=\'array_record\')"'
+    ) from e
+
+  def read(source):
+    examples = [source[i] for i in range(len(source))]
+    images = np.stack([np.asarray(ex['image']) for ex in examples]).astype(np.uint8)
+    labels = np.array([ex['label'] for ex in examples], np.int32)
+    return images, labels
+
+  tr_x, tr_y = read(sources['train'])
+  te_x, te_y = read(sources['test'])
+  return _RawImages(tr_x, tr_y, te_x, te_y, builder.info.features['label'].num_classes)
+
+
+# ---------------------------------------------------------------------------- batches
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Indices of the global batch of training step ``step``: [batch_size].
+
+  Deterministic shuffling by seed, reshuffled every epoch, the remainder dropped.
+  """
+  if batch_size > num_examples:
+    raise ValueError(f'batch size {batch_size} exceeds the {num_examples} training examples')
+  per_epoch = num_examples // batch_size
+  epoch, i = divmod(step, per_epoch)
+  return _epoch_order(num_examples, seed, epoch)[i * batch_size:(i + 1) * batch_size]
+
+
+def host_slice(global_batch_size: int) -> slice:
+  """This host's contiguous share of a global batch."""
+  n = jax.process_count()
+  if global_batch_size % n:
+    raise ValueError(f'batch size {global_batch_size} is not divisible by {n} hosts')
+  per_host = global_batch_size // n
+  return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+
+
+def local_train_batches(split: Split, batch_size: int, seed: int, first_step: int,
+                        num_steps: int) -> dict[str, np.ndarray]:
+  """This host's slices of the batches of steps first_step .. first_step+num_steps-1.
+
+  Returns {'inputs': [num_steps, batch_size / hosts, ...], 'targets': [...]}; only this
+  host's examples are gathered.
+  """
+  own = host_slice(batch_size)
+  idx = np.stack([batch_indices(len(split), batch_size, seed, s)[own]
+                  for s in range(first_step, first_step + num_steps)])
+  return {'inputs': split.inputs[idx], 'targets': split.targets[idx]}
+
+
+def local_eval_batches(split: Split, batch_size: int):
+  """Yields this host's slices of fixed-size evaluation batches covering ``split`` once.
+
+  The last batch is padded; ``mask`` [batch/hosts] is 1 for real examples.
+  """
+  own = host_slice(batch_size)
+  n = len(split)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)[own]
+    mask = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)
+    yield {'inputs': split.inputs[idx], 'targets': split.targets[idx], 'mask': mask}

@@ -1,0 +1,30 @@
+"""bnjax.probes: exact Hessian and gradient-Lipschitz probes for any JAX model.
+
+The contract: every probe takes ``loss_fn(params) -> scalar`` (batch, BN state and RNG
+closed over) and a params pytree, plus a PRNG key where it samples. Probes are pure and
+jit-compatible; they never change params, optimizer state or BN statistics; they return
+arrays or small frozen dataclasses of arrays (pytrees). They give the same answer
+whether the batch behind ``loss_fn`` sits on one device or is sharded over a mesh.
+Call them inside ``jax.jit`` with params and batch as arguments of the jitted function.
+Matmuls run at precision 'highest' unless the caller passes ``precision=``.
+
+This package imports jax, numpy and matfree only, never the rest of bnjax.
+"""
+
+from bnjax.probes._common import restrict
+from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
+                                      BatchNormTheorems, activation_curvature,
+                                      activation_statistics, batchnorm_theorems)
+from bnjax.probes.hessian import (Eigenpairs, SpectralDensity, TraceEstimate,
+                                  directional_curvature, gnvp, hessian_trace, hvp,
+                                  smooth_density, spectral_density, top_eigenvalues)
+from bnjax.probes.ics import ICS, ics
+from bnjax.probes.landscape import Landscape, gradient_landscape
+
+__all__ = [
+    'hvp', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
+    'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict',
+    'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
+    'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',
+    'ActivationCurvature', 'BatchNormTheorems', 'ActivationStatistics',
+]

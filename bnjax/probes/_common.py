@@ -1,0 +1,147 @@
+"""Helpers every probe shares: input checks, precision, pytree arithmetic, key paths."""
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Callable, Hashable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+LossFn = Callable[[Params], jax.Array]
+KeyPath = tuple[Hashable, ...]
+# A parameter block: a key path prefix, several prefixes, or a predicate on key paths.
+Block = KeyPath | Sequence[KeyPath] | Callable[[KeyPath], bool]
+
+DEFAULT_PRECISION = 'highest'
+
+
+def result(cls):
+  """A frozen dataclass registered as a pytree, for probe results."""
+  return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
+
+
+def precision_scope(precision: str | None):
+  """Matmul/conv precision while a probe traces (None: leave the caller's setting)."""
+  if precision is None:
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(precision)
+
+
+def with_precision(fn):
+  """Runs ``fn`` under ``precision_scope(precision)``; ``precision`` is a keyword of fn."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, precision: str | None = DEFAULT_PRECISION, **kwargs):
+    with precision_scope(precision):
+      return fn(*args, **kwargs)
+
+  return wrapped
+
+
+def check_inputs(loss_fn: LossFn, params: Params, name: str = 'loss_fn') -> None:
+  """Clear errors for the inputs a probe cannot use (checked at trace time, no compute)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  if not leaves:
+    raise ValueError('params has no array leaves')
+  for path, leaf in leaves:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f'params leaf {jax.tree_util.keystr(path)} has dtype {dtype}; '
+                      'probes differentiate, so every leaf must be floating point '
+                      '(keep integer state out of params, e.g. close over it in loss_fn)')
+  out = jax.eval_shape(loss_fn, params)
+  if not hasattr(out, 'shape') or out.shape != ():
+    shape = getattr(out, 'shape', type(out).__name__)
+    raise ValueError(f'{name} must return a scalar, got {shape}')
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise TypeError(f'{name} must return a floating scalar, got {out.dtype}')
+
+
+def tree_vdot(a, b) -> jax.Array:
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def tree_norm(a) -> jax.Array:
+  return jnp.sqrt(tree_vdot(a, a))
+
+
+def tree_axpy(alpha, x, y):
+  """alpha * x + y."""
+  return jax.tree.map(lambda xi, yi: alpha * xi + yi, x, y)
+
+
+def rademacher_like(key: jax.Array, params: Params):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten([jax.random.rademacher(k, x.shape, x.dtype)
+                            for k, x in zip(keys, leaves)])
+
+
+def normal_like(key: jax.Array, params: Params):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten([jax.random.normal(k, x.shape, x.dtype)
+                            for k, x in zip(keys, leaves)])
+
+
+# ------------------------------------------------------------------------- key paths
+def plain_path(path) -> KeyPath:
+  """A jax key path as plain keys: (DictKey('conv1'), DictKey('kernel')) -> ('conv1', 'kernel')."""
+  out = []
+  for k in path:
+    for attr in ('key', 'idx', 'name'):
+      if hasattr(k, attr):
+        out.append(getattr(k, attr))
+        break
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def leaf_paths(params: Params) -> list[KeyPath]:
+  return [plain_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def select_leaves(params: Params, block: Block) -> list[int]:
+  """Indices (in tree_leaves order) of the leaves that ``block`` names. Raises if none."""
+  paths = leaf_paths(params)
+  if callable(block):
+    chosen = [i for i, p in enumerate(paths) if block(p)]
+  else:
+    prefixes = [tuple(block)] if _is_path(block) else [tuple(b) for b in block]
+    chosen = [i for i, p in enumerate(paths) if any(p[:len(q)] == q for q in prefixes)]
+    missing = [q for q in prefixes if not any(p[:len(q)] == q for p in paths)]
+    if missing:
+      raise KeyError(f'no parameters under {missing}; leaves are {paths[:8]}'
+                     f'{" ..." if len(paths) > 8 else ""}')
+  if not chosen:
+    raise KeyError('the block selects no parameters')
+  return chosen
+
+
+def _is_path(block) -> bool:
+  return isinstance(block, tuple) and all(not isinstance(k, (tuple, list)) for k in block)
+
+
+def restrict(loss_fn: LossFn, params: Params, block: Block) -> tuple[LossFn, dict[str, jax.Array]]:
+  """The loss as a function of one block of parameters, the rest held at ``params``.
+
+  Returns (block_loss_fn, block_params) with block_params = {'a/b/c': leaf}; any probe
+  applied to them gives that block's version (e.g. the top eigenvalue of the Hessian's
+  diagonal block).
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  paths = leaf_paths(params)
+  chosen = select_leaves(params, block)
+  names = ['/'.join(map(str, paths[i])) for i in chosen]
+  block_params = {n: leaves[i] for n, i in zip(names, chosen)}
+
+  def block_loss_fn(bp):
+    new = list(leaves)
+    for n, i in zip(names, chosen):
+      new[i] = bp[n]
+    return loss_fn(treedef.unflatten(new))
+
+  return block_loss_fn, block_params

@@ -1,0 +1,167 @@
+"""Hessian probes: products, extreme eigenpairs, trace and spectral density.
+
+Every function takes ``loss_fn(params) -> scalar`` and a params pytree. Call them inside
+your own ``jax.jit`` with params and batch as arguments of the jitted function: a batch
+that ``loss_fn`` closes over outside any jit is baked into the program as a constant.
+"""
+
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+from matfree import decomp
+
+from bnjax.probes._common import (Block, LossFn, Params, check_inputs, normal_like,
+                                  rademacher_like, restrict, result, tree_norm, tree_vdot,
+                                  with_precision)
+
+
+def _hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
+  # Forward-over-reverse: one forward-mode pass through the gradient computation.
+  return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+
+
+@with_precision
+def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
+  """Exact Hessian-vector product H v, H = d^2 loss / d params^2; a pytree like params."""
+  check_inputs(loss_fn, params)
+  return _hvp(loss_fn, params, v)
+
+
+@with_precision
+def gnvp(outputs_fn: Callable[[Params], jax.Array], loss_of_outputs: Callable[[jax.Array], jax.Array],
+         params: Params, v: Params) -> Params:
+  """Gauss-Newton-vector product G v = J^T H_out J v, J = d outputs / d params.
+
+  loss = loss_of_outputs(outputs_fn(params)); H_out is the Hessian of loss_of_outputs at
+  the outputs (positive semi-definite for a convex loss such as cross-entropy).
+  """
+  check_inputs(lambda p: loss_of_outputs(outputs_fn(p)), params)
+  outputs, jvp_fn = jax.linearize(outputs_fn, params)  # one forward pass for J and J^T
+  hjv = jax.jvp(jax.grad(loss_of_outputs), (outputs,), (jvp_fn(v),))[1]
+  (gv,) = jax.linear_transpose(jvp_fn, params)(hjv)
+  return gv
+
+
+@with_precision
+def directional_curvature(loss_fn: LossFn, params: Params, v: Params,
+                          block: Block | None = None) -> jax.Array:
+  """v^T H v / ||v||^2, the curvature along v (with v = grad: the paper's quadratic form).
+
+  With ``block``, v is a block's parameters (as ``restrict`` returns them) and H that
+  block's diagonal block of the Hessian.
+  """
+  if block is not None:
+    loss_fn, params = restrict(loss_fn, params, block)
+  check_inputs(loss_fn, params)
+  return tree_vdot(v, _hvp(loss_fn, params, v)) / tree_vdot(v, v)
+
+
+@result
+class Eigenpairs:
+  eigenvalues: jax.Array  # [k], descending for 'largest', ascending for 'smallest'
+  eigenvectors: Params  # params-like, each leaf with a leading k axis, unit norm
+  residuals: jax.Array  # [k], ||H v - lambda v|| (Lanczos estimate)
+
+
+def _lanczos(loss_fn, params, v0, num_iterations):
+  """Lanczos with full reorthogonalisation (matfree): Q [m, ...], T [m, m], ||r||."""
+  n = sum(x.size for x in jax.tree.leaves(params))
+  m = min(num_iterations, n)
+  # matfree compiles the loop as lax.fori_loop, closure-converts the matvec, and
+  # reorthogonalises against every Lanczos vector: the well-kept version of what we need.
+  tridiag = decomp.tridiag_sym(m, reortho='full', custom_vjp=False, materialize=True)
+  matvec = lambda v, p: _hvp(loss_fn, p, v)
+  out = tridiag(matvec, v0, params)
+  return out.Q_tall, out.J_small, tree_norm(out.residual)
+
+
+@with_precision
+def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
+                    num_iterations: int = 20,
+                    which: Literal['largest', 'smallest'] = 'largest',
+                    block: Block | None = None) -> Eigenpairs:
+  """The k extreme eigenpairs of the Hessian, by Lanczos from a random Gaussian start.
+
+  ``num_iterations`` Hessian-vector products build a Krylov space; its Ritz pairs at the
+  chosen end are returned with their residuals (increase num_iterations until the
+  residuals are small enough for you). ``which='smallest'`` gives the most negative end.
+  Lanczos over power iteration (PyHessian): it converges in far fewer HVPs and gives k
+  pairs at once; over ``lobpcg_standard``: it needs no block of k matvecs per step.
+  """
+  if block is not None:
+    loss_fn, params = restrict(loss_fn, params, block)
+  check_inputs(loss_fn, params)
+  if which not in ('largest', 'smallest'):
+    raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+  if not 1 <= k <= num_iterations:
+    raise ValueError(f'need 1 <= k <= num_iterations, got k={k}, num_iterations={num_iterations}')
+  q, t, rnorm = _lanczos(loss_fn, params, normal_like(key, params), num_iterations)
+  theta, s = jnp.linalg.eigh(t)  # ascending
+  idx = jnp.arange(k) if which == 'smallest' else jnp.arange(theta.shape[0] - 1, theta.shape[0] - 1 - k, -1)
+  theta, s = theta[idx], s[:, idx]  # [k], [m, k]
+  vectors = jax.tree.map(lambda qi: jnp.tensordot(s.T, qi, axes=1), q)
+  return Eigenpairs(theta, vectors, rnorm * jnp.abs(s[-1, :]))
+
+
+@result
+class TraceEstimate:
+  estimate: jax.Array  # [] Hutchinson estimate of tr(H)
+  stderr: jax.Array  # [] its standard error, std(z^T H z) / sqrt(num_samples)
+
+
+@with_precision
+def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: int = 100,
+                  batch_size: int = 1, block: Block | None = None) -> TraceEstimate:
+  """tr(H) by Hutchinson's estimator with Rademacher vectors z: mean of z^T H z.
+
+  ``batch_size`` HVPs are vmapped at a time (memory grows with it).
+  """
+  if block is not None:
+    loss_fn, params = restrict(loss_fn, params, block)
+  check_inputs(loss_fn, params)
+  if num_samples < 2:
+    raise ValueError(f'num_samples must be >= 2 for a standard error, got {num_samples}')
+
+  def sample(k):
+    z = rademacher_like(k, params)
+    return tree_vdot(z, _hvp(loss_fn, params, z))
+
+  values = jax.lax.map(sample, jax.random.split(key, num_samples), batch_size=batch_size)
+  return TraceEstimate(jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(num_samples))
+
+
+@result
+class SpectralDensity:
+  nodes: jax.Array  # [num_probes, num_iterations] Ritz values (eigenvalue locations)
+  weights: jax.Array  # [num_probes, num_iterations] quadrature weights, summing to 1 overall
+
+
+@with_precision
+def spectral_density(loss_fn: LossFn, params: Params, key: jax.Array, num_probes: int = 4,
+                     num_iterations: int = 40, block: Block | None = None) -> SpectralDensity:
+  """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+
+  For each Rademacher probe v, Lanczos gives T = S diag(theta) S^T; the density is
+  sum_probes sum_i (S_0i^2 / num_probes) delta(lambda - theta_i). Its moments are exact
+  for polynomials of degree < 2 num_iterations: sum w theta = mean v^T H v / ||v||^2,
+  an unbiased estimate of tr(H)/n. ``smooth_density`` puts it on a grid.
+  """
+  if block is not None:
+    loss_fn, params = restrict(loss_fn, params, block)
+  check_inputs(loss_fn, params)
+
+  def one_probe(k):
+    _, t, _ = _lanczos(loss_fn, params, rademacher_like(k, params), num_iterations)
+    theta, s = jnp.linalg.eigh(t)
+    return theta, jnp.square(s[0, :]) / num_probes
+
+  nodes, weights = jax.lax.map(one_probe, jax.random.split(key, num_probes))
+  return SpectralDensity(nodes, weights)
+
+
+def smooth_density(density: SpectralDensity, grid: jax.Array, sigma: float) -> jax.Array:
+  """The density convolved with a Gaussian of width ``sigma`` on ``grid``: [len(grid)]."""
+  nodes, weights = density.nodes.reshape(-1), density.weights.reshape(-1)
+  z = (grid[:, None] - nodes[None, :]) / sigma
+  return jnp.sum(weights * jnp.exp(-0.5 * z**2), axis=1) / (sigma * jnp.sqrt(2 * jnp.pi))

@@ -1,0 +1,44 @@
+"""The loss landscape along the gradient (the paper's Fig. 4, Appendix A.2.2)."""
+
+import jax
+import jax.numpy as jnp
+
+from bnjax.probes._common import LossFn, Params, check_inputs, result, tree_axpy, tree_norm, with_precision
+
+
+@result
+class Landscape:
+  loss: jax.Array  # [n] L(theta - eta g) per step size eta
+  grad_diff: jax.Array  # [n] ||grad L(theta - eta g) - g||
+  beta: jax.Array  # [] max over eta of grad_diff / ||eta g||, the effective beta-smoothness
+  loss_at_start: jax.Array  # [] L(theta)
+  grad_norm: jax.Array  # [] ||g||
+
+
+@with_precision
+def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
+                       batch_size: int | None = None) -> Landscape:
+  """Probes theta - eta g for every eta in ``step_sizes`` ([n], > 0), g = grad L(theta).
+
+  Panel (a): the band between min and max of ``loss``; (b) of ``grad_diff``; (c) ``beta``.
+  All step sizes are evaluated together: vmapped, ``batch_size`` at a time (None: all).
+  NaN-safe: a step size whose loss or gradient is not finite gives NaN in ``loss`` /
+  ``grad_diff`` and is left out of ``beta``; ``beta`` is NaN when g = 0 (undefined) or
+  when no step size gives a finite value.
+  """
+  check_inputs(loss_fn, params)
+  step_sizes = jnp.asarray(step_sizes, jnp.float32)
+  if step_sizes.ndim != 1:
+    raise ValueError(f'step_sizes must be a 1-D array, got shape {step_sizes.shape}')
+  loss0, g = jax.value_and_grad(loss_fn)(params)
+  gnorm = tree_norm(g)
+
+  def at(eta):
+    loss, grad = jax.value_and_grad(loss_fn)(tree_axpy(-eta, g, params))
+    return loss, tree_norm(tree_axpy(-1.0, g, grad))
+
+  loss, grad_diff = jax.lax.map(at, step_sizes, batch_size=batch_size or step_sizes.shape[0])
+  ratio = grad_diff / (step_sizes * gnorm)
+  ok = jnp.isfinite(ratio) & jnp.isfinite(loss) & (gnorm > 0)
+  beta = jnp.where(jnp.any(ok), jnp.max(jnp.where(ok, ratio, -jnp.inf)), jnp.nan)
+  return Landscape(loss, grad_diff, beta, loss0, gnorm)

@@ -1,0 +1,196 @@
+"""Probes during training: ``config.probes`` -> functions the train step runs on schedule.
+
+Each entry of ``config.probes`` names a probe and its settings; ``every`` is its period
+in steps (it runs at step 0 too; 0 disables it). A probe runs at theta_t on step t's own
+batch, BatchNorm in training mode with the updated statistics discarded, and noisy-BN
+noise from step t's key, i.e. on exactly the loss that step t's update differentiates.
+Results reach ``metrics.jsonl`` as ``probe/<name>/<field>``.
+
+  landscape        step_size_multipliers (x learning_rate): Fig. 4 / 10 panels
+  ics              layers (numbers k): Definition 2.1 at those layers, Fig. 3
+  activations      layers, seed: one random unit's histogram, mean, variance (Figs. 1c, 2, 8)
+  top_eigenvalues  k, num_iterations, seed: Lanczos eigenvalues and residuals
+  hessian_trace    num_samples, seed: Hutchinson estimate and standard error
+  bn_theorems      layers, units: Theorems 4.1 / 4.2 per unit ('batch' normaliser only)
+"""
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bnjax import models, objective as objective_lib, probes
+from bnjax.models import norms
+
+HISTOGRAM_BINS = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  every: int
+  fn: Callable  # (state, batch, noise_key) -> dict[str, jax.Array]
+
+
+def _layer_numbers(model: nn.Module, name: str, layers) -> list[int]:
+  n = models.num_layers(model)
+  bad = [k for k in layers if not 1 <= k <= n]
+  if bad:
+    raise ValueError(f'probes.{name}.layers {bad} do not exist; this model has layers 1..{n}')
+  return list(layers)
+
+
+def build(config: ml_collections.ConfigDict, model: nn.Module,
+          tx: optax.GradientTransformation) -> dict[str, Probe]:
+  """The enabled probes of ``config.probes``; raises ValueError for impossible settings."""
+  objective = objective_lib.make_objective(model, config.loss)
+  out = {}
+  for name, cfg in config.probes.items():
+    if not cfg.every:
+      continue
+    make = _BUILDERS[name]
+    out[name] = Probe(cfg.every, make(cfg, config, model, objective, tx))
+  return out
+
+
+def _loss_fn(objective, state, batch, key):
+  """The training loss as a function of params alone (the probe contract)."""
+  return lambda params: objective(params, state.batch_stats, batch, key)[0]
+
+
+def _landscape(cfg, config, model, objective, tx):
+  step_sizes = np.asarray(cfg.step_size_multipliers, np.float32) * config.learning_rate
+
+  def fn(state, batch, key):
+    r = probes.gradient_landscape(_loss_fn(objective, state, batch, key), state.params,
+                                  jnp.asarray(step_sizes))
+    return {'loss': r.loss, 'grad_diff': r.grad_diff, 'beta': r.beta,
+            'loss_at_start': r.loss_at_start, 'grad_norm': r.grad_norm,
+            'step_sizes': jnp.asarray(step_sizes)}
+
+  return fn
+
+
+def _ics(cfg, config, model, objective, tx):
+  layers = _layer_numbers(model, 'ics', cfg.layers)
+  # Definition 2.1 shifts every layer below W_i, so all layers up to the deepest asked.
+  paths = [models.kernel_path(model, k) for k in range(1, max(layers) + 1)]
+  pick = jnp.asarray([k - 1 for k in layers])
+
+  def fn(state, batch, key):
+    loss_fn = _loss_fn(objective, state, batch, key)
+    grads = jax.grad(loss_fn)(state.params)
+    updates, _ = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    r = probes.ics(loss_fn, state.params, new_params, paths)
+    return {'l2': r.l2[pick], 'cosine': r.cosine[pick]}
+
+  return fn
+
+
+def _intermediates(model, state, batch, key):
+  _, updates = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                           batch['inputs'], train=True, rngs={'noise': key},
+                           mutable=['intermediates', 'batch_stats'])
+  return {name: value[0] for name, value in updates['intermediates'].items()}
+
+
+def _activations(cfg, config, model, objective, tx):
+  layers = _layer_numbers(model, 'activations', cfg.layers)
+
+  def fn(state, batch, key):
+    acts = _intermediates(model, state, batch, key)
+    out = {}
+    for k in layers:
+      a = acts[f'norm{k}_out']
+      # One random unit per layer, fixed by (seed, k); channel counts are static.
+      unit = int(np.random.default_rng([cfg.seed, k]).integers(a.shape[-1]))
+      s = probes.activation_statistics(a, [unit])
+      values = s.values[0]
+      counts, edges = _histogram(values, HISTOGRAM_BINS)
+      out.update({f'layer{k}/mean': s.mean[0], f'layer{k}/var': s.var[0],
+                  f'layer{k}/hist': counts, f'layer{k}/edges': edges,
+                  f'layer{k}/unit': jnp.asarray(unit)})
+    return out
+
+  return fn
+
+
+def _histogram(values: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:
+  """Counts [bins] over equal bins spanning [min, max], and the edges [bins + 1].
+
+  Our own because jnp.histogram's searchsorted fails on arrays sharded over a mesh
+  (jax 0.10.2); a scatter-add of bin indices has no such problem.
+  """
+  lo, hi = jnp.min(values), jnp.max(values)
+  width = jnp.maximum(hi - lo, jnp.finfo(values.dtype).tiny) / bins
+  idx = jnp.clip(jnp.floor((values - lo) / width).astype(jnp.int32), 0, bins - 1)
+  counts = jnp.zeros(bins, jnp.int32).at[idx].add(1)
+  return counts, lo + width * jnp.arange(bins + 1, dtype=values.dtype)
+
+
+def _top_eigenvalues(cfg, config, model, objective, tx):
+  def fn(state, batch, key):
+    r = probes.top_eigenvalues(_loss_fn(objective, state, batch, key), state.params,
+                               jax.random.key(cfg.seed), k=cfg.k,
+                               num_iterations=cfg.num_iterations)
+    return {'eigenvalues': r.eigenvalues, 'residuals': r.residuals}
+
+  return fn
+
+
+def _hessian_trace(cfg, config, model, objective, tx):
+  def fn(state, batch, key):
+    r = probes.hessian_trace(_loss_fn(objective, state, batch, key), state.params,
+                             jax.random.key(cfg.seed), num_samples=cfg.num_samples)
+    return {'estimate': r.estimate, 'stderr': r.stderr}
+
+  return fn
+
+
+def _bn_theorems(cfg, config, model, objective, tx):
+  if config.norm != 'batch':
+    raise ValueError(f"probes.bn_theorems needs norm 'batch' (got {config.norm!r}): "
+                     'the theorems are about plain BatchNorm')
+  if config.bn_stats != 'global':
+    raise ValueError('probes.bn_theorems needs bn_stats global (one statistics group)')
+  layers = _layer_numbers(model, 'bn_theorems', cfg.layers)
+  epsilon = config.norm_kwargs.get('epsilon', norms.BatchNorm.epsilon)
+  prefix = model.layer_prefix
+
+  def fn(state, batch, key):
+    acts = _intermediates(model, state, batch, key)
+    out = {}
+    for k in layers:
+      def loss_of_perturbation(delta, k=k):
+        variables = {'params': state.params, 'batch_stats': state.batch_stats,
+                     'perturbations': {f'{prefix}{k}_out': delta['y'],
+                                       f'norm{k}_out': delta['z']}}
+        pred, _ = model.apply(variables, batch['inputs'], train=True, rngs={'noise': key},
+                              mutable=['batch_stats'])
+        return objective_lib.loss_value(config.loss, pred, batch['targets'])
+
+      y = acts[f'{prefix}{k}_out']
+      units = jnp.arange(min(cfg.units, y.shape[-1]))
+      r = probes.batchnorm_theorems(loss_of_perturbation, y,
+                                    state.params[f'norm{k}']['scale'], epsilon, units)
+      out.update({f'layer{k}/grad_y_sq': r.grad_y_sq, f'layer{k}/thm41_rhs': r.thm41_rhs,
+                  f'layer{k}/curvature_y': r.curvature_y, f'layer{k}/thm42_rhs': r.thm42_rhs,
+                  f'layer{k}/grad_z_sq': r.grad_z_sq})
+    return out
+
+  return fn
+
+
+_BUILDERS = {
+    'landscape': _landscape,
+    'ics': _ics,
+    'activations': _activations,
+    'top_eigenvalues': _top_eigenvalues,
+    'hessian_trace': _hessian_trace,
+    'bn_theorems': _bn_theorems,
+}

@@ -1,0 +1,397 @@
+"""The training loop: state, jitted data-parallel step, evaluation, probes, checkpoints.
+
+One run = ``train_and_evaluate(config, workdir)``. What it writes to ``workdir``:
+
+  config.json     the resolved config (a rerun with a different config is refused)
+  metrics.jsonl   host 0, one JSON object per step: step, train_loss, learning_rate,
+                  steps_per_second, train_accuracy / eval_* where defined, probe/*
+  status.json     {"state": running | done | diverged | preempted | failed, ...}
+  checkpoints/    orbax, every ``checkpoint_every`` steps; a rerun resumes from the latest
+
+Every quantity on the metrics line of step t is measured at the parameters theta_t,
+i.e. after t updates: the training loss on batch t, evaluation, probes.
+
+Data parallelism: one ``Mesh`` axis ``'data'`` over every device of every host. The
+batch is sharded along it, the state replicated; ``jax.jit`` inserts the all-reduces,
+so BatchNorm statistics are over the global batch. ``bn_stats='per_device'`` splits the
+batch into one statistics group per device instead (see ``models.norms``).
+
+Steps run ``steps_per_call`` at a time inside one jitted ``lax.scan``; probes run inside
+the same scan under ``lax.cond`` on their schedule, so probing every step stays cheap.
+Metrics are read back one call behind the dispatch, so the device never waits for the host.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from bnjax import config_lib, data, models, objective as objective_lib, probing
+
+# Fields a rerun may change without changing the run that the workdir holds.
+RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_every',
+                    'max_checkpoints_to_keep', 'eval_batch_size', 'steps_per_call',
+                    'data.cache_dir', 'data.tfds_data_dir')
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to resume
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 []: updates applied so far
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def make_train_step(objective: Callable, tx: optax.GradientTransformation,
+                    base_key: jax.Array, learning_rate: float) -> Callable:
+  """train_step(state, batch) -> (state, metrics); one SGD update on one batch."""
+
+  def train_step(state: TrainState, batch):
+    key = objective_lib.noise_key_for_step(base_key, state.step)
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    (_, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+    return TrainState(state.step + 1, params, new_stats, opt_state), metrics
+
+  return train_step
+
+
+def _unset(s: jax.ShapeDtypeStruct) -> jax.Array:
+  """A probe output on a step where the probe does not run: NaN, or -1 for integers."""
+  fill = jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else -1
+  return jnp.full(s.shape, fill, s.dtype)
+
+
+def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
+                     base_key: jax.Array) -> Callable:
+  """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan``.
+
+  batches: {'inputs': [k, B, ...], ...}. Each probe runs before the update of every step
+  its schedule names, on that step's batch and noise key, under ``lax.cond``; on the
+  other steps its outputs are NaN-filled and the host drops them.
+  """
+
+  def one_step(state, batch):
+    key = objective_lib.noise_key_for_step(base_key, state.step)
+    probe_out = {}
+    for name, probe in probe_fns.items():
+      shapes = jax.eval_shape(probe.fn, state, batch, key)
+      skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
+      due = (state.step % probe.every) == 0
+      probe_out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key)
+    state, metrics = train_step(state, batch)
+    return state, (metrics, probe_out)
+
+  def chunk(state, batches):
+    return jax.lax.scan(one_step, state, batches)
+
+  return chunk
+
+
+# ---------------------------------------------------------------------- workdir files
+class Workdir:
+  """The files of one run. Only host 0 writes metrics and status."""
+
+  def __init__(self, path: str):
+    self.path = pathlib.Path(path)
+    self.is_writer = jax.process_index() == 0
+
+  def write_json(self, name: str, obj: dict) -> None:
+    if not self.is_writer:
+      return
+    tmp = self.path / f'.{name}.tmp'
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + '\n')
+    os.replace(tmp, self.path / name)  # atomic: never a half-written file
+
+  def set_status(self, state: str, **fields) -> None:
+    self.write_json('status.json', dict(state=state, time=time.time(), **fields))
+
+  def truncate_metrics(self, from_step: int) -> None:
+    """Drops metric lines of steps >= from_step (written after the checkpoint resumed)."""
+    f = self.path / 'metrics.jsonl'
+    if not self.is_writer or not f.exists():
+      return
+    kept = []
+    for line in f.read_text().splitlines():
+      try:
+        if json.loads(line)['step'] < from_step:
+          kept.append(line)
+      except (ValueError, KeyError):
+        pass  # a line cut short by a kill
+    tmp = self.path / '.metrics.jsonl.tmp'
+    tmp.write_text(''.join(l + '\n' for l in kept))
+    os.replace(tmp, f)
+
+  def append_metrics(self, lines: list[dict]) -> None:
+    if not self.is_writer or not lines:
+      return
+    with open(self.path / 'metrics.jsonl', 'a') as f:
+      f.write(''.join(json.dumps(l) + '\n' for l in lines))
+      f.flush()
+
+
+def _to_json(x):
+  x = np.asarray(x)
+  return x.item() if x.ndim == 0 else x.tolist()
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir that holds a run of a different config (before any work)."""
+  f = pathlib.Path(workdir) / 'config.json'
+  if not f.exists():
+    return
+  saved = json.loads(f.read_text())
+  current = json.loads(config.to_json())
+  differing = [k for k in config_lib.differing_fields(saved, current)
+               if k not in RESUMABLE_FIELDS]
+  if differing:
+    raise config_lib.ConfigError(
+        f'{workdir} holds a run of a different config (fields differ: {", ".join(differing)}); '
+        'use another --workdir or the same config')
+
+
+# ------------------------------------------------------------------------ checkpoints
+def _restore_latest(mgr: ocp.CheckpointManager, abstract_state: TrainState) -> TrainState | None:
+  """Restores the newest readable checkpoint; falls back past damaged ones with a warning."""
+  mgr.reload()
+  steps = sorted(mgr.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      state = mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      logging.info('resumed from checkpoint at step %d', step)
+      return state
+    except Exception as e:  # orbax raises many types for damaged files
+      logging.warning('checkpoint at step %d cannot be read (%s: %s); trying an older one',
+                      step, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+  if steps:
+    raise RuntimeError(
+        f'checkpoints exist in {mgr.directory} (steps {steps}) but none can be read; '
+        'refusing to train from scratch over them: move them away to start afresh')
+  return None
+
+
+# ------------------------------------------------------------------------------- run
+@dataclasses.dataclass
+class _Preemption:
+  requested: bool = False
+
+  def handler(self, signum, frame):
+    del frame
+    logging.warning('signal %d: saving a checkpoint and stopping', signum)
+    self.requested = True
+
+
+def data_mesh() -> jax.sharding.Mesh:
+  """One 'data' axis over every device of every host, sharding left to the compiler."""
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(AxisType.Auto,))
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> nn.Module:
+  num_groups = jax.device_count() if config.bn_stats == 'per_device' else 1
+  norm_kwargs = dict(config.norm_kwargs.to_dict(), num_groups=num_groups)
+  kwargs = dict(config.model_kwargs.to_dict())
+  if config.model != 'dln':
+    kwargs['num_classes'] = num_classes
+  return models.get_model(config.model, config.norm, norm_kwargs, **kwargs)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final state name.
+
+  Raises ConfigError before touching ``workdir`` when the config cannot run.
+  """
+  config_lib.validate(config, jax.device_count())
+  check_workdir(workdir, config)
+  dataset = data.load(config.dataset, seed=config.seed, cache_dir=config.data.cache_dir,
+                      tfds_data_dir=config.data.tfds_data_dir)
+  model = build_model(config, dataset.num_classes)
+  tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
+  probe_fns = probing.build(config, model, tx)  # checks probe layers against the model
+
+  wd = Workdir(workdir)
+  wd.path.mkdir(parents=True, exist_ok=True)
+  if wd.is_writer:
+    (wd.path / 'config.json').write_text(config.to_json(indent=1) + '\n')
+  try:
+    return _run(config, wd, dataset, model, tx, probe_fns)
+  except Exception as e:
+    wd.set_status('failed', error=f'{type(e).__name__}: {e}')
+    raise
+
+
+def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
+         tx: optax.GradientTransformation, probe_fns: dict[str, probing.Probe]) -> str:
+  mesh = data_mesh()
+  replicated = NamedSharding(mesh, P())
+  chunk_sharding = NamedSharding(mesh, P(None, 'data'))
+  batch_sharding = NamedSharding(mesh, P('data'))
+  logging.info('process %d/%d, %d local / %d global devices, mesh %s',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), dict(mesh.shape))
+
+  objective = objective_lib.make_objective(model, config.loss)
+  base_key = jax.random.key(config.seed)
+  init_key, noise_base = jax.random.split(base_key)
+
+  def init(sample):
+    variables = model.init({'params': init_key, 'noise': init_key}, sample, train=False)
+    params = variables['params']
+    return TrainState(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
+                      tx.init(params))
+
+  sample = jnp.zeros((1,) + dataset.train.inputs.shape[1:], jnp.float32)
+  abstract_state = jax.eval_shape(init, sample)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+
+  mgr = ocp.CheckpointManager(
+      (wd.path / 'checkpoints').absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
+                                           create=True))
+  abstract_with_sharding = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      abstract_state, state_sharding)
+  state = _restore_latest(mgr, abstract_with_sharding)
+  if state is None:
+    state = jax.jit(init, out_shardings=state_sharding)(sample)
+  step = int(state.step)
+  wd.truncate_metrics(step)
+  wd.set_status('running', step=step)
+
+  train_step = make_train_step(objective, tx, noise_base, config.learning_rate)
+  chunk_fn = jax.jit(make_train_chunk(train_step, probe_fns, noise_base),
+                     in_shardings=(state_sharding, chunk_sharding),
+                     out_shardings=(state_sharding, replicated), donate_argnums=0)
+  eval_fn = jax.jit(objective_lib.make_eval_step(model, config.loss),
+                    in_shardings=(replicated, replicated, batch_sharding),
+                    out_shardings=replicated)
+
+  def evaluate(state) -> dict[str, float]:
+    if dataset.test is None:
+      return {}
+    totals = np.zeros(3)
+    for local in data.local_eval_batches(dataset.test, config.eval_batch_size):
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in local.items()}
+      totals += np.asarray(jax.device_get(eval_fn(state.params, state.batch_stats, batch)))
+    out = {'eval_loss': totals[0] / totals[2]}
+    if config.loss == 'cross_entropy':
+      out['eval_accuracy'] = totals[1] / totals[2]
+    return out
+
+  def chunk_length(step: int) -> int:
+    k = min(config.steps_per_call, config.num_steps - step)
+    for every in (config.eval_every, config.checkpoint_every):
+      if every:
+        k = min(k, every - step % every)
+    return k
+
+  preemption = _Preemption()
+  old_handler = signal.signal(signal.SIGTERM, preemption.handler)
+  pending = None  # (first step, device metrics, eval metrics, dispatch time)
+  last_finite = {'loss': None}
+  progress = {'time': time.time(), 'last_log': 0.0}
+
+  def flush(pending) -> tuple[int, float] | None:
+    """Writes one call's metrics; returns (step, last finite loss) at a divergence."""
+    first, device_metrics, extra = pending
+    (metrics, probe_out) = jax.device_get(device_metrics)
+    now = time.time()
+    k = len(metrics['train_loss'])
+    sps = k / max(now - progress['time'], 1e-9)
+    progress['time'] = now
+    lines = []
+    diverged = None
+    for i in range(k):
+      line = {'step': first + i, 'steps_per_second': sps}
+      line.update({n: _to_json(v[i]) for n, v in metrics.items()})
+      for name, out in probe_out.items():
+        if (first + i) % probe_fns[name].every == 0:
+          line.update({f'probe/{name}/{n}': _to_json(v[i]) for n, v in out.items()})
+      if i == 0:
+        line.update({n: float(v) for n, v in extra.items()})
+      lines.append(line)
+      loss = float(metrics['train_loss'][i])
+      if not math.isfinite(loss):
+        diverged = (first + i, last_finite['loss'])
+        break
+      last_finite['loss'] = loss
+    wd.append_metrics(lines)
+    if now - progress['last_log'] >= config.log_every_seconds or diverged:
+      progress['last_log'] = now
+      last = lines[-1]
+      shown = ' '.join(f'{n} {last[n]:.4g}' for n in
+                       ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy') if n in last)
+      logging.info('step %d/%d  %s  (%.1f steps/s)', last['step'] + 1, config.num_steps,
+                   shown, sps)
+    return diverged
+
+  final = 'done'
+  try:
+    while step < config.num_steps:
+      if preemption.requested:
+        final = 'preempted'
+        break
+      k = chunk_length(step)
+      extra = evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
+      local = data.local_train_batches(dataset.train, config.batch_size, config.seed, step, k)
+      batches = {n: jax.make_array_from_process_local_data(chunk_sharding, v)
+                 for n, v in local.items()}
+      state, device_metrics = chunk_fn(state, batches)
+      if pending is not None and (diverged := flush(pending)):
+        final = 'diverged'
+        break
+      pending = (step, device_metrics, extra)
+      step += k
+      if config.checkpoint_every and step % config.checkpoint_every == 0:
+        diverged = flush(pending)  # metrics up to a checkpoint are on disk before it
+        pending = None
+        if diverged:
+          final = 'diverged'
+          break
+        mgr.save(step, args=ocp.args.StandardSave(state))
+    if final == 'done' and pending is not None:
+      if diverged := flush(pending):
+        final = 'diverged'
+      pending = None
+    if final == 'done':
+      if mgr.latest_step() != step:
+        mgr.save(step, args=ocp.args.StandardSave(state))
+      final_metrics = evaluate(state)
+      if final_metrics:
+        wd.append_metrics([{'step': step, **{n: float(v) for n, v in final_metrics.items()}}])
+      wd.set_status('done', step=step, **{n: float(v) for n, v in final_metrics.items()})
+    elif final == 'preempted':
+      if pending is not None:
+        flush(pending)
+      if mgr.latest_step() != step:
+        mgr.save(step, args=ocp.args.StandardSave(state))
+      wd.set_status('preempted', step=step)
+    else:  # diverged: keep the last good checkpoint, save nothing after it
+      bad_step, last_finite_loss = diverged
+      wd.set_status('diverged', step=bad_step, last_finite_loss=last_finite_loss,
+                    last_checkpoint=mgr.latest_step())
+      logging.warning('loss is not finite at step %d; stopped (last finite loss %s)',
+                      bad_step, last_finite_loss)
+  finally:
+    mgr.wait_until_finished()
+    mgr.close()
+    signal.signal(signal.SIGTERM, old_handler)
+  return final

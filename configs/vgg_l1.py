@@ -1,0 +1,14 @@
+r"""VGG-16 on CIFAR-10 with l_1 normalisation (Sec. 3.3); batch 128, SGD at LR 0.1, 15,000 steps.
+
+Run:
+  python -m bnjax.main --config=configs/vgg_l1.py --workdir=runs/vgg_l1
+On the offline CIFAR-10 (JPEG) tarball, about a minute on a 2-core CPU:
+  python -m bnjax.main --config=configs/vgg_l1.py:local --workdir=runs/vgg_l1_local \
+    --config.dataset=imagefolder:../shared/data/cifar10-jpeg.tar.gz
+"""
+
+from bnjax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vgg(norm='lp1', arg=arg)

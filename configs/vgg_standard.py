@@ -1,0 +1,14 @@
+r"""VGG-16 on CIFAR-10 without normalisation; batch 128, SGD at LR 0.1, 15,000 steps.
+
+Run:
+  python -m bnjax.main --config=configs/vgg_standard.py --workdir=runs/vgg_standard
+On the offline CIFAR-10 (JPEG) tarball, about a minute on a 2-core CPU:
+  python -m bnjax.main --config=configs/vgg_standard.py:local --workdir=runs/vgg_standard_local \
+    --config.dataset=imagefolder:../shared/data/cifar10-jpeg.tar.gz
+"""
+
+from bnjax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vgg(norm='none', arg=arg)

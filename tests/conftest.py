@@ -1,0 +1,45 @@
+"""Test setup: 8 fake CPU devices, fast compiles, float32 everywhere.
+
+XLA_FLAGS must be set before jax is imported, hence here, at collection time.
+"""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('BNJAX_CACHE', os.path.join(os.environ.get('TMPDIR', '/tmp'),
+                                                  'bnjax-test-cache'))
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Tiny models run fine without most XLA optimisations, and compile far faster.
+jax.config.update('jax_disable_most_optimizations', True)
+
+import pathlib  # noqa: E402
+import tarfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session')
+def tiny_image_tarball(tmp_path_factory) -> pathlib.Path:
+  """A CIFAR-like tarball: train/<class>/*.png and test/<class>/*.png, 3 classes, 32x32."""
+  from PIL import Image
+  root = tmp_path_factory.mktemp('imgs')
+  src = root / 'cifar-mini'
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 40), ('test', 10)):
+    for c, name in enumerate(('cat', 'airplane', 'bird')):
+      d = src / split / name
+      d.mkdir(parents=True)
+      for i in range(n):
+        # Class-dependent mean so that a model can learn something.
+        im = np.clip(rng.normal(60 + 60 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(im).save(d / f'{i:04d}.png')
+  tar = root / 'cifar-mini.tar.gz'
+  with tarfile.open(tar, 'w:gz') as t:
+    t.add(src, arcname='cifar-mini')
+  return tar

@@ -1,0 +1,60 @@
+"""Model shapes, layer numbering and activation exposure."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bnjax import models
+
+
+def _init(model, x):
+  return model.init({'params': jax.random.key(0), 'noise': jax.random.key(1)}, x, train=False)
+
+
+def test_vgg16_has_the_papers_13_conv_layers_and_exposes_them():
+  model = models.get_model('vgg16', 'batch')
+  shapes = jax.eval_shape(lambda x: _init(model, x), jnp.zeros((2, 32, 32, 3)))
+  assert models.num_layers(model) == 13
+  convs = [k for k in shapes['params'] if k.startswith('conv')]
+  assert len(convs) == 13 and shapes['params']['conv13']['kernel'].shape == (3, 3, 512, 512)
+  assert shapes['params']['head']['kernel'].shape == (512, 10)
+  for k in (1, 13):
+    assert f'conv{k}_out' in shapes['perturbations'] and f'norm{k}_out' in shapes['perturbations']
+  assert models.kernel_path(model, 5) == ('conv5', 'kernel')
+  with pytest.raises(ValueError, match='layers 1..13'):
+    models.kernel_path(model, 14)
+  assert models.num_layers(models.get_model('vgg11', 'none')) == 8
+
+
+def test_dln_is_25_bias_free_10x10_layers():
+  model = models.get_model('dln', 'batch')
+  v = _init(model, jnp.zeros((4, 10)))
+  kernels = {k: p['kernel'].shape for k, p in v['params'].items() if k.startswith('dense')}
+  assert len(kernels) == 25 and set(kernels.values()) == {(10, 10)}
+  assert all(set(p) == {'kernel'} for k, p in v['params'].items() if k.startswith('dense'))
+  assert len(v['batch_stats']) == 24  # BN after layers 1..24
+  # Without a normaliser it is exactly the product of its matrices.
+  plain = models.get_model('dln', 'none')
+  v = _init(plain, jnp.zeros((4, 10)))
+  x = jax.random.normal(jax.random.key(2), (4, 10))
+  w = x
+  for k in range(1, 26):
+    w = w @ v['params'][f'dense{k}']['kernel']
+  out = plain.apply(v, x, train=True)
+  assert jnp.allclose(out, w, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_model_lists_names():
+  with pytest.raises(ValueError, match="unknown model 'resnet'.*vgg16.*dln"):
+    models.get_model('resnet')
+
+
+def test_intermediates_are_sown_in_training_mode():
+  model = models.get_model('mlp', 'batch', hidden=(6, 5))
+  x = jnp.ones((4, 3))
+  v = _init(model, x)
+  _, st = model.apply({'params': v['params'], 'batch_stats': v['batch_stats']}, x, train=True,
+                      mutable=['intermediates', 'batch_stats'])
+  z = st['intermediates']['norm2_out'][0]
+  assert z.shape == (4, 5)
+  assert jnp.allclose(z.mean(0), 0, atol=1e-5)  # BN output, before the ReLU

@@ -1,0 +1,214 @@
+"""The trainer: end to end, data parallelism, probes leave training alone, bad input, resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from bnjax import config_lib, data, models, objective, probing, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_vgg_config(**overrides):
+  c = config_lib.vgg('noisy_batch')
+  c.model = 'vgg_tiny'
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_steps = 4
+  c.eval_every = 2
+  c.checkpoint_every = 2
+  for p in c.probes.values():
+    p.every = 2
+  c.probes.ics.layers = (1, 2)
+  c.probes.activations.layers = (1, 2)
+  c.update(overrides)
+  return c
+
+
+def read_metrics(workdir) -> list[dict]:
+  return [json.loads(l) for l in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_end_to_end_on_mock_cifar10_over_8_devices(tmp_path):
+  config = tiny_vgg_config()
+  with tfds.testing.mock_data(num_examples=64):
+    assert train.train_and_evaluate(config, str(tmp_path)) == 'done'
+  lines = read_metrics(tmp_path)
+  train_lines = [l for l in lines if 'train_loss' in l]
+  assert [l['step'] for l in train_lines] == [0, 1, 2, 3]
+  for l in train_lines:
+    assert {'train_loss', 'train_accuracy', 'learning_rate', 'steps_per_second'} <= set(l)
+    assert np.isfinite(l['train_loss'])
+  assert 'eval_accuracy' in train_lines[0] and 'eval_accuracy' in train_lines[2]
+  assert lines[-1]['step'] == 4 and 'eval_loss' in lines[-1]
+  probed = train_lines[0]
+  assert len(probed['probe/landscape/loss']) == 4 and probed['probe/landscape/beta'] > 0
+  assert probed['probe/ics/cosine'][0] == pytest.approx(1.0)  # layer 1 has no layer below
+  assert sum(probed['probe/activations/layer2/hist']) == 16 * 16 * 16  # batch x H x W
+  assert 'probe/landscape/loss' not in train_lines[1]
+  status = json.loads((tmp_path / 'status.json').read_text())
+  assert status['state'] == 'done' and status['step'] == 4
+  assert json.loads((tmp_path / 'config.json').read_text())['model'] == 'vgg_tiny'
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['2', '4']
+
+
+def _train_step_on(num_devices, norm, num_groups):
+  """Two SGD steps of vgg_tiny on a mesh of ``num_devices``; returns (losses, params)."""
+  mesh = jax.make_mesh((num_devices,), ('data',), axis_types=(AxisType.Auto,),
+                       devices=jax.devices()[:num_devices])
+  model = models.get_model('vgg_tiny', norm, {'num_groups': num_groups})
+  tx = optax.sgd(0.1)
+  x = jax.random.normal(jax.random.key(0), (2, 16, 32, 32, 3))
+  y = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
+  v = model.init({'params': jax.random.key(2), 'noise': jax.random.key(2)}, x[0], train=False)
+  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
+                           tx.init(v['params']))
+  step = train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx,
+                               jax.random.key(3), 0.1)
+  repl = NamedSharding(mesh, P())
+  fn = jax.jit(step, in_shardings=(repl, NamedSharding(mesh, P('data'))), out_shardings=repl)
+  state = jax.device_put(state, repl)
+  losses = []
+  for i in range(2):
+    state, m = fn(state, {'inputs': x[i], 'targets': y[i]})
+    losses.append(m['train_loss'])
+  return np.array(losses), state
+
+
+@pytest.mark.parametrize('norm', ['batch', 'noisy_batch'])
+def test_one_and_four_devices_agree_with_global_statistics(norm):
+  loss1, s1 = _train_step_on(1, norm, 1)
+  loss4, s4 = _train_step_on(4, norm, 1)
+  np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               (s1.params, s1.batch_stats), (s4.params, s4.batch_stats))
+
+
+def test_per_device_statistics_equal_four_statistic_groups_on_one_device():
+  loss1, s1 = _train_step_on(1, 'batch', 4)
+  loss4, s4 = _train_step_on(4, 'batch', 4)
+  lossg, _ = _train_step_on(4, 'batch', 1)
+  np.testing.assert_allclose(loss1, loss4, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               s1.params, s4.params)
+  assert not np.allclose(loss4, lossg, rtol=1e-5)  # per-device differs from global
+
+
+def test_probes_do_not_change_training():
+  config = config_lib.dln('noisy_batch')
+  config.model_kwargs.depth = 6  # a short DLN: the property, not the scale, is tested
+  config.probes.ics.layers = (2, 4)
+  config.probes.activations.layers = (1, 3)
+  config.probes.top_eigenvalues = dict(every=1, k=1, num_iterations=3, seed=0)
+  config.probes.landscape.every = 1
+  config.probes.ics.every = 2
+  model = train.build_model(config, None)
+  tx = optax.sgd(config.learning_rate)
+  ds = data.dln_gaussian(0, 64)
+  batches = {'inputs': jnp.stack([ds.train.inputs] * 4), 'targets': jnp.stack([ds.train.targets] * 4)}
+  v = model.init({'params': jax.random.key(0), 'noise': jax.random.key(0)}, batches['inputs'][0],
+                 train=False)
+  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
+                           tx.init(v['params']))
+  step = train.make_train_step(objective.make_objective(model, config.loss), tx,
+                               jax.random.key(1), config.learning_rate)
+  results = []
+  for probe_fns in ({}, probing.build(config, model, tx)):
+    chunk = jax.jit(train.make_train_chunk(step, probe_fns, jax.random.key(1)))
+    results.append(chunk(state, batches))
+  (plain, _), (probed, (_, probe_out)) = results
+  assert set(probe_out) == {'landscape', 'ics', 'activations', 'top_eigenvalues'}
+  assert np.isfinite(probe_out['top_eigenvalues']['eigenvalues']).all()
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(probed)):
+    np.testing.assert_array_equal(a, b)  # bit-identical
+
+
+@pytest.mark.parametrize('override,message', [
+    ({'model': 'resnet'}, "unknown model 'resnet'"),
+    ({'norm': 'group'}, "unknown normaliser 'group'"),
+    ({'dataset': 'imagenet'}, "unknown dataset 'imagenet'"),
+    ({'dataset': 'imagefolder:/nonexistent/cifar.tar.gz'}, 'does not exist'),
+    ({'batch_size': 12}, 'not divisible by the 8 devices'),
+    ({'learning_rate': -0.1}, 'learning_rate must be a finite number > 0'),
+    ({'num_steps': -1}, 'num_steps must be an integer >= 0'),
+])
+def test_bad_config_fails_before_any_work(tmp_path, override, message):
+  config = tiny_vgg_config(**override)
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_lib.ConfigError, match=message) as e:
+    train.train_and_evaluate(config, str(workdir))
+  assert '\n' not in str(e.value)
+  assert not workdir.exists()
+
+
+def test_probe_layers_are_checked_against_the_model(tmp_path):
+  config = tiny_vgg_config()
+  config.probes.ics.layers = (1, 5)
+  with tfds.testing.mock_data(num_examples=32), pytest.raises(ValueError, match='layers 1..2'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def _main(args, workdir, env_extra=None, **kwargs):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true', **(env_extra or {}))
+  return subprocess.Popen(
+      [sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], cwd=ROOT, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_main_reports_unknown_field_in_one_line(tmp_path):
+  p = _main([f'--config={ROOT}/configs/dln_bn.py', '--config.no_such_field=1'], tmp_path / 'w')
+  _, err = p.communicate(timeout=120)
+  assert p.returncode != 0
+  assert any('no_such_field' in line for line in err.splitlines())
+  assert not (tmp_path / 'w').exists()
+  p = _main([f'--config={ROOT}/configs/dln_bn.py', '--config.norm=bogus'], tmp_path / 'w')
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 2 and err.strip().splitlines()[-1].startswith(
+      "bnjax: config error: unknown normaliser 'bogus'")
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+  args = [f'--config={ROOT}/configs/dln_bn.py', '--config.norm=noisy_batch',
+          '--config.model_kwargs.depth=8', '--config.probes.ics.layers=(2, 4)',
+          '--config.num_steps=1500', '--config.checkpoint_every=200',
+          '--config.steps_per_call=20', '--config.probes.activations.every=0',
+          '--config.probes.ics.every=300', '--config.probes.landscape.every=300']
+  full = _main(args, tmp_path / 'full')
+  assert full.wait(timeout=600) == 0, full.stderr.read()
+
+  killed = _main(args, tmp_path / 'killed')
+  deadline = time.time() + 300
+  while not (tmp_path / 'killed/checkpoints/400').exists():
+    assert killed.poll() is None, 'finished before it could be killed: make the run longer'
+    assert time.time() < deadline
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert json.loads((tmp_path / 'killed/status.json').read_text())['state'] == 'running'
+
+  resumed = _main(args, tmp_path / 'killed')
+  _, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err
+  assert 'resumed from checkpoint at step' in err
+  a, b = read_metrics(tmp_path / 'full'), read_metrics(tmp_path / 'killed')
+  assert [l['step'] for l in b] == list(range(1500))  # no duplicated, no missing steps
+  for la, lb in zip(a, b):
+    assert la['train_loss'] == lb['train_loss'], la['step']
+    assert la.get('probe/landscape/beta') == lb.get('probe/landscape/beta')
+    assert la.get('probe/ics/l2') == lb.get('probe/ics/l2')
