@@ -42,7 +42,7 @@ def base() -> ml_collections.ConfigDict:
   c.learning_rate = 0.1
   c.momentum = 0.0  # the paper: plain SGD
   c.batch_size = 128
-  c.eval_batch_size = 500
+  c.eval_batch_size = 512  # a power of two: divisible by any device count up to 512
   c.num_steps = 15_000
   c.seed = 0
   c.eval_every = 1000  # 0: only at the end
@@ -82,7 +82,7 @@ def vgg(norm: str, arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_steps = 300
     c.eval_every = 100
     c.checkpoint_every = 100
-    c.eval_batch_size = 1000
+    c.eval_batch_size = 1024
     for probe in c.probes.values():
       probe.every = 50
     c.probes.ics.layers = (2, 5)

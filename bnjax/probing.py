@@ -167,9 +167,11 @@ def _bn_theorems(cfg, config, model, objective, tx):
     out = {}
     for k in layers:
       def loss_of_perturbation(delta, k=k):
+        # Flax wants every perturbation present once the collection is given.
+        perturbations = {name: jnp.zeros_like(a) for name, a in acts.items()}
+        perturbations.update({f'{prefix}{k}_out': delta['y'], f'norm{k}_out': delta['z']})
         variables = {'params': state.params, 'batch_stats': state.batch_stats,
-                     'perturbations': {f'{prefix}{k}_out': delta['y'],
-                                       f'norm{k}_out': delta['z']}}
+                     'perturbations': perturbations}
         pred, _ = model.apply(variables, batch['inputs'], train=True, rngs={'noise': key},
                               mutable=['batch_stats'])
         return objective_lib.loss_value(config.loss, pred, batch['targets'])

@@ -48,6 +48,7 @@ RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_
                     'max_checkpoints_to_keep', 'eval_batch_size', 'steps_per_call',
                     'data.cache_dir', 'data.tfds_data_dir')
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to resume
+COMMIT_MARKER = 'commit_success.txt'
 
 
 @flax.struct.dataclass
@@ -174,13 +175,19 @@ def _restore_latest(mgr: ocp.CheckpointManager, abstract_state: TrainState) -> T
   mgr.reload()
   steps = sorted(mgr.all_steps(), reverse=True)
   for step in steps:
+    # orbax (0.12) writes this marker into a step directory as its last act of a save;
+    # a directory without it was never committed, whatever else it holds.
+    if not (pathlib.Path(mgr.directory) / str(step) / COMMIT_MARKER).exists():
+      logging.warning('checkpoint at step %d has no %s (never committed); trying an older one',
+                      step, COMMIT_MARKER)
+      continue
     try:
       state = mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
       logging.info('resumed from checkpoint at step %d', step)
       return state
     except Exception as e:  # orbax raises many types for damaged files
       logging.warning('checkpoint at step %d cannot be read (%s: %s); trying an older one',
-                      step, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+                      step, type(e).__name__, (str(e).splitlines() or [''])[0][:200])
   if steps:
     raise RuntimeError(
         f'checkpoints exist in {mgr.directory} (steps {steps}) but none can be read; '

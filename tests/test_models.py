@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bnjax import models
@@ -58,3 +59,19 @@ def test_intermediates_are_sown_in_training_mode():
   z = st['intermediates']['norm2_out'][0]
   assert z.shape == (4, 5)
   assert jnp.allclose(z.mean(0), 0, atol=1e-5)  # BN output, before the ReLU
+
+
+@pytest.mark.parametrize('hw', [1, 2, 4])
+def test_im2col_convolution_equals_xla_convolution(hw, monkeypatch):
+  from bnjax.models import common
+  x = jax.random.normal(jax.random.key(0), (3, hw, hw, 5))
+  conv = common.Conv3x3(4)
+  params = conv.init(jax.random.key(1), x)
+  f = lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))
+  results = []
+  for pixels in (0, 10**6):  # XLA's convolution, then im2col, for every size
+    monkeypatch.setattr(common, 'CPU_IM2COL_MAX_PIXELS', pixels)
+    assert common.use_im2col(hw, hw) == (pixels > 0)
+    results.append((conv.apply(params, x), jax.grad(f, argnums=(0, 1))(params, x)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *results)
+  assert not common.use_im2col(2, 2, backend='tpu') and not common.use_im2col(2, 2, backend='gpu')

@@ -183,7 +183,9 @@ def test_main_reports_unknown_field_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_path):
+  """SIGKILL loses at most a checkpoint interval; SIGTERM saves and exits 'preempted';
+  rerunning the same command resumes; the end matches an uninterrupted run exactly."""
   args = [f'--config={ROOT}/configs/dln_bn.py', '--config.norm=noisy_batch',
           '--config.model_kwargs.depth=8', '--config.probes.ics.layers=(2, 4)',
           '--config.num_steps=1500', '--config.checkpoint_every=200',
@@ -191,24 +193,38 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
           '--config.probes.ics.every=300', '--config.probes.landscape.every=300']
   full = _main(args, tmp_path / 'full')
   assert full.wait(timeout=600) == 0, full.stderr.read()
+  run = tmp_path / 'interrupted'
 
-  killed = _main(args, tmp_path / 'killed')
-  deadline = time.time() + 300
-  while not (tmp_path / 'killed/checkpoints/400').exists():
-    assert killed.poll() is None, 'finished before it could be killed: make the run longer'
-    assert time.time() < deadline
-    time.sleep(0.05)
+  def start_and_wait_for_checkpoint(step):
+    p = _main(args, run)
+    deadline = time.time() + 300
+    while not (run / f'checkpoints/{step}').exists():
+      assert p.poll() is None, 'finished before it could be interrupted: make the run longer'
+      assert time.time() < deadline
+      time.sleep(0.05)
+    return p
+
+  killed = start_and_wait_for_checkpoint(400)
   killed.send_signal(signal.SIGKILL)
   killed.wait()
-  assert json.loads((tmp_path / 'killed/status.json').read_text())['state'] == 'running'
+  assert json.loads((run / 'status.json').read_text())['state'] == 'running'
 
-  resumed = _main(args, tmp_path / 'killed')
+  preempted = start_and_wait_for_checkpoint(800)
+  preempted.send_signal(signal.SIGTERM)
+  _, err = preempted.communicate(timeout=300)
+  assert preempted.returncode == train.EXIT_PREEMPTED, err
+  assert 'resumed from checkpoint at step 400' in err
+  status = json.loads((run / 'status.json').read_text())
+  assert status['state'] == 'preempted' and (run / f'checkpoints/{status["step"]}').exists()
+
+  resumed = _main(args, run)
   _, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err
-  assert 'resumed from checkpoint at step' in err
-  a, b = read_metrics(tmp_path / 'full'), read_metrics(tmp_path / 'killed')
+  assert f'resumed from checkpoint at step {status["step"]}' in err
+  a, b = read_metrics(tmp_path / 'full'), read_metrics(run)
   assert [l['step'] for l in b] == list(range(1500))  # no duplicated, no missing steps
   for la, lb in zip(a, b):
     assert la['train_loss'] == lb['train_loss'], la['step']
     assert la.get('probe/landscape/beta') == lb.get('probe/landscape/beta')
     assert la.get('probe/ics/l2') == lb.get('probe/ics/l2')
+  assert json.loads((run / 'status.json').read_text())['state'] == 'done'

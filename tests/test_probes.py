@@ -1,0 +1,320 @@
+"""Every probe against an exact answer: dense Hessians, closed forms, known spectra."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from bnjax import models, probes
+
+
+def dense_hessian(loss_fn, params):
+  flat, unravel = ravel_pytree(params)
+  return np.asarray(jax.hessian(lambda f: loss_fn(unravel(f)))(flat), np.float64)
+
+
+def flat(tree):
+  return np.asarray(ravel_pytree(tree)[0], np.float64)
+
+
+def random_like(key, params):
+  flat_p, unravel = ravel_pytree(params)
+  return unravel(jax.random.normal(key, flat_p.shape))
+
+
+def model_loss(name, norm, x, y, **kwargs):
+  """(loss_fn, params) for a bnjax model, BN in training mode, updated stats discarded."""
+  model = models.get_model(name, norm, **kwargs)
+  v = model.init({'params': jax.random.key(0), 'noise': jax.random.key(0)}, x, train=False)
+
+  def loss_fn(params):
+    out, _ = model.apply({'params': params, 'batch_stats': v.get('batch_stats', {})}, x,
+                         train=True, rngs={'noise': jax.random.key(1)}, mutable=['batch_stats'])
+    if name == 'dln':
+      return jnp.sum((out - y) ** 2)
+    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
+  return loss_fn, v['params']
+
+
+@pytest.fixture(scope='module')
+def mlp():
+  x = jax.random.normal(jax.random.key(1), (16, 6))
+  y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+  return model_loss('mlp', 'batch', x, y, hidden=(12, 10), num_classes=3)
+
+
+@pytest.fixture(scope='module')
+def convnet():
+  # vgg_tiny on 8x8 inputs: two conv layers with BN, ~2,000 parameters.
+  x = jax.random.normal(jax.random.key(3), (8, 8, 8, 3))
+  y = jax.random.randint(jax.random.key(4), (8,), 0, 10)
+  return model_loss('vgg_tiny', 'batch', x, y)
+
+
+@pytest.fixture(scope='module')
+def dln():
+  x = jax.random.normal(jax.random.key(5), (32, 10))
+  y = x @ jax.random.normal(jax.random.key(6), (10, 10))
+  return model_loss('dln', 'none', x, y)
+
+
+@pytest.mark.parametrize('fixture', ['mlp', 'convnet', 'dln'])
+def test_hvp_equals_dense_hessian_times_v_and_is_symmetric(fixture, request):
+  loss_fn, params = request.getfixturevalue(fixture)
+  h = dense_hessian(loss_fn, params)
+  u, v = random_like(jax.random.key(7), params), random_like(jax.random.key(8), params)
+  hv = flat(jax.jit(lambda p, v: probes.hvp(loss_fn, p, v))(params, v))
+  np.testing.assert_allclose(hv, h @ flat(v), rtol=2e-3, atol=2e-4 * np.abs(h @ flat(v)).max())
+  hu = flat(probes.hvp(loss_fn, params, u))
+  assert abs(flat(u) @ hv - flat(v) @ hu) <= 1e-4 * (abs(flat(u) @ hv) + 1e-3)
+
+
+def test_gnvp_equals_dense_gauss_newton(mlp):
+  x = jax.random.normal(jax.random.key(1), (16, 6))
+  y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+  model = models.get_model('mlp', 'none', hidden=(8,), num_classes=3)
+  params = model.init(jax.random.key(0), x, train=False)['params']
+  outputs_fn = lambda p: model.apply({'params': p}, x, train=True)
+  loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
+  flat_p, unravel = ravel_pytree(params)
+  j = np.asarray(jax.jacfwd(lambda f: outputs_fn(unravel(f)).ravel())(flat_p), np.float64)
+  out = outputs_fn(params)
+  h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.ravel()))
+  v = random_like(jax.random.key(3), params)
+  gv = flat(probes.gnvp(outputs_fn, loss_of_outputs, params, v))
+  np.testing.assert_allclose(gv, j.T @ h_out @ j @ flat(v), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize('which', ['largest', 'smallest'])
+def test_top_eigenvalues_match_eigh_of_the_dense_hessian(convnet, which):
+  loss_fn, params = convnet
+  n = flat(params).size
+  assert 1500 < n < 5000
+  evals = np.linalg.eigvalsh(dense_hessian(loss_fn, params))
+  expected = evals[::-1][:2] if which == 'largest' else evals[:2]
+  r = jax.jit(lambda p, k: probes.top_eigenvalues(loss_fn, p, k, k=2, num_iterations=120,
+                                                  which=which))(params, jax.random.key(0))
+  np.testing.assert_allclose(r.eigenvalues, expected, rtol=1e-4)
+  # The residuals Lanczos reports are the true ones: ||H v - lambda v||.
+  for i in range(2):
+    vec = jax.tree.map(lambda leaf: leaf[i], r.eigenvectors)
+    true_res = np.linalg.norm(flat(probes.hvp(loss_fn, params, vec)) - r.eigenvalues[i] * flat(vec))
+    assert np.linalg.norm(flat(vec)) == pytest.approx(1.0, abs=1e-4)
+    assert true_res < 1e-3 * abs(expected[0])
+    assert r.residuals[i] < 1e-3 * abs(expected[0])
+
+
+def test_top_eigenvalues_of_a_known_diagonal_spectrum():
+  d = jnp.concatenate([jnp.array([50.0, 20.0, -30.0]), jnp.linspace(-1, 1, 500)])
+  loss_fn = lambda p: 0.5 * jnp.sum(d * p['w'] ** 2)
+  params = {'w': jnp.ones(503)}
+  top = probes.top_eigenvalues(loss_fn, params, jax.random.key(1), k=2, num_iterations=30)
+  np.testing.assert_allclose(top.eigenvalues, [50.0, 20.0], rtol=1e-5)
+  assert np.all(top.residuals < 1e-3)
+  low = probes.top_eigenvalues(loss_fn, params, jax.random.key(1), k=1, num_iterations=30,
+                               which='smallest')
+  np.testing.assert_allclose(low.eigenvalues, [-30.0], rtol=1e-5)
+  v = np.asarray(top.eigenvectors['w'][0])
+  assert abs(v[0]) == pytest.approx(1.0, abs=1e-4)  # e_0, the eigenvector of 50
+
+
+def test_hessian_trace_within_three_standard_errors(mlp):
+  loss_fn, params = mlp
+  trace = np.trace(dense_hessian(loss_fn, params))
+  r = jax.jit(lambda p, k: probes.hessian_trace(loss_fn, p, k, num_samples=200, batch_size=20))(
+      params, jax.random.key(0))
+  assert r.stderr > 0
+  assert abs(r.estimate - trace) < 3 * r.stderr
+
+
+def test_spectral_density_integrates_to_one_and_has_the_right_moments(mlp):
+  loss_fn, params = mlp
+  h = dense_hessian(loss_fn, params)
+  n = h.shape[0]
+  d = probes.spectral_density(loss_fn, params, jax.random.key(0), num_probes=30, num_iterations=30)
+  w, x = np.asarray(d.weights, np.float64), np.asarray(d.nodes, np.float64)
+  assert w.shape == (30, 30) and np.all(w >= 0)
+  assert w.sum() == pytest.approx(1.0, abs=1e-5)
+  per_probe_m1 = (w * x).sum(1) * 30  # each probe's estimate of tr(H)/n
+  per_probe_m2 = (w * x**2).sum(1) * 30
+  for est, exact in ((per_probe_m1, np.trace(h) / n), (per_probe_m2, np.trace(h @ h) / n)):
+    assert abs(est.mean() - exact) < 4 * est.std(ddof=1) / np.sqrt(30) + 1e-6 * abs(exact)
+  grid = np.linspace(x.min() - 1, x.max() + 1, 4000)
+  smooth = np.asarray(probes.smooth_density(d, jnp.asarray(grid), sigma=0.05))
+  assert np.trapezoid(smooth, grid) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_spectral_density_moments_are_exact_for_a_diagonal_hessian():
+  # Rademacher probes have v_i^2 = 1, so v^T H v / n = mean(d) and ||Hv||^2 / n = mean(d^2).
+  d = jnp.linspace(-2.0, 5.0, 300)
+  loss_fn = lambda p: 0.5 * jnp.sum(d * p**2)
+  dens = probes.spectral_density(loss_fn, jnp.zeros(300), jax.random.key(0), num_probes=3,
+                                 num_iterations=10)
+  m1 = float(jnp.sum(dens.weights * dens.nodes))
+  m2 = float(jnp.sum(dens.weights * dens.nodes**2))
+  assert m1 == pytest.approx(float(d.mean()), rel=1e-5)
+  assert m2 == pytest.approx(float(jnp.mean(d**2)), rel=1e-5)
+
+
+@pytest.fixture
+def quadratic():
+  rng = np.random.default_rng(0)
+  m = rng.standard_normal((20, 20))
+  a = jnp.asarray(m @ m.T / 20 + np.eye(20), jnp.float32)
+  loss_fn = lambda p: 0.5 * p['x'] @ a @ p['x']
+  return loss_fn, {'x': jnp.asarray(rng.standard_normal(20), jnp.float32)}, np.asarray(a, np.float64)
+
+
+def test_gradient_landscape_on_a_quadratic(quadratic):
+  loss_fn, params, a = quadratic
+  x = np.asarray(params['x'], np.float64)
+  g = a @ x
+  etas = np.array([0.01, 0.05, 0.1, 0.3])
+  r = jax.jit(lambda p, e: probes.gradient_landscape(loss_fn, p, e))(params, jnp.asarray(etas))
+  np.testing.assert_allclose(r.grad_diff, etas * np.linalg.norm(a @ g), rtol=1e-4)
+  np.testing.assert_allclose(r.beta, np.linalg.norm(a @ g) / np.linalg.norm(g), rtol=1e-4)
+  expected_loss = [0.5 * (x - e * g) @ a @ (x - e * g) for e in etas]
+  np.testing.assert_allclose(r.loss, expected_loss, rtol=1e-4)
+  assert r.loss_at_start == pytest.approx(0.5 * x @ a @ x, rel=1e-5)
+  assert r.grad_norm == pytest.approx(np.linalg.norm(g), rel=1e-5)
+  curv = probes.directional_curvature(loss_fn, params, {'x': jnp.asarray(g, jnp.float32)})
+  assert curv == pytest.approx(g @ a @ g / (g @ g), rel=1e-5)
+
+
+def test_ics_on_a_two_layer_linear_model_matches_the_closed_form():
+  rng = np.random.default_rng(1)
+  x, y = rng.standard_normal((4, 32)), rng.standard_normal((3, 32))
+  w1, w2 = rng.standard_normal((5, 4)), rng.standard_normal((3, 5))
+  w1_new, w2_new = w1 + 0.1 * rng.standard_normal((5, 4)), w2 + 0.1 * rng.standard_normal((3, 5))
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  loss_fn = lambda p: 0.5 * jnp.sum((p['l2']['w'] @ p['l1']['w'] @ f32(x) - f32(y)) ** 2)
+  params = {'l1': {'w': f32(w1)}, 'l2': {'w': f32(w2)}}
+  new = {'l1': {'w': f32(w1_new)}, 'l2': {'w': f32(w2_new)}}
+  r = jax.jit(lambda p, q: probes.ics(loss_fn, p, q, [('l1',), ('l2', 'w')]))(params, new)
+  g2 = (w2 @ w1 @ x - y) @ (w1 @ x).T  # G_2 at theta_t
+  g2_shift = (w2 @ w1_new @ x - y) @ (w1_new @ x).T  # layer 1 updated, layer 2 not
+  cos = np.sum(g2 * g2_shift) / np.linalg.norm(g2) / np.linalg.norm(g2_shift)
+  np.testing.assert_allclose(r.l2, [0.0, np.linalg.norm(g2 - g2_shift)], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(r.cosine, [1.0, cos], rtol=1e-5)
+
+
+def test_block_probes_use_the_hessians_diagonal_block(mlp):
+  loss_fn, params = mlp
+  block_loss, block_params = probes.restrict(loss_fn, params, ('dense2',))
+  assert set(block_params) == {'dense2/bias', 'dense2/kernel'}
+  h = dense_hessian(block_loss, block_params)
+  r = probes.top_eigenvalues(loss_fn, params, jax.random.key(0), k=1, num_iterations=60,
+                             block=('dense2',))
+  np.testing.assert_allclose(r.eigenvalues, np.linalg.eigvalsh(h)[-1:], rtol=1e-4)
+  t = probes.hessian_trace(loss_fn, params, jax.random.key(0), num_samples=300, batch_size=50,
+                           block=lambda path: path[0] == 'dense2')
+  assert abs(t.estimate - np.trace(h)) < 3 * t.stderr
+  v = random_like(jax.random.key(1), block_params)
+  c = probes.directional_curvature(loss_fn, params, v, block=('dense2',))
+  assert c == pytest.approx(flat(v) @ h @ flat(v) / (flat(v) @ flat(v)), rel=1e-4)
+  with pytest.raises(KeyError, match='no parameters under'):
+    probes.restrict(loss_fn, params, ('conv9',))
+
+
+def test_activation_curvature_matches_the_dense_activation_hessian():
+  x = jax.random.normal(jax.random.key(0), (6, 4))
+  y = jax.random.randint(jax.random.key(1), (6,), 0, 3)
+  model = models.get_model('mlp', 'batch', hidden=(5,), num_classes=3)
+  v = model.init(jax.random.key(2), x, train=False)
+
+  def loss_of_perturbation(delta):
+    out, _ = model.apply({'params': v['params'], 'batch_stats': v['batch_stats'],
+                          'perturbations': delta}, x, train=True, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+
+  zero = jax.tree.map(jnp.zeros_like, v['perturbations'])
+  r = probes.activation_curvature(loss_of_perturbation, zero)
+  for name in ('dense1_out', 'norm1_out'):
+    f = lambda a, name=name: loss_of_perturbation(dict(zero, **{name: a.reshape(zero[name].shape)}))
+    g = np.asarray(jax.grad(f)(zero[name].ravel()), np.float64)
+    h = np.asarray(jax.hessian(f)(zero[name].ravel()), np.float64)
+    assert r.grad_norm[name] == pytest.approx(np.linalg.norm(g), rel=1e-5)
+    assert r.quadratic_form[name] == pytest.approx(g @ h @ g, rel=1e-3, abs=1e-9)
+
+
+@pytest.fixture(scope='module')
+def bn_layer_in_a_network():
+  """loss of (y, z) perturbations at layer 2 of a vgg_tiny with BN, and that layer's y."""
+  x = jax.random.normal(jax.random.key(3), (8, 8, 8, 3))
+  labels = jax.random.randint(jax.random.key(4), (8,), 0, 10)
+  model = models.get_model('vgg_tiny', 'batch')
+  v = model.init(jax.random.key(0), x, train=False)
+  variables = {'params': v['params'], 'batch_stats': v['batch_stats']}
+  _, st = model.apply(variables, x, train=True, mutable=['intermediates', 'batch_stats'])
+
+  zeros = {name: jnp.zeros_like(a[0]) for name, a in st['intermediates'].items()}
+
+  def loss_of_perturbation(delta):
+    perturbations = dict(zeros, conv2_out=delta['y'], norm2_out=delta['z'])
+    out, _ = model.apply(dict(variables, perturbations=perturbations),
+                         x, train=True, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
+
+  # A non-trivial gamma, so that the theorems' gamma terms matter.
+  gamma = 1.0 + jax.random.uniform(jax.random.key(5), (16,))
+  variables['params'] = dict(variables['params'],
+                             norm2=dict(variables['params']['norm2'], scale=gamma))
+  return loss_of_perturbation, st['intermediates']['conv2_out'][0], gamma
+
+
+def test_theorem_4_1_is_an_equality_per_unit(bn_layer_in_a_network):
+  loss_of_perturbation, y, gamma = bn_layer_in_a_network
+  r = probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5, units=jnp.arange(16))
+  assert np.all(np.asarray(r.grad_y_sq) > 0)
+  np.testing.assert_allclose(r.grad_y_sq, r.thm41_rhs, rtol=1e-4)
+  # BN shrinks the gradient: ||dL/dy|| relative to ||dL/dz|| scaled by gamma / sigma.
+  sigma2 = np.asarray(y).reshape(-1, 16).var(0) + 1e-5
+  assert np.all(np.asarray(r.grad_y_sq) <= np.asarray(gamma**2 / sigma2 * r.grad_z_sq) * (1 + 1e-5))
+
+
+def test_theorem_4_2_bound_holds_per_unit(bn_layer_in_a_network):
+  loss_of_perturbation, y, gamma = bn_layer_in_a_network
+  r = probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5, units=jnp.arange(8))
+  lhs, rhs = np.asarray(r.curvature_y, np.float64), np.asarray(r.thm42_rhs, np.float64)
+  scale = np.abs(lhs).max()
+  assert scale > 0
+  assert np.all(lhs <= rhs + 1e-4 * scale)
+
+
+def test_activation_statistics():
+  a = jax.random.normal(jax.random.key(0), (4, 3, 3, 6)) * jnp.arange(1.0, 7.0)
+  s = probes.activation_statistics(a, [1, 5])
+  ref = np.asarray(a).reshape(-1, 6)[:, [1, 5]]
+  np.testing.assert_allclose(s.values, ref.T)
+  np.testing.assert_allclose(s.mean, ref.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(s.var, ref.var(0), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------- bad input
+def test_non_scalar_loss_and_integer_leaves_fail_clearly(quadratic):
+  loss_fn, params, _ = quadratic
+  with pytest.raises(ValueError, match='must return a scalar, got \\(20,\\)'):
+    probes.hvp(lambda p: p['x'] * 2.0, params, params)
+  with pytest.raises(TypeError, match=r"leaf \['step'\] has dtype int32"):
+    probes.gradient_landscape(lambda p: loss_fn(p) + p['step'], dict(params, step=jnp.int32(3)),
+                              jnp.array([0.1]))
+  with pytest.raises(TypeError, match='floating scalar'):
+    probes.hessian_trace(lambda p: jnp.int32(1), params, jax.random.key(0))
+
+
+def test_landscape_is_nan_safe(quadratic):
+  loss_fn, params, _ = quadratic
+  # At a minimum the gradient is zero: beta is undefined and reported as NaN.
+  r = probes.gradient_landscape(loss_fn, {'x': jnp.zeros(20)}, jnp.array([0.1, 0.2]))
+  assert r.grad_norm == 0 and np.isnan(r.beta)
+  np.testing.assert_array_equal(r.loss, [0.0, 0.0])
+  # A step size that leaves the finite region: NaN there, beta from the finite ones.
+  blowup = lambda p: jnp.where(jnp.abs(p['x']).max() > 50.0, jnp.nan, loss_fn(p))
+  etas = jnp.array([0.01, 1e4])
+  r = probes.gradient_landscape(blowup, params, etas)
+  assert np.isfinite(r.loss[0]) and np.isnan(r.loss[1])
+  reference = probes.gradient_landscape(loss_fn, params, etas[:1])
+  assert r.beta == pytest.approx(float(reference.beta), rel=1e-5)

@@ -1,0 +1,75 @@
+"""Each probe gives the same answer with the batch on one device or sharded over 8."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from bnjax import models, probes
+
+
+def all_probes(params, new_params, batch, key):
+  """Every probe at once on a BN MLP; batch and params are arguments (no constants)."""
+  model = models.get_model('mlp', 'batch', hidden=(12, 10), num_classes=3)
+
+  def loss_fn(p):
+    out, _ = model.apply({'params': p, 'batch_stats': batch['stats']}, batch['x'], train=True,
+                         mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(out, batch['y']).mean()
+
+  def loss_of_perturbation(delta):
+    out, _ = model.apply({'params': params, 'batch_stats': batch['stats'],
+                          'perturbations': delta}, batch['x'], train=True, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(out, batch['y']).mean()
+
+  zero = {f'{kind}{k}_out': jnp.zeros((batch['x'].shape[0], w))
+          for k, w in ((1, 12), (2, 10)) for kind in ('dense', 'norm')}
+  g = jax.grad(loss_fn)(params)
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+      'hvp': probes.hvp(loss_fn, params, g),
+      'eig': probes.top_eigenvalues(loss_fn, params, k1, k=2, num_iterations=15),
+      'trace': probes.hessian_trace(loss_fn, params, k2, num_samples=8, batch_size=4),
+      'density': probes.spectral_density(loss_fn, params, k3, num_probes=2, num_iterations=8),
+      'curvature': probes.directional_curvature(loss_fn, params, g),
+      'landscape': probes.gradient_landscape(loss_fn, params, jnp.array([0.05, 0.1, 0.2, 0.4])),
+      'ics': probes.ics(loss_fn, params, new_params, [('dense1',), ('dense2',), ('head',)]),
+      'activations': probes.activation_curvature(loss_of_perturbation, zero),
+      'bn': probes.batchnorm_theorems(
+          lambda d: loss_of_perturbation(dict(zero, dense2_out=d['y'], norm2_out=d['z'])),
+          jnp.zeros((batch['x'].shape[0], 10)) + batch['x'][:, :1], params['norm2']['scale'],
+          1e-5, units=jnp.arange(3)),
+  }
+
+
+def test_probes_agree_on_one_device_and_sharded_over_eight():
+  assert jax.device_count() >= 8
+  x = jax.random.normal(jax.random.key(0), (32, 6))
+  y = jax.random.randint(jax.random.key(1), (32,), 0, 3)
+  model = models.get_model('mlp', 'batch', hidden=(12, 10), num_classes=3)
+  v = model.init(jax.random.key(2), x, train=False)
+  params = v['params']
+  new_params = jax.tree.map(lambda p: p + 0.05 * jnp.sin(p + 1.0), params)
+  batch = {'x': x, 'y': y, 'stats': v['batch_stats']}
+  key = jax.random.key(3)
+
+  one = jax.jit(all_probes)(params, new_params, batch, key)
+
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(AxisType.Auto,), devices=jax.devices()[:8])
+  repl, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  batch_sharding = {'x': sharded, 'y': sharded, 'stats': repl}
+  fn = jax.jit(all_probes, in_shardings=(repl, repl, batch_sharding, repl))
+  placed = jax.device_put(batch, batch_sharding)
+  assert len(placed['x'].sharding.device_set) == 8
+  eight = fn(jax.device_put(params, repl), jax.device_put(new_params, repl), placed, key)
+
+  assert len(jax.tree.leaves(one)) > 20
+  for name in one:
+    # Tolerance relative to the largest entry of each probe's result (an eigenvector's
+    # tiny components carry summation-order noise relative to its unit norm).
+    leaves_one, leaves_eight = jax.tree.leaves(one[name]), jax.tree.leaves(eight[name])
+    scale = max(float(np.abs(np.asarray(a)).max()) for a in leaves_one)
+    for a, b in zip(leaves_one, leaves_eight):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-4 * scale,
+                                 err_msg=name)
