@@ -61,15 +61,22 @@ class TrainState:
 
 def make_train_step(objective: Callable, tx: optax.GradientTransformation,
                     base_key: jax.Array, learning_rate: float) -> Callable:
-  """train_step(state, batch) -> (state, metrics); one SGD update on one batch."""
+  """train_step(state, batch, before_update=None) -> (state, metrics); one SGD update.
 
-  def train_step(state: TrainState, batch):
+  ``before_update(grads)``, if given, runs between the gradient and the update, and its
+  result is returned as ``metrics['before_update']``: in-training probes use it to share
+  the step's gradient instead of computing it again.
+  """
+
+  def train_step(state: TrainState, batch, before_update=None):
     key = objective_lib.noise_key_for_step(base_key, state.step)
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     (_, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, key)
+    metrics = dict(metrics, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+    if before_update is not None:
+      metrics['before_update'] = before_update(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, learning_rate=jnp.asarray(learning_rate, jnp.float32))
     return TrainState(state.step + 1, params, new_stats, opt_state), metrics
 
   return train_step
@@ -86,22 +93,32 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
   """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan``.
 
   batches: {'inputs': [k, B, ...], ...}. Each probe runs before the update of every step
-  its schedule names, on that step's batch and noise key, under ``lax.cond``; on the
-  other steps its outputs are NaN-filled and the host drops them.
+  its schedule names, on that step's batch, noise key and gradient, under ``lax.cond``;
+  on the other steps its outputs are NaN-filled and the host drops them.
   """
 
   def one_step(state, batch):
     key = objective_lib.noise_key_for_step(base_key, state.step)
-    probe_out = {}
-    for name, probe in probe_fns.items():
-      shapes = jax.eval_shape(probe.fn, state, batch, key)
-      skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
-      due = (state.step % probe.every) == 0
-      probe_out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key)
-    state, metrics = train_step(state, batch)
+
+    def run_probes(grads):
+      out = {}
+      for name, probe in probe_fns.items():
+        shapes = jax.eval_shape(probe.fn, state, batch, key, grads)
+        skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
+        due = (state.step % probe.every) == 0
+        out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key, grads)
+      return out
+
+    state, metrics = train_step(state, batch, run_probes if probe_fns else None)
+    probe_out = metrics.pop('before_update', {})
     return state, (metrics, probe_out)
 
   def chunk(state, batches):
+    if batches['inputs'].shape[0] == 1:
+      # XLA:CPU runs a gradient inside a loop body (even a one-trip scan) several times
+      # slower than outside one, so a one-step call has no scan (VGG: ~20x).
+      state, out = one_step(state, jax.tree.map(lambda b: b[0], batches))
+      return state, jax.tree.map(lambda a: a[None], out)
     return jax.lax.scan(one_step, state, batches)
 
   return chunk
@@ -327,7 +344,8 @@ def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
     lines = []
     diverged = None
     for i in range(k):
-      line = {'step': first + i, 'steps_per_second': sps}
+      line = {'step': first + i, 'steps_per_second': sps,
+              'examples_per_second': sps * config.batch_size}
       line.update({n: _to_json(v[i]) for n, v in metrics.items()})
       for name, out in probe_out.items():
         if (first + i) % probe_fns[name].every == 0:

@@ -180,6 +180,11 @@ def test_gradient_landscape_on_a_quadratic(quadratic):
   np.testing.assert_allclose(r.loss, expected_loss, rtol=1e-4)
   assert r.loss_at_start == pytest.approx(0.5 * x @ a @ x, rel=1e-5)
   assert r.grad_norm == pytest.approx(np.linalg.norm(g), rel=1e-5)
+  # Vmapped all at once, or with the gradient supplied: the same numbers.
+  for kwargs in ({'batch_size': 4}, {'batch_size': 1}, {'batch_size': 0},
+                 {'gradient': {'x': jnp.asarray(g, jnp.float32)}}):
+    other = probes.gradient_landscape(loss_fn, params, jnp.asarray(etas), **kwargs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r, other)
   curv = probes.directional_curvature(loss_fn, params, {'x': jnp.asarray(g, jnp.float32)})
   assert curv == pytest.approx(g @ a @ g / (g @ g), rel=1e-5)
 
@@ -199,6 +204,8 @@ def test_ics_on_a_two_layer_linear_model_matches_the_closed_form():
   cos = np.sum(g2 * g2_shift) / np.linalg.norm(g2) / np.linalg.norm(g2_shift)
   np.testing.assert_allclose(r.l2, [0.0, np.linalg.norm(g2 - g2_shift)], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(r.cosine, [1.0, cos], rtol=1e-5)
+  given = probes.ics(loss_fn, params, new, [('l1',), ('l2', 'w')], gradient=jax.grad(loss_fn)(params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), r, given)
 
 
 def test_block_probes_use_the_hessians_diagonal_block(mlp):

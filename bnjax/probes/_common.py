@@ -86,6 +86,18 @@ def normal_like(key: jax.Array, params: Params):
                             for k, x in zip(keys, leaves)])
 
 
+def map_in_batches(f, xs, batch_size: int):
+  """lax.map of f over xs, ``batch_size`` at a time vmapped.
+
+  ``lax.map(..., batch_size=1)`` still vmaps (over a size-1 axis), which turns every
+  convolution whose kernel depends on the mapped value into a grouped convolution, a
+  slow path on XLA:CPU; batch_size 1 therefore takes a plain sequential lax.map.
+  """
+  if batch_size == 1:
+    return jax.lax.map(f, xs)
+  return jax.lax.map(f, xs, batch_size=batch_size)
+
+
 # ------------------------------------------------------------------------- key paths
 def plain_path(path) -> KeyPath:
   """A jax key path as plain keys: (DictKey('conv1'), DictKey('kernel')) -> ('conv1', 'kernel')."""

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from matfree import decomp
 
-from bnjax.probes._common import (Block, LossFn, Params, check_inputs, normal_like,
+from bnjax.probes._common import (Block, LossFn, Params, check_inputs, map_in_batches, normal_like,
                                   rademacher_like, restrict, result, tree_norm, tree_vdot,
                                   with_precision)
 
@@ -127,7 +127,7 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
     z = rademacher_like(k, params)
     return tree_vdot(z, _hvp(loss_fn, params, z))
 
-  values = jax.lax.map(sample, jax.random.split(key, num_samples), batch_size=batch_size)
+  values = map_in_batches(sample, jax.random.split(key, num_samples), batch_size)
   return TraceEstimate(jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(num_samples))
 
 

@@ -16,14 +16,16 @@ class ICS:
 
 
 @with_precision
-def ics(loss_fn: LossFn, params: Params, new_params: Params, layers: Sequence[KeyPath]) -> ICS:
+def ics(loss_fn: LossFn, params: Params, new_params: Params, layers: Sequence[KeyPath],
+        gradient: Params | None = None) -> ICS:
   """ICS of every layer in ``layers`` (key-path prefixes into params, first layer first).
 
   G_i  = grad wrt W_i of L(W_1^t, ..., W_k^t)                         (at ``params``)
   G'_i = grad wrt W_i of L(W_1^{t+1}, ..., W_{i-1}^{t+1}, W_i^t, ..., W_k^t)
   where W^{t+1} are the layers' values in ``new_params`` (after one optimizer update, of
   any optimizer) and parameters outside ``layers`` stay at ``params``. Costs one full
-  gradient plus, for i > 1, a gradient wrt W_i alone (backward down to layer i only).
+  gradient (none when ``gradient``, grad L at params, is given) plus, for i > 1, a
+  gradient wrt W_i alone (backward down to layer i only).
   """
   check_inputs(loss_fn, params)
   if len(layers) == 0:
@@ -33,7 +35,7 @@ def ics(loss_fn: LossFn, params: Params, new_params: Params, layers: Sequence[Ke
   leaves, treedef = jax.tree.flatten(params)
   new_leaves = jax.tree.leaves(new_params)
   index = [select_leaves(params, tuple(layer)) for layer in layers]
-  grad_leaves = jax.tree.leaves(jax.grad(loss_fn)(params))
+  grad_leaves = jax.tree.leaves(jax.grad(loss_fn)(params) if gradient is None else gradient)
 
   l2, cosine = [], []
   for i, own in enumerate(index):

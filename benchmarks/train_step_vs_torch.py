@@ -1,0 +1,116 @@
+r"""bnjax's train step against PyTorch eager on the same VGG, batch and precision.
+
+  pip install -e ".[torch]"
+  python benchmarks/train_step_vs_torch.py [--models=vgg11,vgg16] [--batch=128] [--repeats=5]
+
+Same architecture (3x3 conv + BatchNorm + ReLU, 2x2 max-pools, one linear head), Glorot
+init, float32, plain SGD at LR 0.1, batch 128, CIFAR shapes; one process, run back to
+back. Prints the median time of each side as a ratio (bnjax / PyTorch: < 1 is faster).
+Without torch installed it prints bnjax's figures alone.
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnjax import models, objective, train
+from bnjax.models import vgg
+
+
+def median_time(fn, repeats: int) -> float:
+  fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def jax_step_time(name: str, batch: int, repeats: int) -> tuple[float, float]:
+  model = models.get_model(name, 'batch')
+  x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
+  y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
+  tx = optax.sgd(0.1)
+  v = model.init(jax.random.key(2), x[:1], train=False)
+  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
+                           tx.init(v['params']))
+  step = jax.jit(train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx,
+                                       jax.random.key(3), 0.1), donate_argnums=0)
+  forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=True,
+                                                mutable=['batch_stats'])[0])
+  holder = {'state': state}
+  batch_ = {'inputs': x, 'targets': y}
+
+  def run_step():
+    holder['state'], m = step(holder['state'], batch_)
+    jax.block_until_ready(m)
+
+  t_step = median_time(run_step, repeats)
+  s = holder['state']
+  t_fwd = median_time(lambda: jax.block_until_ready(forward(s.params, s.batch_stats, x)), repeats)
+  return t_step, t_fwd
+
+
+def torch_step_time(name: str, batch: int, repeats: int) -> tuple[float, float] | None:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from torch import nn  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  layers, c = [], 3
+  for entry in vgg.LAYOUTS[name]:
+    if entry == 'M':
+      layers.append(nn.MaxPool2d(2))
+    else:
+      layers += [nn.Conv2d(c, entry, 3, padding=1), nn.BatchNorm2d(entry), nn.ReLU(inplace=True)]
+      c = entry
+  net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c, 10))
+  for m in net.modules():
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+      nn.init.xavier_uniform_(m.weight)
+      nn.init.zeros_(m.bias)
+  net.train()
+  opt = torch.optim.SGD(net.parameters(), lr=0.1)
+  x = torch.randn(batch, 3, 32, 32)
+  y = torch.randint(0, 10, (batch,))
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+
+  def forward():
+    with torch.no_grad():
+      net(x)
+
+  return median_time(step, repeats), median_time(forward, repeats)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='vgg11,vgg16')
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args()
+  print(f'train step, batch {args.batch}, float32, {jax.default_backend()}')
+  for name in args.models.split(','):
+    j_step, j_fwd = jax_step_time(name, args.batch, args.repeats)
+    t = torch_step_time(name, args.batch, args.repeats)
+    if t is None:
+      print(f'{name}: bnjax step {j_step:.3f} s, forward {j_fwd:.3f} s (torch not installed)')
+      continue
+    t_step, t_fwd = t
+    print(f'{name}: step bnjax/torch = {j_step / t_step:.2f}  (bnjax {j_step:.3f} s, '
+          f'torch {t_step:.3f} s); forward bnjax/torch = {j_fwd / t_fwd:.2f}  '
+          f'(target: step ratio <= 1.0, stretch <= 0.77)')
+
+
+if __name__ == '__main__':
+  main()
