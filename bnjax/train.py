@@ -90,7 +90,7 @@ def _unset(s: jax.ShapeDtypeStruct) -> jax.Array:
 
 def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
                      base_key: jax.Array) -> Callable:
-  """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan``.
+  """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan`` (k > 1).
 
   batches: {'inputs': [k, B, ...], ...}. Each probe runs before the update of every step
   its schedule names, on that step's batch, noise key and gradient, under ``lax.cond``;

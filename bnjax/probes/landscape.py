@@ -35,8 +35,8 @@ def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
 
   Panel (a): the band between min and max of ``loss``; (b) of ``grad_diff``; (c) ``beta``.
   All step sizes are evaluated in one compiled call: ``batch_size`` at a time vmapped,
-  or with 0 unrolled (None: ``default_batch_size``). ``gradient``: g, when the caller has it already (a
-  train step does), saves one gradient evaluation.
+  or with 0 unrolled (None: ``default_batch_size``). ``gradient``: g, when the caller
+  has it already (a train step does), saves one gradient evaluation.
   NaN-safe: a step size whose loss or gradient is not finite gives NaN in ``loss`` /
   ``grad_diff`` and is left out of ``beta``; ``beta`` is NaN when g = 0 (undefined) or
   when no step size gives a finite value.
