@@ -53,7 +53,7 @@ def main():
   batch = {'x': x, 'y': y, 'stats': stats}
   lr = 0.1
 
-  def loss_fn_for(batch):
+  def loss_fn_for(batch, model=model):
     def loss_fn(p):
       out, _ = model.apply({'params': p, 'batch_stats': batch['stats']}, batch['x'], train=True,
                            mutable=['batch_stats'])
@@ -79,7 +79,10 @@ def main():
   grads = jax.jit(lambda p, b: jax.grad(loss_fn_for(b))(p))(params, batch)
   new_params = train_step(params, batch)
   ics = jax.jit(lambda p, q, b: probes.ics(loss_fn_for(b), p, q, layers))
-  eig = jax.jit(lambda p, b, k: probes.top_eigenvalues(loss_fn_for(b), p, k, k=1,
+  # Lanczos loops over HVPs: the model as differentiated inside control flow (on CPU its
+  # convolutions as slices + matmul, see bnjax.models.for_control_flow).
+  loop_model = models.for_control_flow(model)
+  eig = jax.jit(lambda p, b, k: probes.top_eigenvalues(loss_fn_for(b, loop_model), p, k, k=1,
                                                        num_iterations=20))
 
   print(f'{args.model} with BatchNorm, batch {args.batch}, {jax.default_backend()}, '
@@ -90,16 +93,26 @@ def main():
   t_land = timed(landscape, params, batch, repeats=args.repeats)
   t_land_g = timed(landscape_g, params, batch, grads, repeats=args.repeats)
   t_ics = timed(ics, params, new_params, batch, repeats=max(1, args.repeats // 2))
+  # Many products at the same params (Lanczos, Hutchinson): hvp_operator's marginal cost.
+  def products(n):
+    def f(p, b, v):
+      apply_h = probes.hvp_operator(loss_fn_for(b), p)
+      return [apply_h(jax.tree.map(lambda a: a * (i + 1.0), v)) for i in range(n)]
+    return jax.jit(f)
+  t_op1 = timed(products(1), params, batch, v, repeats=args.repeats)
+  t_op5 = timed(products(5), params, batch, v, repeats=args.repeats)
   print(f'hvp / loss-and-grad:                  {t_hvp / t_lg:5.2f}x   (target <= 2.2)')
+  print(f'  ... each further product of hvp_operator: {(t_op5 - t_op1) / 4 / t_lg:5.2f}x')
   print(f'landscape(4 etas) / train step:       {t_land / t_step:5.2f}x   (target <= 4.5)')
   print(f'  ... with the step\'s gradient given:    {t_land_g / t_step:5.2f}x')
   print(f'ics({n_layers} layers) / loss-and-grad:         {t_ics / t_lg:5.2f}x   '
         f'(target <= {n_layers})')
 
+  t_eig = timed(eig, params, batch, jax.random.key(3), repeats=1)
   r = eig(params, batch, jax.random.key(3))
   rel = float(r.residuals[0] / jnp.abs(r.eigenvalues[0]))
   print(f'Lanczos, 20 HVPs: lambda_max {float(r.eigenvalues[0]):.4g}, relative residual '
-        f'{rel:.1e}   (target <= 1e-3)')
+        f'{rel:.1e}   (target <= 1e-3); {t_eig / t_hvp:.1f} standalone hvp times')
   power_hvp = jax.jit(lambda p, b, v: probes.hvp(loss_fn_for(b), p, v))
   vec = jax.tree.map(lambda a: jax.random.normal(jax.random.key(4), a.shape), params)
   norm = lambda t: jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree.leaves(t)))

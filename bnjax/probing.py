@@ -46,7 +46,12 @@ def _layer_numbers(model: nn.Module, name: str, layers) -> list[int]:
 
 def build(config: ml_collections.ConfigDict, model: nn.Module,
           tx: optax.GradientTransformation) -> dict[str, Probe]:
-  """The enabled probes of ``config.probes``; raises ValueError for impossible settings."""
+  """The enabled probes of ``config.probes``; raises ValueError for impossible settings.
+
+  Probes run under ``lax.cond`` (see ``train.make_train_chunk``), so they differentiate
+  ``models.for_control_flow(model)``: the same function, fast inside control flow.
+  """
+  model = models.for_control_flow(model)
   objective = objective_lib.make_objective(model, config.loss)
   out = {}
   for name, cfg in config.probes.items():

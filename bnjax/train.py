@@ -115,8 +115,8 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
 
   def chunk(state, batches):
     if batches['inputs'].shape[0] == 1:
-      # XLA:CPU runs a gradient inside a loop body (even a one-trip scan) several times
-      # slower than outside one, so a one-step call has no scan (VGG: ~20x).
+      # No scan for one step: outside control flow XLA:CPU runs its own, faster,
+      # convolutions (see models.common.use_im2col).
       state, out = one_step(state, jax.tree.map(lambda b: b[0], batches))
       return state, jax.tree.map(lambda a: a[None], out)
     return jax.lax.scan(one_step, state, batches)
@@ -271,7 +271,9 @@ def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), dict(mesh.shape))
 
-  objective = objective_lib.make_objective(model, config.loss)
+  # Several steps per call run in a lax.scan: differentiate the control-flow-safe model.
+  objective = objective_lib.make_objective(
+      models.for_control_flow(model) if config.steps_per_call > 1 else model, config.loss)
   base_key = jax.random.key(config.seed)
   init_key, noise_base = jax.random.split(base_key)
 

@@ -75,3 +75,28 @@ def test_im2col_convolution_equals_xla_convolution(hw, monkeypatch):
     results.append((conv.apply(params, x), jax.grad(f, argnums=(0, 1))(params, x)))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *results)
   assert not common.use_im2col(2, 2, backend='tpu') and not common.use_im2col(2, 2, backend='gpu')
+
+
+def test_for_control_flow_model_is_the_same_function_in_loops():
+  """The control-flow model (im2col convs on CPU) gives the same loss and gradient,
+  including inside a lax.fori_loop body, as the model outside any loop."""
+  model = models.get_model('vgg_tiny', 'batch')
+  loop_model = models.for_control_flow(model)
+  assert loop_model.conv_impl == ('im2col' if jax.default_backend() == 'cpu' else 'auto')
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  params = _init(model, x)['params']
+
+  def loss(m):
+    return lambda p: jnp.sum(m.apply({'params': p}, x, train=True, mutable=['batch_stats'])[0] ** 2)
+
+  expected = jax.value_and_grad(loss(model))(params)
+  zero = jax.tree.map(jnp.zeros_like, expected)
+  in_loop = jax.jit(lambda p: jax.lax.fori_loop(
+      0, 1, lambda i, _: jax.value_and_grad(loss(loop_model))(p), zero))(params)
+  # Conv biases before BN have zero gradient up to rounding: tolerance on the global scale.
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(expected))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
+               expected, in_loop)
+  with pytest.raises(ValueError, match='conv_impl'):
+    models.get_model('vgg_tiny', 'none', conv_impl='fft').init(jax.random.key(0), x, train=False)
+  assert models.for_control_flow(models.get_model('dln', 'batch')).depth == 25

@@ -70,6 +70,11 @@ def test_hvp_equals_dense_hessian_times_v_and_is_symmetric(fixture, request):
   np.testing.assert_allclose(hv, h @ flat(v), rtol=2e-3, atol=2e-4 * np.abs(h @ flat(v)).max())
   hu = flat(probes.hvp(loss_fn, params, u))
   assert abs(flat(u) @ hv - flat(v) @ hu) <= 1e-4 * (abs(flat(u) @ hv) + 1e-3)
+  # The linearised operator: the same products, for several vectors in one program.
+  hv_op, hu_op = map(flat, jax.jit(lambda p, v, u: list(map(
+      probes.hvp_operator(loss_fn, p), (v, u))))(params, v, u))
+  np.testing.assert_allclose(hv_op, h @ flat(v), rtol=2e-3, atol=2e-4 * np.abs(h @ flat(v)).max())
+  np.testing.assert_allclose(hu_op, h @ flat(u), rtol=2e-3, atol=2e-4 * np.abs(h @ flat(u)).max())
 
 
 def test_gnvp_equals_dense_gauss_newton(mlp):

@@ -8,6 +8,7 @@ Layer k's kernel sits at ``params[f'{model.layer_prefix}{k}']['kernel']``
 from typing import Any
 
 import flax.linen as nn
+import jax
 
 from bnjax.models import dln, mlp, vgg
 from bnjax.models.norms import NORMALIZERS, get_normalizer
@@ -39,6 +40,19 @@ def num_layers(model: nn.Module) -> int:
   raise TypeError(f'not a bnjax model: {type(model).__name__}')
 
 
+def for_control_flow(model: nn.Module) -> nn.Module:
+  """``model`` as it should be differentiated inside lax control flow (scan, loops, cond).
+
+  On CPU a VGG's convolutions then run as shifted slices + matmul: XLA:CPU runs a
+  convolution's gradient inside a loop body or cond branch as naive loops (see
+  ``common.use_im2col``). Same parameters, same values; other models and other
+  backends come back unchanged.
+  """
+  if isinstance(model, vgg.VGG) and jax.default_backend() == 'cpu':
+    return model.clone(conv_impl='im2col')
+  return model
+
+
 def kernel_path(model: nn.Module, k: int) -> tuple[str, str]:
   """Key path of layer #k's weight inside the ``params`` collection."""
   if not 1 <= k <= num_layers(model):
@@ -46,4 +60,4 @@ def kernel_path(model: nn.Module, k: int) -> tuple[str, str]:
   return (f'{model.layer_prefix}{k}', 'kernel')
 
 
-__all__ = ['MODELS', 'NORMALIZERS', 'get_model', 'get_normalizer', 'kernel_path', 'num_layers']
+__all__ = ['MODELS', 'NORMALIZERS', 'for_control_flow', 'get_model', 'get_normalizer', 'kernel_path', 'num_layers']

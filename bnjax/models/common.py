@@ -7,16 +7,33 @@ import jax.numpy as jnp
 # The paper initialises with Glorot (Xavier) uniform; biases start at zero.
 GLOROT = nn.initializers.glorot_uniform()
 
-# XLA:CPU runs a 3x3 convolution on a 2x2 input far below its usual speed: batch 128,
-# 512 -> 512 channels, forward 1.0 s vs 9 ms as shifted slices + one matmul, gradient
-# 2.0 s vs 22 ms (measured side by side here). From 4x4 up XLA's own is as fast or
-# faster. So on CPU, inputs of at most this many pixels (H * W) take the im2col path;
-# GPU and TPU always keep XLA's convolution. The one place where the choice is made.
+# Two facts of XLA:CPU (jaxlib 0.10.2) decide how a 3x3 convolution runs there; GPU and
+# TPU always keep XLA's convolution.
+# - On a 2x2 input XLA's convolution runs far below its usual speed: batch 128,
+#   512 -> 512 channels, forward 1.0 s vs 9 ms as shifted slices + one matmul, gradient
+#   2.0 s vs 22 ms (measured side by side here). From 4x4 up XLA's own is faster.
+# - XLA:CPU hands a convolution to its fast library only after its ConvCanonicalization
+#   pass has rewritten it, and that pass visits the entry computation alone. Inside a
+#   lax.scan / fori_loop / while body or a lax.cond branch the backward convolutions
+#   stay as naive loops: a VGG-11 gradient (batch 16) takes 1.9 s there vs 0.1 s outside.
+#   Shifted slices + matmul contain no convolution, so they run at full speed anywhere.
+# 'auto' therefore means im2col for 2x2 inputs on CPU; code that differentiates a model
+# inside control flow asks for 'im2col' (``bnjax.models.for_control_flow``). This is
+# the one place where the choice is made.
 CPU_IM2COL_MAX_PIXELS = 4
+CONV_IMPLS = ('auto', 'xla', 'im2col')
 
 
-def use_im2col(height: int, width: int, backend: str | None = None) -> bool:
-  """Whether a 3x3 SAME convolution on an HxW input runs as shifted slices + matmul."""
+def use_im2col(height: int, width: int, impl: str = 'auto', backend: str | None = None) -> bool:
+  """Whether a 3x3 SAME convolution on an HxW input runs as shifted slices + matmul.
+
+  impl: 'xla' (never), 'im2col' (always) or 'auto' (CPU and at most
+  ``CPU_IM2COL_MAX_PIXELS`` pixels).
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'unknown conv_impl {impl!r}; valid: {", ".join(CONV_IMPLS)}')
+  if impl != 'auto':
+    return impl == 'im2col'
   backend = backend or jax.default_backend()
   return backend == 'cpu' and height * width <= CPU_IM2COL_MAX_PIXELS
 
@@ -29,13 +46,14 @@ class Conv3x3(nn.Module):
   """
 
   features: int
+  impl: str = 'auto'  # see use_im2col
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', GLOROT, (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
     _, h, w, c = x.shape
-    if use_im2col(h, w):
+    if use_im2col(h, w, self.impl):
       # Nine shifted views of the zero-padded input, (row, col, channel) ordered like the
       # kernel's reshape; their backward pass is pads and slices, with no convolution.
       xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -48,8 +66,8 @@ class Conv3x3(nn.Module):
     return y + bias
 
 
-def conv3x3(features: int, name: str) -> nn.Module:
-  return Conv3x3(features, name=name)
+def conv3x3(features: int, name: str, impl: str = 'auto') -> nn.Module:
+  return Conv3x3(features, impl, name=name)
 
 
 def expose(module: nn.Module, name: str, x: jax.Array) -> jax.Array:

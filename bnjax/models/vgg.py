@@ -30,6 +30,7 @@ class VGG(nn.Module):
   norm: Callable[..., nn.Module]
   num_classes: int = 10
   width: float = 1.0  # multiplies every conv's channel count (the :local configs shrink it)
+  conv_impl: str = 'auto'  # 'auto', 'xla' or 'im2col': see common.use_im2col
 
   layer_prefix = 'conv'
 
@@ -42,7 +43,7 @@ class VGG(nn.Module):
         continue
       k += 1
       features = max(1, int(round(entry * self.width)))
-      y = common.conv3x3(features, name=f'conv{k}')(x)
+      y = common.conv3x3(features, f'conv{k}', self.conv_impl)(x)
       y = common.expose(self, f'conv{k}_out', y)
       z = self.norm(name=f'norm{k}')(y, train)
       z = common.expose(self, f'norm{k}_out', z)

@@ -16,13 +16,13 @@ from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
                                       BatchNormTheorems, activation_curvature,
                                       activation_statistics, batchnorm_theorems)
 from bnjax.probes.hessian import (Eigenpairs, SpectralDensity, TraceEstimate,
-                                  directional_curvature, gnvp, hessian_trace, hvp,
+                                  directional_curvature, gnvp, hessian_trace, hvp, hvp_operator,
                                   smooth_density, spectral_density, top_eigenvalues)
 from bnjax.probes.ics import ICS, ics
 from bnjax.probes.landscape import Landscape, gradient_landscape
 
 __all__ = [
-    'hvp', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
+    'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
     'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict',
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',
