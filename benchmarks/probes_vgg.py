@@ -11,7 +11,6 @@ in <= 20 HVPs; landscape over k=4 step sizes <= k + 0.5 train steps; ics over L 
 """
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -19,17 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from bnjax import models, probes
-
-
-def timed(fn, *args, repeats: int) -> float:
-  """Median wall time of ``fn(*args)`` over ``repeats`` runs after one warm-up, seconds."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+from bnjax.probes._common import tree_norm, tree_vdot
+from timing import median_time as timed
 
 
 def peak_bytes(fn, *args) -> int:
@@ -108,23 +98,23 @@ def main():
   print(f'ics({n_layers} layers) / loss-and-grad:         {t_ics / t_lg:5.2f}x   '
         f'(target <= {n_layers})')
 
-  t_eig = timed(eig, params, batch, jax.random.key(3), repeats=1)
-  r = eig(params, batch, jax.random.key(3))
+  r = jax.block_until_ready(eig(params, batch, jax.random.key(3)))  # compiles
+  t = time.perf_counter()
+  r = jax.block_until_ready(eig(params, batch, jax.random.key(3)))
+  t_eig = time.perf_counter() - t
   rel = float(r.residuals[0] / jnp.abs(r.eigenvalues[0]))
   print(f'Lanczos, 20 HVPs: lambda_max {float(r.eigenvalues[0]):.4g}, relative residual '
         f'{rel:.1e}   (target <= 1e-3); {t_eig / t_hvp:.1f} standalone hvp times')
-  power_hvp = jax.jit(lambda p, b, v: probes.hvp(loss_fn_for(b), p, v))
   vec = jax.tree.map(lambda a: jax.random.normal(jax.random.key(4), a.shape), params)
-  norm = lambda t: jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree.leaves(t)))
-  vec = jax.tree.map(lambda a: a / norm(vec), vec)
+  vec = jax.tree.map(lambda a: a / tree_norm(vec), vec)
   power_rel = None
   for i in range(1, 61):
-    hv = power_hvp(params, batch, vec)
-    lam = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(vec), jax.tree.leaves(hv)))
-    power_rel = float(norm(jax.tree.map(lambda h, a: h - lam * a, hv, vec)) / jnp.abs(lam))
+    hv = hvp(params, batch, vec)
+    lam = tree_vdot(vec, hv)
+    power_rel = float(tree_norm(jax.tree.map(lambda h, a: h - lam * a, hv, vec)) / jnp.abs(lam))
     if power_rel <= rel or power_rel < 1e-3:
       break
-    vec = jax.tree.map(lambda a: a / norm(hv), hv)
+    vec = jax.tree.map(lambda a: a / tree_norm(hv), hv)
   print(f'power iteration: relative residual {power_rel:.1e} after {i} HVPs')
 
   m_lg = peak_bytes(loss_and_grad, params, batch)

@@ -10,8 +10,6 @@ Without torch installed it prints bnjax's figures alone.
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +17,7 @@ import optax
 
 from bnjax import models, objective, train
 from bnjax.models import vgg
-
-
-def median_time(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+from timing import median_time
 
 
 def jax_step_time(name: str, batch: int, repeats: int) -> tuple[float, float]:
@@ -50,9 +39,9 @@ def jax_step_time(name: str, batch: int, repeats: int) -> tuple[float, float]:
     holder['state'], m = step(holder['state'], batch_)
     jax.block_until_ready(m)
 
-  t_step = median_time(run_step, repeats)
+  t_step = median_time(run_step, repeats=repeats)
   s = holder['state']
-  t_fwd = median_time(lambda: jax.block_until_ready(forward(s.params, s.batch_stats, x)), repeats)
+  t_fwd = median_time(forward, s.params, s.batch_stats, x, repeats=repeats)
   return t_step, t_fwd
 
 
@@ -90,7 +79,7 @@ def torch_step_time(name: str, batch: int, repeats: int) -> tuple[float, float] 
     with torch.no_grad():
       net(x)
 
-  return median_time(step, repeats), median_time(forward, repeats)
+  return median_time(step, repeats=repeats), median_time(forward, repeats=repeats)
 
 
 def main():
