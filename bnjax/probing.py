@@ -33,7 +33,7 @@ HISTOGRAM_BINS = 40
 @dataclasses.dataclass(frozen=True)
 class Probe:
   every: int
-  fn: Callable  # (state, batch, noise_key, grads) -> dict[str, jax.Array]
+  fn: Callable  # (state, batch, noise_key, loss, grads) -> dict[str, jax.Array]
 
 
 def _layer_numbers(model: nn.Module, name: str, layers) -> list[int]:
@@ -70,9 +70,9 @@ def _loss_fn(objective, state, batch, key):
 def _landscape(cfg, config, model, objective, tx):
   step_sizes = np.asarray(cfg.step_size_multipliers, np.float32) * config.learning_rate
 
-  def fn(state, batch, key, grads):
+  def fn(state, batch, key, loss, grads):
     r = probes.gradient_landscape(_loss_fn(objective, state, batch, key), state.params,
-                                  jnp.asarray(step_sizes), gradient=grads)
+                                  jnp.asarray(step_sizes), gradient=grads, loss_at_start=loss)
     return {'loss': r.loss, 'grad_diff': r.grad_diff, 'beta': r.beta,
             'loss_at_start': r.loss_at_start, 'grad_norm': r.grad_norm,
             'step_sizes': jnp.asarray(step_sizes)}
@@ -86,7 +86,8 @@ def _ics(cfg, config, model, objective, tx):
   paths = [models.kernel_path(model, k) for k in range(1, max(layers) + 1)]
   pick = jnp.asarray([k - 1 for k in layers])
 
-  def fn(state, batch, key, grads):
+  def fn(state, batch, key, loss, grads):
+    del loss
     loss_fn = _loss_fn(objective, state, batch, key)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -106,8 +107,8 @@ def _intermediates(model, state, batch, key):
 def _activations(cfg, config, model, objective, tx):
   layers = _layer_numbers(model, 'activations', cfg.layers)
 
-  def fn(state, batch, key, grads):
-    del grads
+  def fn(state, batch, key, loss, grads):
+    del loss, grads
     acts = _intermediates(model, state, batch, key)
     out = {}
     for k in layers:
@@ -139,8 +140,8 @@ def _histogram(values: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _top_eigenvalues(cfg, config, model, objective, tx):
-  def fn(state, batch, key, grads):
-    del grads
+  def fn(state, batch, key, loss, grads):
+    del loss, grads
     r = probes.top_eigenvalues(_loss_fn(objective, state, batch, key), state.params,
                                jax.random.key(cfg.seed), k=cfg.k,
                                num_iterations=cfg.num_iterations)
@@ -150,8 +151,8 @@ def _top_eigenvalues(cfg, config, model, objective, tx):
 
 
 def _hessian_trace(cfg, config, model, objective, tx):
-  def fn(state, batch, key, grads):
-    del grads
+  def fn(state, batch, key, loss, grads):
+    del loss, grads
     r = probes.hessian_trace(_loss_fn(objective, state, batch, key), state.params,
                              jax.random.key(cfg.seed), num_samples=cfg.num_samples)
     return {'estimate': r.estimate, 'stderr': r.stderr}
@@ -169,8 +170,8 @@ def _bn_theorems(cfg, config, model, objective, tx):
   epsilon = config.norm_kwargs.get('epsilon', norms.BatchNorm.epsilon)
   prefix = model.layer_prefix
 
-  def fn(state, batch, key, grads):
-    del grads
+  def fn(state, batch, key, loss, grads):
+    del loss, grads
     acts = _intermediates(model, state, batch, key)
     out = {}
     for k in layers:

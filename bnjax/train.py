@@ -63,18 +63,18 @@ def make_train_step(objective: Callable, tx: optax.GradientTransformation,
                     base_key: jax.Array, learning_rate: float) -> Callable:
   """train_step(state, batch, before_update=None) -> (state, metrics); one SGD update.
 
-  ``before_update(grads)``, if given, runs between the gradient and the update, and its
-  result is returned as ``metrics['before_update']``: in-training probes use it to share
-  the step's gradient instead of computing it again.
+  ``before_update(loss, grads)``, if given, runs between the gradient and the update, and
+  its result is returned as ``metrics['before_update']``: in-training probes use it to
+  share the step's loss and gradient instead of computing them again.
   """
 
   def train_step(state: TrainState, batch, before_update=None):
     key = objective_lib.noise_key_for_step(base_key, state.step)
     grad_fn = jax.value_and_grad(objective, has_aux=True)
-    (_, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, key)
+    (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, key)
     metrics = dict(metrics, learning_rate=jnp.asarray(learning_rate, jnp.float32))
     if before_update is not None:
-      metrics['before_update'] = before_update(grads)
+      metrics['before_update'] = before_update(loss, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, new_stats, opt_state), metrics
@@ -93,20 +93,20 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
   """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan`` (k > 1).
 
   batches: {'inputs': [k, B, ...], ...}. Each probe runs before the update of every step
-  its schedule names, on that step's batch, noise key and gradient, under ``lax.cond``;
-  on the other steps its outputs are NaN-filled and the host drops them.
+  its schedule names, on that step's batch, noise key, loss and gradient, under
+  ``lax.cond``; on the other steps its outputs are NaN-filled and the host drops them.
   """
 
   def one_step(state, batch):
     key = objective_lib.noise_key_for_step(base_key, state.step)
 
-    def run_probes(grads):
+    def run_probes(loss, grads):
       out = {}
       for name, probe in probe_fns.items():
-        shapes = jax.eval_shape(probe.fn, state, batch, key, grads)
+        shapes = jax.eval_shape(probe.fn, state, batch, key, loss, grads)
         skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
         due = (state.step % probe.every) == 0
-        out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key, grads)
+        out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key, loss, grads)
       return out
 
     state, metrics = train_step(state, batch, run_probes if probe_fns else None)

@@ -187,7 +187,9 @@ def test_gradient_landscape_on_a_quadratic(quadratic):
   assert r.grad_norm == pytest.approx(np.linalg.norm(g), rel=1e-5)
   # Vmapped all at once, or with the gradient supplied: the same numbers.
   for kwargs in ({'batch_size': 4}, {'batch_size': 1}, {'batch_size': 0},
-                 {'gradient': {'x': jnp.asarray(g, jnp.float32)}}):
+                 {'gradient': {'x': jnp.asarray(g, jnp.float32)}},
+                 {'gradient': {'x': jnp.asarray(g, jnp.float32)},
+                  'loss_at_start': jnp.float32(0.5 * x @ a @ x)}):
     other = probes.gradient_landscape(loss_fn, params, jnp.asarray(etas), **kwargs)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r, other)
   curv = probes.directional_curvature(loss_fn, params, {'x': jnp.asarray(g, jnp.float32)})
@@ -315,6 +317,8 @@ def test_non_scalar_loss_and_integer_leaves_fail_clearly(quadratic):
                               jnp.array([0.1]))
   with pytest.raises(TypeError, match='floating scalar'):
     probes.hessian_trace(lambda p: jnp.int32(1), params, jax.random.key(0))
+  with pytest.raises(ValueError, match='only together with gradient'):
+    probes.gradient_landscape(loss_fn, params, jnp.array([0.1]), loss_at_start=1.0)
 
 
 def test_landscape_is_nan_safe(quadratic):

@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax import config_lib, data, models, objective, probing, train
+from bnjax import config_lib, data, models, objective, probes, probing, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -131,6 +131,16 @@ def test_probes_do_not_change_training():
   (plain, _), (probed, (_, probe_out)) = results
   assert set(probe_out) == {'landscape', 'ics', 'activations', 'top_eigenvalues'}
   assert np.isfinite(probe_out['top_eigenvalues']['eigenvalues']).all()
+  # The landscape, fed the step's loss and gradient, equals the probe run on its own (up
+  # to rounding: grad_diff at the smallest step is a difference of near-equal gradients).
+  objective_fn = objective.make_objective(model, config.loss)
+  key0 = objective.noise_key_for_step(jax.random.key(1), jnp.int32(0))
+  batch0 = jax.tree.map(lambda b: b[0], batches)
+  alone = probes.gradient_landscape(
+      lambda p: objective_fn(p, state.batch_stats, batch0, key0)[0], state.params,
+      probe_out['landscape']['step_sizes'][0])
+  for field in ('loss', 'grad_diff', 'beta', 'loss_at_start', 'grad_norm'):
+    np.testing.assert_allclose(probe_out['landscape'][field][0], getattr(alone, field), rtol=1e-4)
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(probed)):
     np.testing.assert_array_equal(a, b)  # bit-identical
 

@@ -30,13 +30,15 @@ def default_batch_size(num_step_sizes: int) -> int:
 
 @with_precision
 def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
-                       batch_size: int | None = None, gradient: Params | None = None) -> Landscape:
+                       batch_size: int | None = None, gradient: Params | None = None,
+                       loss_at_start: jax.Array | None = None) -> Landscape:
   """Probes theta - eta g for every eta in ``step_sizes`` ([n], > 0), g = grad L(theta).
 
   Panel (a): the band between min and max of ``loss``; (b) of ``grad_diff``; (c) ``beta``.
   All step sizes are evaluated in one compiled call: ``batch_size`` at a time vmapped,
   or with 0 unrolled (None: ``default_batch_size``). ``gradient``: g, when the caller
-  has it already (a train step does), saves one gradient evaluation.
+  has it already (a train step does), saves one gradient evaluation; ``loss_at_start``
+  (only with ``gradient``): L(theta), which then saves a forward pass as well.
   NaN-safe: a step size whose loss or gradient is not finite gives NaN in ``loss`` /
   ``grad_diff`` and is left out of ``beta``; ``beta`` is NaN when g = 0 (undefined) or
   when no step size gives a finite value.
@@ -46,9 +48,12 @@ def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
   if step_sizes.ndim != 1:
     raise ValueError(f'step_sizes must be a 1-D array, got shape {step_sizes.shape}')
   if gradient is None:
+    if loss_at_start is not None:
+      raise ValueError('loss_at_start is used only together with gradient')
     loss0, g = jax.value_and_grad(loss_fn)(params)
   else:
-    loss0, g = loss_fn(params), gradient
+    g = gradient
+    loss0 = loss_fn(params) if loss_at_start is None else jnp.asarray(loss_at_start)
   gnorm = tree_norm(g)
 
   def at(eta):
