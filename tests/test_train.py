@@ -173,7 +173,8 @@ def test_probe_layers_are_checked_against_the_model(tmp_path):
 
 def _main(args, workdir, env_extra=None, **kwargs):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true', **(env_extra or {}))
+             JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+  env.update(env_extra or {})
   return subprocess.Popen(
       [sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], cwd=ROOT, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
@@ -238,3 +239,31 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
     assert la.get('probe/landscape/beta') == lb.get('probe/landscape/beta')
     assert la.get('probe/ics/l2') == lb.get('probe/ics/l2')
   assert json.loads((run / 'status.json').read_text())['state'] == 'done'
+
+
+@pytest.mark.slow
+def test_two_processes_train_exactly_as_one(tmp_path):
+  """launch/local_multihost.sh: 2 JAX processes x 2 devices (jax.distributed on localhost),
+  each loading its half of the batch, match 1 process x 4 devices step for step."""
+  args = [f'--config={ROOT}/configs/dln_bn.py', '--config.model_kwargs.depth=8',
+          '--config.num_steps=30', '--config.steps_per_call=10', '--config.checkpoint_every=10',
+          '--config.probes.ics.layers=(2, 4)', '--config.probes.ics.every=10',
+          '--config.probes.landscape.every=10', '--config.probes.activations.every=0']
+  one = _main(args, tmp_path / 'one', {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  _, err = one.communicate(timeout=600)
+  assert one.returncode == 0, err
+  env = dict(os.environ, PYTHON=sys.executable, JAX_DISABLE_MOST_OPTIMIZATIONS='true')
+  two = subprocess.run(['bash', 'launch/local_multihost.sh', '2', '2', *args,
+                        f'--workdir={tmp_path / "two"}'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert two.returncode == 0, two.stderr[-3000:]
+  assert 'JAX process 1/2' in two.stderr
+  a, b = read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'two')
+  assert [l['step'] for l in b] == list(range(30))  # written once, by process 0
+  for la, lb in zip(a, b):
+    np.testing.assert_allclose(lb['train_loss'], la['train_loss'], rtol=1e-5)
+  for k in ('probe/landscape/beta', 'probe/ics/l2'):
+    np.testing.assert_allclose(b[20][k], a[20][k], rtol=1e-4)
+  status = json.loads((tmp_path / 'two' / 'status.json').read_text())
+  assert status['state'] == 'done' and status['step'] == 30
+  assert (tmp_path / 'two' / 'checkpoints' / '30').exists()
