@@ -22,6 +22,7 @@ Metrics are read back one call behind the dispatch, so the device never waits fo
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -89,15 +90,18 @@ def _unset(s: jax.ShapeDtypeStruct) -> jax.Array:
 
 
 def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
-                     base_key: jax.Array) -> Callable:
+                     base_key: jax.Array, scan_train_step: Callable | None = None) -> Callable:
   """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan`` (k > 1).
 
   batches: {'inputs': [k, B, ...], ...}. Each probe runs before the update of every step
   its schedule names, on that step's batch, noise key, loss and gradient, under
   ``lax.cond``; on the other steps its outputs are NaN-filled and the host drops them.
+  ``scan_train_step``: the same step for use inside the scan (default ``train_step``),
+  e.g. built on ``models.for_control_flow(model)``; one step runs ``train_step`` unscanned.
   """
+  scan_train_step = scan_train_step or train_step
 
-  def one_step(state, batch):
+  def one_step(step_fn, state, batch):
     key = objective_lib.noise_key_for_step(base_key, state.step)
 
     def run_probes(loss, grads):
@@ -109,7 +113,7 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
         out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key, loss, grads)
       return out
 
-    state, metrics = train_step(state, batch, run_probes if probe_fns else None)
+    state, metrics = step_fn(state, batch, run_probes if probe_fns else None)
     probe_out = metrics.pop('before_update', {})
     return state, (metrics, probe_out)
 
@@ -117,9 +121,9 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
     if batches['inputs'].shape[0] == 1:
       # No scan for one step: outside control flow XLA:CPU runs its own, faster,
       # convolutions (see models.common.use_im2col).
-      state, out = one_step(state, jax.tree.map(lambda b: b[0], batches))
+      state, out = one_step(train_step, state, jax.tree.map(lambda b: b[0], batches))
       return state, jax.tree.map(lambda a: a[None], out)
-    return jax.lax.scan(one_step, state, batches)
+    return jax.lax.scan(functools.partial(one_step, scan_train_step), state, batches)
 
   return chunk
 
@@ -271,9 +275,6 @@ def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), dict(mesh.shape))
 
-  # Several steps per call run in a lax.scan: differentiate the control-flow-safe model.
-  objective = objective_lib.make_objective(
-      models.for_control_flow(model) if config.steps_per_call > 1 else model, config.loss)
   base_key = jax.random.key(config.seed)
   init_key, noise_base = jax.random.split(base_key)
 
@@ -301,8 +302,11 @@ def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
   wd.truncate_metrics(step)
   wd.set_status('running', step=step)
 
-  train_step = make_train_step(objective, tx, noise_base, config.learning_rate)
-  chunk_fn = jax.jit(make_train_chunk(train_step, probe_fns, noise_base),
+  # Inside lax.scan (several steps per call): the same model, fast inside control flow.
+  train_step, scan_train_step = (
+      make_train_step(objective_lib.make_objective(m, config.loss), tx, noise_base,
+                      config.learning_rate) for m in (model, models.for_control_flow(model)))
+  chunk_fn = jax.jit(make_train_chunk(train_step, probe_fns, noise_base, scan_train_step),
                      in_shardings=(state_sharding, chunk_sharding),
                      out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_fn = jax.jit(objective_lib.make_eval_step(model, config.loss),
