@@ -244,26 +244,30 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
 @pytest.mark.slow
 def test_two_processes_train_exactly_as_one(tmp_path):
   """launch/local_multihost.sh: 2 JAX processes x 2 devices (jax.distributed on localhost),
-  each loading its half of the batch, match 1 process x 4 devices step for step."""
+  each loading its half of the batch, match 1 process x 4 devices step for step, also
+  across a resume from the processes' shared checkpoint."""
   args = [f'--config={ROOT}/configs/dln_bn.py', '--config.model_kwargs.depth=8',
-          '--config.num_steps=30', '--config.steps_per_call=10', '--config.checkpoint_every=10',
+          '--config.steps_per_call=10', '--config.checkpoint_every=10',
           '--config.probes.ics.layers=(2, 4)', '--config.probes.ics.every=10',
           '--config.probes.landscape.every=10', '--config.probes.activations.every=0']
-  one = _main(args, tmp_path / 'one', {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  one = _main([*args, '--config.num_steps=40'], tmp_path / 'one',
+              {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
   _, err = one.communicate(timeout=600)
   assert one.returncode == 0, err
   env = dict(os.environ, PYTHON=sys.executable, JAX_DISABLE_MOST_OPTIMIZATIONS='true')
-  two = subprocess.run(['bash', 'launch/local_multihost.sh', '2', '2', *args,
-                        f'--workdir={tmp_path / "two"}'], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-  assert two.returncode == 0, two.stderr[-3000:]
-  assert 'JAX process 1/2' in two.stderr
+  for num_steps in (30, 40):  # the second run resumes from step 30
+    two = subprocess.run(['bash', 'launch/local_multihost.sh', '2', '2', *args,
+                          f'--config.num_steps={num_steps}', f'--workdir={tmp_path / "two"}'],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert 'JAX process 1/2' in two.stderr
+  assert 'resumed from checkpoint at step 30' in two.stderr
   a, b = read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'two')
-  assert [l['step'] for l in b] == list(range(30))  # written once, by process 0
+  assert [l['step'] for l in b] == list(range(40))  # written once, by process 0
   for la, lb in zip(a, b):
     np.testing.assert_allclose(lb['train_loss'], la['train_loss'], rtol=1e-5)
   for k in ('probe/landscape/beta', 'probe/ics/l2'):
-    np.testing.assert_allclose(b[20][k], a[20][k], rtol=1e-4)
+    np.testing.assert_allclose(b[30][k], a[30][k], rtol=1e-4)
   status = json.loads((tmp_path / 'two' / 'status.json').read_text())
-  assert status['state'] == 'done' and status['step'] == 30
-  assert (tmp_path / 'two' / 'checkpoints' / '30').exists()
+  assert status['state'] == 'done' and status['step'] == 40
+  assert (tmp_path / 'two' / 'checkpoints' / '40').exists()
