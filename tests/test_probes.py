@@ -307,6 +307,32 @@ def test_activation_statistics():
   np.testing.assert_allclose(s.var, ref.var(0), rtol=1e-5)
 
 
+def test_probes_trace_at_highest_precision_unless_told(quadratic):
+  loss_fn, params, _ = quadratic
+  key = jax.random.key(0)
+  calls = {
+      'hvp': lambda p, **kw: probes.hvp(loss_fn, p, p, **kw),
+      'hvp_operator': lambda p, **kw: probes.hvp_operator(loss_fn, p, **kw)(p),
+      'directional_curvature': lambda p, **kw: probes.directional_curvature(loss_fn, p, p, **kw),
+      'top_eigenvalues': lambda p, **kw: probes.top_eigenvalues(loss_fn, p, key, k=1,
+                                                                num_iterations=3, **kw),
+      'hessian_trace': lambda p, **kw: probes.hessian_trace(loss_fn, p, key, num_samples=2, **kw),
+      'spectral_density': lambda p, **kw: probes.spectral_density(
+          loss_fn, p, key, num_probes=1, num_iterations=3, **kw),
+      'gnvp': lambda p, **kw: probes.gnvp(lambda q: q['x'] @ q['x'] * q['x'],
+                                          lambda out: 0.5 * out @ out, p, p, **kw),
+      'gradient_landscape': lambda p, **kw: probes.gradient_landscape(loss_fn, p,
+                                                                      jnp.array([0.1]), **kw),
+      'ics': lambda p, **kw: probes.ics(loss_fn, p, p, [('x',)], **kw),
+  }
+  for name, call in calls.items():
+    for kw, expected in (({}, 'HIGHEST'), ({'precision': 'default'}, 'DEFAULT')):
+      text = jax.jit(lambda p: call(p, **kw)).lower(params).as_text()
+      dots = [l for l in text.splitlines() if 'stablehlo.dot_general' in l]
+      assert dots, name
+      assert all(f'precision = [{expected}, {expected}]' in l for l in dots), (name, kw)
+
+
 # ----------------------------------------------------------------------- bad input
 def test_non_scalar_loss_and_integer_leaves_fail_clearly(quadratic):
   loss_fn, params, _ = quadratic
