@@ -12,7 +12,7 @@ from bnjax import models, probes
 
 def dense_hessian(loss_fn, params):
   flat, unravel = ravel_pytree(params)
-  return np.asarray(jax.hessian(lambda f: loss_fn(unravel(f)))(flat), np.float64)
+  return np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f))))(flat), np.float64)
 
 
 def flat(tree):
@@ -61,23 +61,40 @@ def dln():
   return model_loss('dln', 'none', x, y)
 
 
+# The dense Hessians, computed once per module (the convnet's takes seconds).
+@pytest.fixture(scope='module')
+def mlp_hessian(mlp):
+  return dense_hessian(*mlp)
+
+
+@pytest.fixture(scope='module')
+def convnet_hessian(convnet):
+  return dense_hessian(*convnet)
+
+
+@pytest.fixture(scope='module')
+def dln_hessian(dln):
+  return dense_hessian(*dln)
+
+
 @pytest.mark.parametrize('fixture', ['mlp', 'convnet', 'dln'])
 def test_hvp_equals_dense_hessian_times_v_and_is_symmetric(fixture, request):
   loss_fn, params = request.getfixturevalue(fixture)
-  h = dense_hessian(loss_fn, params)
+  h = request.getfixturevalue(fixture + '_hessian')
   u, v = random_like(jax.random.key(7), params), random_like(jax.random.key(8), params)
-  hv = flat(jax.jit(lambda p, v: probes.hvp(loss_fn, p, v))(params, v))
+
+  def products(p, v, u):
+    apply_h = probes.hvp_operator(loss_fn, p)  # the linearised operator, for many vectors
+    return probes.hvp(loss_fn, p, v), probes.hvp(loss_fn, p, u), apply_h(v), apply_h(u)
+
+  hv, hu, hv_op, hu_op = map(flat, jax.jit(products)(params, v, u))
   np.testing.assert_allclose(hv, h @ flat(v), rtol=2e-3, atol=2e-4 * np.abs(h @ flat(v)).max())
-  hu = flat(probes.hvp(loss_fn, params, u))
   assert abs(flat(u) @ hv - flat(v) @ hu) <= 1e-4 * (abs(flat(u) @ hv) + 1e-3)
-  # The linearised operator: the same products, for several vectors in one program.
-  hv_op, hu_op = map(flat, jax.jit(lambda p, v, u: list(map(
-      probes.hvp_operator(loss_fn, p), (v, u))))(params, v, u))
   np.testing.assert_allclose(hv_op, h @ flat(v), rtol=2e-3, atol=2e-4 * np.abs(h @ flat(v)).max())
   np.testing.assert_allclose(hu_op, h @ flat(u), rtol=2e-3, atol=2e-4 * np.abs(h @ flat(u)).max())
 
 
-def test_gnvp_equals_dense_gauss_newton(mlp):
+def test_gnvp_equals_dense_gauss_newton():
   x = jax.random.normal(jax.random.key(1), (16, 6))
   y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
   model = models.get_model('mlp', 'none', hidden=(8,), num_classes=3)
@@ -85,28 +102,34 @@ def test_gnvp_equals_dense_gauss_newton(mlp):
   outputs_fn = lambda p: model.apply({'params': p}, x, train=True)
   loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
   flat_p, unravel = ravel_pytree(params)
-  j = np.asarray(jax.jacfwd(lambda f: outputs_fn(unravel(f)).ravel())(flat_p), np.float64)
-  out = outputs_fn(params)
-  h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.ravel()))
   v = random_like(jax.random.key(3), params)
-  gv = flat(probes.gnvp(outputs_fn, loss_of_outputs, params, v))
+
+  def dense_and_probe(flat_p, v):
+    out = outputs_fn(unravel(flat_p))
+    j = jax.jacfwd(lambda f: outputs_fn(unravel(f)).ravel())(flat_p)
+    h_out = jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.ravel())
+    return j, h_out, probes.gnvp(outputs_fn, loss_of_outputs, unravel(flat_p), v)
+
+  j, h_out, gv = jax.jit(dense_and_probe)(flat_p, v)
+  j, h_out, gv = np.asarray(j, np.float64), np.asarray(h_out, np.float64), flat(gv)
   np.testing.assert_allclose(gv, j.T @ h_out @ j @ flat(v), rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize('which', ['largest', 'smallest'])
-def test_top_eigenvalues_match_eigh_of_the_dense_hessian(convnet, which):
+def test_top_eigenvalues_match_eigh_of_the_dense_hessian(convnet, convnet_hessian, which):
   loss_fn, params = convnet
   n = flat(params).size
   assert 1500 < n < 5000
-  evals = np.linalg.eigvalsh(dense_hessian(loss_fn, params))
+  evals = np.linalg.eigvalsh(convnet_hessian)
   expected = evals[::-1][:2] if which == 'largest' else evals[:2]
   r = jax.jit(lambda p, k: probes.top_eigenvalues(loss_fn, p, k, k=2, num_iterations=120,
                                                   which=which))(params, jax.random.key(0))
   np.testing.assert_allclose(r.eigenvalues, expected, rtol=1e-4)
   # The residuals Lanczos reports are the true ones: ||H v - lambda v||.
+  hvp = jax.jit(lambda p, v: probes.hvp(loss_fn, p, v))
   for i in range(2):
     vec = jax.tree.map(lambda leaf: leaf[i], r.eigenvectors)
-    true_res = np.linalg.norm(flat(probes.hvp(loss_fn, params, vec)) - r.eigenvalues[i] * flat(vec))
+    true_res = np.linalg.norm(flat(hvp(params, vec)) - r.eigenvalues[i] * flat(vec))
     assert np.linalg.norm(flat(vec)) == pytest.approx(1.0, abs=1e-4)
     assert true_res < 1e-3 * abs(expected[0])
     assert r.residuals[i] < 1e-3 * abs(expected[0])
@@ -116,30 +139,32 @@ def test_top_eigenvalues_of_a_known_diagonal_spectrum():
   d = jnp.concatenate([jnp.array([50.0, 20.0, -30.0]), jnp.linspace(-1, 1, 500)])
   loss_fn = lambda p: 0.5 * jnp.sum(d * p['w'] ** 2)
   params = {'w': jnp.ones(503)}
-  top = probes.top_eigenvalues(loss_fn, params, jax.random.key(1), k=2, num_iterations=30)
+  top, low = jax.jit(lambda p, k: (
+      probes.top_eigenvalues(loss_fn, p, k, k=2, num_iterations=30),
+      probes.top_eigenvalues(loss_fn, p, k, k=1, num_iterations=30, which='smallest')))(
+          params, jax.random.key(1))
   np.testing.assert_allclose(top.eigenvalues, [50.0, 20.0], rtol=1e-5)
   assert np.all(top.residuals < 1e-3)
-  low = probes.top_eigenvalues(loss_fn, params, jax.random.key(1), k=1, num_iterations=30,
-                               which='smallest')
   np.testing.assert_allclose(low.eigenvalues, [-30.0], rtol=1e-5)
   v = np.asarray(top.eigenvectors['w'][0])
   assert abs(v[0]) == pytest.approx(1.0, abs=1e-4)  # e_0, the eigenvector of 50
 
 
-def test_hessian_trace_within_three_standard_errors(mlp):
+def test_hessian_trace_within_three_standard_errors(mlp, mlp_hessian):
   loss_fn, params = mlp
-  trace = np.trace(dense_hessian(loss_fn, params))
+  trace = np.trace(mlp_hessian)
   r = jax.jit(lambda p, k: probes.hessian_trace(loss_fn, p, k, num_samples=200, batch_size=20))(
       params, jax.random.key(0))
   assert r.stderr > 0
   assert abs(r.estimate - trace) < 3 * r.stderr
 
 
-def test_spectral_density_integrates_to_one_and_has_the_right_moments(mlp):
+def test_spectral_density_integrates_to_one_and_has_the_right_moments(mlp, mlp_hessian):
   loss_fn, params = mlp
-  h = dense_hessian(loss_fn, params)
+  h = mlp_hessian
   n = h.shape[0]
-  d = probes.spectral_density(loss_fn, params, jax.random.key(0), num_probes=30, num_iterations=30)
+  d = jax.jit(lambda p, k: probes.spectral_density(loss_fn, p, k, num_probes=30,
+                                                   num_iterations=30))(params, jax.random.key(0))
   w, x = np.asarray(d.weights, np.float64), np.asarray(d.nodes, np.float64)
   assert w.shape == (30, 30) and np.all(w >= 0)
   assert w.sum() == pytest.approx(1.0, abs=1e-5)
@@ -220,14 +245,17 @@ def test_block_probes_use_the_hessians_diagonal_block(mlp):
   block_loss, block_params = probes.restrict(loss_fn, params, ('dense2',))
   assert set(block_params) == {'dense2/bias', 'dense2/kernel'}
   h = dense_hessian(block_loss, block_params)
-  r = probes.top_eigenvalues(loss_fn, params, jax.random.key(0), k=1, num_iterations=60,
-                             block=('dense2',))
-  np.testing.assert_allclose(r.eigenvalues, np.linalg.eigvalsh(h)[-1:], rtol=1e-4)
-  t = probes.hessian_trace(loss_fn, params, jax.random.key(0), num_samples=300, batch_size=50,
-                           block=lambda path: path[0] == 'dense2')
-  assert abs(t.estimate - np.trace(h)) < 3 * t.stderr
   v = random_like(jax.random.key(1), block_params)
-  c = probes.directional_curvature(loss_fn, params, v, block=('dense2',))
+
+  def block_probes(p, k, v):
+    return (probes.top_eigenvalues(loss_fn, p, k, k=1, num_iterations=60, block=('dense2',)),
+            probes.hessian_trace(loss_fn, p, k, num_samples=300, batch_size=50,
+                                 block=lambda path: path[0] == 'dense2'),
+            probes.directional_curvature(loss_fn, p, v, block=('dense2',)))
+
+  r, t, c = jax.jit(block_probes)(params, jax.random.key(0), v)
+  np.testing.assert_allclose(r.eigenvalues, np.linalg.eigvalsh(h)[-1:], rtol=1e-4)
+  assert abs(t.estimate - np.trace(h)) < 3 * t.stderr
   assert c == pytest.approx(flat(v) @ h @ flat(v) / (flat(v) @ flat(v)), rel=1e-4)
   with pytest.raises(KeyError, match='no parameters under'):
     probes.restrict(loss_fn, params, ('conv9',))
@@ -245,11 +273,11 @@ def test_activation_curvature_matches_the_dense_activation_hessian():
     return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
 
   zero = jax.tree.map(jnp.zeros_like, v['perturbations'])
-  r = probes.activation_curvature(loss_of_perturbation, zero)
+  r = jax.jit(lambda z: probes.activation_curvature(loss_of_perturbation, z))(zero)
   for name in ('dense1_out', 'norm1_out'):
     f = lambda a, name=name: loss_of_perturbation(dict(zero, **{name: a.reshape(zero[name].shape)}))
-    g = np.asarray(jax.grad(f)(zero[name].ravel()), np.float64)
-    h = np.asarray(jax.hessian(f)(zero[name].ravel()), np.float64)
+    g, h = (np.asarray(a, np.float64) for a in
+            jax.jit(lambda a, f=f: (jax.grad(f)(a), jax.hessian(f)(a)))(zero[name].ravel()))
     assert r.grad_norm[name] == pytest.approx(np.linalg.norm(g), rel=1e-5)
     assert r.quadratic_form[name] == pytest.approx(g @ h @ g, rel=1e-3, abs=1e-9)
 
@@ -281,7 +309,8 @@ def bn_layer_in_a_network():
 
 def test_theorem_4_1_is_an_equality_per_unit(bn_layer_in_a_network):
   loss_of_perturbation, y, gamma = bn_layer_in_a_network
-  r = probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5, units=jnp.arange(16))
+  r = jax.jit(lambda y, gamma: probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5,
+                                                         units=jnp.arange(16)))(y, gamma)
   assert np.all(np.asarray(r.grad_y_sq) > 0)
   np.testing.assert_allclose(r.grad_y_sq, r.thm41_rhs, rtol=1e-4)
   # BN shrinks the gradient: ||dL/dy|| relative to ||dL/dz|| scaled by gamma / sigma.
@@ -291,7 +320,8 @@ def test_theorem_4_1_is_an_equality_per_unit(bn_layer_in_a_network):
 
 def test_theorem_4_2_bound_holds_per_unit(bn_layer_in_a_network):
   loss_of_perturbation, y, gamma = bn_layer_in_a_network
-  r = probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5, units=jnp.arange(8))
+  r = jax.jit(lambda y, gamma: probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5,
+                                                         units=jnp.arange(8)))(y, gamma)
   lhs, rhs = np.asarray(r.curvature_y, np.float64), np.asarray(r.thm42_rhs, np.float64)
   scale = np.abs(lhs).max()
   assert scale > 0
