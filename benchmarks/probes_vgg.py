@@ -64,6 +64,9 @@ def main():
       lambda w, g: w - lr * g, p, jax.grad(loss_fn_for(b))(p))))
   v = jax.tree.map(jnp.ones_like, params)
   hvp = jax.jit(lambda p, b, v: probes.hvp(loss_fn_for(b), p, v))
+  # The other exact ordering, for comparison (probes.hvp is forward-over-reverse).
+  hvp_rev_fwd = jax.jit(with_precision(lambda p, b, v: jax.grad(
+      lambda q: jax.jvp(loss_fn_for(b), (q,), (v,))[1])(p)))
   landscape = jax.jit(lambda p, b: probes.gradient_landscape(loss_fn_for(b), p, step_sizes))
   # As in training, where the step's loss and gradient are at hand: passed in.
   landscape_g = jax.jit(lambda p, b, l, g: probes.gradient_landscape(
@@ -82,6 +85,7 @@ def main():
   t_lg = timed(loss_and_grad, params, batch, repeats=args.repeats)
   t_step = timed(train_step, params, batch, repeats=args.repeats)
   t_hvp = timed(hvp, params, batch, v, repeats=args.repeats)
+  t_hvp_rf = timed(hvp_rev_fwd, params, batch, v, repeats=args.repeats)
   t_land = timed(landscape, params, batch, repeats=args.repeats)
   t_land_g = timed(landscape_g, params, batch, loss0, grads, repeats=args.repeats)
   t_ics = timed(ics, params, new_params, batch, repeats=max(1, args.repeats // 2))
@@ -94,6 +98,7 @@ def main():
   t_op1 = timed(products(1), params, batch, v, repeats=args.repeats)
   t_op5 = timed(products(5), params, batch, v, repeats=args.repeats)
   print(f'hvp / loss-and-grad:                  {t_hvp / t_lg:5.2f}x   (target <= 2.2)')
+  print(f'  ... reverse-over-forward instead:   {t_hvp_rf / t_lg:5.2f}x')
   print(f'  ... each further product of hvp_operator: {(t_op5 - t_op1) / 4 / t_lg:5.2f}x')
   print(f'landscape(4 etas) / train step, in training (the step\'s loss and gradient given): '
         f'{t_land_g / t_step:5.2f}x   (target <= 4.5)')

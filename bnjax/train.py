@@ -259,14 +259,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
   if wd.is_writer:
     (wd.path / 'config.json').write_text(config.to_json(indent=1) + '\n')
   try:
-    return _run(config, wd, dataset, model, tx, probe_fns)
+    # The manager is closed (its async saves finished) however the run ends.
+    with ocp.CheckpointManager(
+        (wd.path / 'checkpoints').absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
+                                             create=True)) as mgr:
+      return _run(config, wd, mgr, dataset, model, tx, probe_fns)
   except Exception as e:
     wd.set_status('failed', error=f'{type(e).__name__}: {e}')
     raise
 
 
-def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
-         tx: optax.GradientTransformation, probe_fns: dict[str, probing.Probe]) -> str:
+def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
+         model: nn.Module, tx: optax.GradientTransformation,
+         probe_fns: dict[str, probing.Probe]) -> str:
   mesh = data_mesh()
   replicated = NamedSharding(mesh, P())
   chunk_sharding = NamedSharding(mesh, P(None, 'data'))
@@ -288,10 +294,6 @@ def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
   abstract_state = jax.eval_shape(init, sample)
   state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
 
-  mgr = ocp.CheckpointManager(
-      (wd.path / 'checkpoints').absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
-                                           create=True))
   abstract_with_sharding = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
       abstract_state, state_sharding)
@@ -422,7 +424,5 @@ def _run(config, wd: Workdir, dataset: data.Dataset, model: nn.Module,
       logging.warning('loss is not finite at step %d; stopped (last finite loss %s)',
                       bad_step, last_finite_loss)
   finally:
-    mgr.wait_until_finished()
-    mgr.close()
     signal.signal(signal.SIGTERM, old_handler)
   return final
