@@ -20,13 +20,20 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from bnjax import config_lib, data, models, objective, probes, probing, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The runs in subprocesses share JAX's persistent compilation cache: a rerun of the same
-# config (resume after kill, preemption) then skips most of its compile, as on a TPU VM
-# with jax_compilation_cache_dir set. Entries are keyed by program, flags and versions.
-SUBPROCESS_ENV = dict(
-    JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true',
-    JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
+def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
+  """The environment of a bnjax.main run in a subprocess (CPU, fake devices).
+
+  The runs share JAX's persistent compilation cache: a rerun of the same config (resume
+  after kill, preemption) then skips most of its compile, as on a TPU VM with
+  jax_compilation_cache_dir set. Entries are keyed by program, flags and versions.
+  """
+  return dict(
+      os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+      JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true', PYTHON=sys.executable,
+      JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
 def tiny_vgg_config(**overrides):
@@ -130,11 +137,12 @@ def test_probes_do_not_change_training():
                  train=False)
   state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
                            tx.init(v['params']))
-  step = train.make_train_step(objective.make_objective(model, config.loss), tx,
-                               jax.random.key(1), config.learning_rate)
+  objective_fn = objective.make_objective(model, config.loss)
+  noise_base = jax.random.key(1)
+  step = train.make_train_step(objective_fn, tx, noise_base, config.learning_rate)
   results = []
   for probe_fns in ({}, probing.build(config, model, tx)):
-    chunk = jax.jit(train.make_train_chunk(step, probe_fns, jax.random.key(1)))
+    chunk = jax.jit(train.make_train_chunk(step, probe_fns, noise_base))
     results.append(chunk(state, batches))
   (plain, _), (probed, (_, probe_out)) = results
   assert set(probe_out) == {'landscape', 'ics', 'activations', 'top_eigenvalues'}
@@ -143,8 +151,7 @@ def test_probes_do_not_change_training():
   # rounding: grad_diff is a difference of two gradients of norm grad_norm (here ~7e3, and
   # grad_diff ~1 at the smallest step), so it is compared to within 1e-6 grad_norm, about
   # ten float32 ulps of the gradients, computed by two differently compiled programs.
-  objective_fn = objective.make_objective(model, config.loss)
-  key0 = objective.noise_key_for_step(jax.random.key(1), jnp.int32(0))
+  key0 = objective.noise_key_for_step(noise_base, jnp.int32(0))
   batch0 = jax.tree.map(lambda b: b[0], batches)
   alone = jax.jit(lambda p, stats, b, k, etas: probes.gradient_landscape(
       lambda q: objective_fn(q, stats, b, k)[0], p, etas))(
@@ -188,11 +195,10 @@ def test_probe_layers_are_checked_against_the_model(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def _main(args, workdir, env_extra=None, **kwargs):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', **SUBPROCESS_ENV)
-  env.update(env_extra or {})
+def _main(args, workdir, devices=1, **kwargs):
   return subprocess.Popen(
-      [sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], cwd=ROOT, env=env,
+      [sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], cwd=ROOT,
+      env=subprocess_env(devices),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -266,15 +272,14 @@ def test_two_processes_train_exactly_as_one(tmp_path):
           '--config.steps_per_call=10', '--config.checkpoint_every=10',
           '--config.probes.ics.layers=(2, 4)', '--config.probes.ics.every=10',
           '--config.probes.landscape.every=10', '--config.probes.activations.every=0']
-  one = _main([*args, '--config.num_steps=40'], tmp_path / 'one',
-              {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  one = _main([*args, '--config.num_steps=40'], tmp_path / 'one', devices=4)
   _, err = one.communicate(timeout=600)
   assert one.returncode == 0, err
-  env = dict(os.environ, PYTHON=sys.executable, **SUBPROCESS_ENV)
   for num_steps in (30, 40):  # the second run resumes from step 30
     two = subprocess.run(['bash', 'launch/local_multihost.sh', '2', '2', *args,
                           f'--config.num_steps={num_steps}', f'--workdir={tmp_path / "two"}'],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert 'JAX process 1/2' in two.stderr
   assert 'resumed from checkpoint at step 30' in two.stderr
