@@ -120,14 +120,19 @@ def dln(norm: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------- validation
-PROBE_FIELDS = {
-    'landscape': {'every', 'step_size_multipliers'},
-    'ics': {'every', 'layers'},
-    'activations': {'every', 'layers', 'seed'},
-    'top_eigenvalues': {'every', 'k', 'num_iterations', 'seed'},
-    'hessian_trace': {'every', 'num_samples', 'seed'},
-    'bn_theorems': {'every', 'layers', 'units'},
+PROBE_FIELDS = {  # 'every' and 'steps' (optional) belong to every probe
+    'landscape': {'step_size_multipliers'},
+    'ics': {'layers', 'shift'},
+    'activations': {'layers', 'seed'},
+    'top_eigenvalues': {'k', 'num_iterations', 'seed', 'bn_mode'},
+    'hessian_trace': {'num_samples', 'seed', 'bn_mode'},
+    'spectral_density': {'num_probes', 'num_iterations', 'seed', 'bn_mode'},
+    'bn_theorems': {'layers', 'units'},
+    'weight_distance': set(),
 }
+PROBE_FIELDS = {name: fields | {'every', 'steps'} for name, fields in PROBE_FIELDS.items()}
+ICS_SHIFTS = ('block', 'kernel')
+BN_MODES = ('train', 'eval', 'both')
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -185,6 +190,16 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(not extra, f'probe {name!r} has no field(s) {sorted(extra)}; '
              f'its fields: {sorted(PROBE_FIELDS[name])}')
     _positive_int(probe, 'every', allow_zero=True)
+    steps = probe.get('steps', ())
+    _require(isinstance(steps, (tuple, list)) and
+             all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps),
+             f'probes.{name}.steps must be a tuple of step numbers >= 0, got {steps!r}')
+    if 'shift' in probe:
+      _require(probe.shift in ICS_SHIFTS,
+               f'probes.{name}.shift must be one of {ICS_SHIFTS}, got {probe.shift!r}')
+    if 'bn_mode' in probe:
+      _require(probe.bn_mode in BN_MODES,
+               f'probes.{name}.bn_mode must be one of {BN_MODES}, got {probe.bn_mode!r}')
     if 'step_size_multipliers' in probe:
       m = probe.step_size_multipliers
       _require(len(m) > 0 and all(isinstance(x, (int, float)) and x > 0 for x in m),

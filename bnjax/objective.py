@@ -65,3 +65,17 @@ def make_eval_step(model: nn.Module, loss: str) -> Callable:
 def noise_key_for_step(base_key: jax.Array, step: jax.Array) -> jax.Array:
   """The noisy-BN key of a step: a fresh draw every step, the same on a resumed run."""
   return jax.random.fold_in(base_key, step)
+
+
+def init_variables(model: nn.Module, seed: int, sample: jax.Array) -> dict:
+  """The run's initial variables ({'params', 'batch_stats'}), a function of the seed alone.
+
+  sample: [1, ...] input of the right shape. Probes call it to recover theta_0.
+  """
+  init_key, _ = jax.random.split(jax.random.key(seed))
+  return model.init({'params': init_key, 'noise': init_key}, sample, train=False)
+
+
+def noise_base_key(seed: int) -> jax.Array:
+  """The base key of the run's noisy-BN draws (see ``noise_key_for_step``)."""
+  return jax.random.split(jax.random.key(seed))[1]

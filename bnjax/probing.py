@@ -1,17 +1,28 @@
 """Probes during training: ``config.probes`` -> functions the train step runs on schedule.
 
 Each entry of ``config.probes`` names a probe and its settings; ``every`` is its period
-in steps (it runs at step 0 too; 0 disables it). A probe runs at theta_t on step t's own
+in steps (it runs at step 0 too; 0 disables it) and ``steps`` (optional) lists further
+steps where it runs, e.g. the last one. A probe runs at theta_t on step t's own
 batch, BatchNorm in training mode with the updated statistics discarded, and noisy-BN
 noise from step t's key, i.e. on exactly the loss that step t's update differentiates.
 Results reach ``metrics.jsonl`` as ``probe/<name>/<field>``.
 
   landscape        step_size_multipliers (x learning_rate): Fig. 4 / 10 panels
-  ics              layers (numbers k): Definition 2.1 at those layers, Fig. 3
+  ics              layers (numbers k), shift: Definition 2.1 at those layers, Fig. 3
   activations      layers, seed: one random unit's histogram, mean, variance (Figs. 1c, 2, 8)
-  top_eigenvalues  k, num_iterations, seed: Lanczos eigenvalues and residuals
-  hessian_trace    num_samples, seed: Hutchinson estimate and standard error
+  top_eigenvalues  k, num_iterations, seed, bn_mode: Lanczos eigenvalues and residuals
+  hessian_trace    num_samples, seed, bn_mode: Hutchinson estimate and standard error
+  spectral_density num_probes, num_iterations, seed, bn_mode: SLQ nodes and weights
   bn_theorems      layers, units: Theorems 4.1 / 4.2 per unit ('batch' normaliser only)
+  weight_distance  (none): ||W_t - W_0|| per layer, raw and with each unit's scale removed
+
+ICS ``shift``: 'block' (default, Definition 2.1 read literally) moves everything the
+update changed below layer i: each earlier layer's kernel, bias and its normaliser's scale
+and offset; 'kernel' moves the earlier kernels only (what many reproductions do).
+
+``bn_mode`` of the Hessian probes: 'train' (default; the paper's training loss, batch
+statistics), 'eval' (BN with its running averages and no noise, as PyHessian and most
+PyTorch reproductions probe) or 'both'. Eval-mode fields are prefixed ``eval_``.
 """
 
 import dataclasses
@@ -32,8 +43,20 @@ HISTOGRAM_BINS = 40
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
-  every: int
+  every: int  # period in steps; 0: only at ``steps``
+  steps: tuple[int, ...]  # further steps where it runs
   fn: Callable  # (state, batch, noise_key, loss, grads) -> dict[str, jax.Array]
+
+  def due(self, step: int) -> bool:
+    """Whether the probe runs at ``step`` (a Python int, on the host)."""
+    return bool(self.every and step % self.every == 0) or step in self.steps
+
+  def due_traced(self, step: jax.Array) -> jax.Array:
+    """``due`` for a traced step inside the train chunk."""
+    due = (step % self.every == 0) if self.every else jnp.bool_(False)
+    for s in self.steps:
+      due = due | (step == s)
+    return due
 
 
 def _layer_numbers(model: nn.Module, name: str, layers) -> list[int]:
@@ -55,16 +78,51 @@ def build(config: ml_collections.ConfigDict, model: nn.Module,
   objective = objective_lib.make_objective(model, config.loss)
   out = {}
   for name, cfg in config.probes.items():
-    if not cfg.every:
+    steps = tuple(cfg.get('steps', ()))
+    if not cfg.every and not steps:
       continue
     make = _BUILDERS[name]
-    out[name] = Probe(cfg.every, make(cfg, config, model, objective, tx))
+    out[name] = Probe(cfg.every, steps, make(cfg, config, model, objective, tx))
   return out
 
 
 def _loss_fn(objective, state, batch, key):
   """The training loss as a function of params alone (the probe contract)."""
   return lambda params: objective(params, state.batch_stats, batch, key)[0]
+
+
+def _loss_fns_by_mode(cfg, config, model, objective):
+  """(prefix, make_loss_fn(state, batch, key)) per BN mode the probe's ``bn_mode`` asks for."""
+  mode = cfg.get('bn_mode', 'train')
+
+  def eval_loss(state, batch, key):
+    del key  # running averages, no noise: no randomness
+
+    def loss_fn(params):
+      out = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['inputs'],
+                        train=False)
+      return objective_lib.loss_value(config.loss, out, batch['targets'])
+
+    return loss_fn
+
+  train_loss = lambda state, batch, key: _loss_fn(objective, state, batch, key)
+  return {'train': [('', train_loss)], 'eval': [('eval_', eval_loss)],
+          'both': [('', train_loss), ('eval_', eval_loss)]}[mode]
+
+
+def _per_bn_mode(cfg, config, model, objective, probe):
+  """A probe fn running ``probe(loss_fn)`` -> dict once per BN mode, fields prefixed."""
+  modes = _loss_fns_by_mode(cfg, config, model, objective)
+
+  def fn(state, batch, key, loss, grads):
+    del loss, grads  # train-mode values; the eval mode has its own
+    out = {}
+    for prefix, make_loss in modes:
+      r = probe(make_loss(state, batch, key), state.params)
+      out.update({prefix + k: v for k, v in r.items()})
+    return out
+
+  return fn
 
 
 def _landscape(cfg, config, model, objective, tx):
@@ -82,17 +140,25 @@ def _landscape(cfg, config, model, objective, tx):
 
 def _ics(cfg, config, model, objective, tx):
   layers = _layer_numbers(model, 'ics', cfg.layers)
-  # Definition 2.1 shifts every layer below W_i, so all layers up to the deepest asked.
-  paths = [models.kernel_path(model, k) for k in range(1, max(layers) + 1)]
-  pick = jnp.asarray([k - 1 for k in layers])
+  shift = cfg.get('shift', 'block')
+  prefix = model.layer_prefix
+  kernels = [models.kernel_path(model, k) for k in layers]
+
+  def below(params, k):
+    """What W^{t+1}_{<k} moves: earlier kernels, or earlier whole blocks (see above)."""
+    if shift == 'kernel':
+      return [models.kernel_path(model, j) for j in range(1, k)]
+    names = (n for j in range(1, k) for n in (f'{prefix}{j}', f'norm{j}'))
+    return [(n,) for n in names if n in params]  # a parameter-free normaliser has none
 
   def fn(state, batch, key, loss, grads):
     del loss
     loss_fn = _loss_fn(objective, state, batch, key)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    r = probes.ics(loss_fn, state.params, new_params, paths, gradient=grads)
-    return {'l2': r.l2[pick], 'cosine': r.cosine[pick]}
+    r = probes.ics(loss_fn, state.params, new_params, kernels, gradient=grads,
+                   below=[below(state.params, k) for k in layers])
+    return {'l2': r.l2, 'cosine': r.cosine}
 
   return fn
 
@@ -140,22 +206,55 @@ def _histogram(values: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _top_eigenvalues(cfg, config, model, objective, tx):
-  def fn(state, batch, key, loss, grads):
-    del loss, grads
-    r = probes.top_eigenvalues(_loss_fn(objective, state, batch, key), state.params,
-                               jax.random.key(cfg.seed), k=cfg.k,
+  def probe(loss_fn, params):
+    r = probes.top_eigenvalues(loss_fn, params, jax.random.key(cfg.seed), k=cfg.k,
                                num_iterations=cfg.num_iterations)
     return {'eigenvalues': r.eigenvalues, 'residuals': r.residuals}
 
-  return fn
+  return _per_bn_mode(cfg, config, model, objective, probe)
 
 
 def _hessian_trace(cfg, config, model, objective, tx):
-  def fn(state, batch, key, loss, grads):
-    del loss, grads
-    r = probes.hessian_trace(_loss_fn(objective, state, batch, key), state.params,
-                             jax.random.key(cfg.seed), num_samples=cfg.num_samples)
+  def probe(loss_fn, params):
+    r = probes.hessian_trace(loss_fn, params, jax.random.key(cfg.seed),
+                             num_samples=cfg.num_samples)
     return {'estimate': r.estimate, 'stderr': r.stderr}
+
+  return _per_bn_mode(cfg, config, model, objective, probe)
+
+
+def _spectral_density(cfg, config, model, objective, tx):
+  def probe(loss_fn, params):
+    r = probes.spectral_density(loss_fn, params, jax.random.key(cfg.seed),
+                                num_probes=cfg.num_probes, num_iterations=cfg.num_iterations)
+    return {'nodes': r.nodes, 'weights': r.weights}
+
+  return _per_bn_mode(cfg, config, model, objective, probe)
+
+
+def _weight_distance(cfg, config, model, objective, tx):
+  """Lemma 4.5: how far training moves each layer's weights from the initialisation.
+
+  Per layer k: ||W_t - W_0||_F, and the same with each unit's scale removed,
+  sqrt(sum_j min_c ||W_0[:, j] - c W_t[:, j]||^2) over c >= 0, the distance that matters
+  when a normaliser after the layer makes every unit's scale irrelevant.
+  """
+  paths = [models.kernel_path(model, k) for k in range(1, models.num_layers(model) + 1)]
+
+  def fn(state, batch, key, loss, grads):
+    del key, loss, grads
+    init = objective_lib.init_variables(model, config.seed, batch['inputs'][:1])['params']
+    raw, scale_free = [], []
+    for layer, kernel in paths:
+      w, w0 = state.params[layer][kernel], init[layer][kernel]
+      w, w0 = w.reshape(-1, w.shape[-1]), w0.reshape(-1, w0.shape[-1])  # [fan_in, units]
+      raw.append(jnp.linalg.norm(w - w0))
+      # The best c is max(<w0_j, w_j>, 0) / ||w_j||^2; the residual is formed directly
+      # (not as ||w0||^2 - <w0, w>^2 / ||w||^2, which cancels in float32).
+      c = jnp.maximum(jnp.sum(w * w0, 0), 0) / jnp.maximum(jnp.sum(w * w, 0), 1e-30)
+      scale_free.append(jnp.linalg.norm(w0 - c * w))
+    return {'raw': jnp.stack(raw), 'scale_free': jnp.stack(scale_free),
+            'init_norm': jnp.stack([jnp.linalg.norm(init[l][k]) for l, k in paths])}
 
   return fn
 
@@ -203,5 +302,7 @@ _BUILDERS = {
     'activations': _activations,
     'top_eigenvalues': _top_eigenvalues,
     'hessian_trace': _hessian_trace,
+    'spectral_density': _spectral_density,
     'bn_theorems': _bn_theorems,
+    'weight_distance': _weight_distance,
 }

@@ -109,7 +109,7 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
       for name, probe in probe_fns.items():
         shapes = jax.eval_shape(probe.fn, state, batch, key, loss, grads)
         skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
-        due = (state.step % probe.every) == 0
+        due = probe.due_traced(state.step)
         out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key, loss, grads)
       return out
 
@@ -281,11 +281,10 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), dict(mesh.shape))
 
-  base_key = jax.random.key(config.seed)
-  init_key, noise_base = jax.random.split(base_key)
+  noise_base = objective_lib.noise_base_key(config.seed)
 
   def init(sample):
-    variables = model.init({'params': init_key, 'noise': init_key}, sample, train=False)
+    variables = objective_lib.init_variables(model, config.seed, sample)
     params = variables['params']
     return TrainState(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
                       tx.init(params))
@@ -356,7 +355,7 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
               'examples_per_second': sps * config.batch_size}
       line.update({n: _to_json(v[i]) for n, v in metrics.items()})
       for name, out in probe_out.items():
-        if (first + i) % probe_fns[name].every == 0:
+        if probe_fns[name].due(first + i):
           line.update({f'probe/{name}/{n}': _to_json(v[i]) for n, v in out.items()})
       if i == 0:
         line.update({n: float(v) for n, v in extra.items()})
