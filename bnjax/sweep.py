@@ -1,0 +1,318 @@
+r"""Sweeps: many runs of one experiment, each in its own workdir under a sweep root.
+
+A sweep is a Python file, ``configs/sweeps/<name>.py``, with
+
+  def get_sweep():
+    return base_config, [overrides, ...]      # a ConfigDict and a list of dicts
+  get_config = sweep.config_getter(get_sweep)  # makes the file a config file too
+
+Overrides are flat dicts of dotted fields ({'norm': 'batch', 'probes.ics.every': 10}),
+built with ``product`` and ``zip_`` from ``axis``, as big_vision's ``get_hyper`` does. A
+run's name is its optional ``'name'`` entry, else made from its overrides; it is stable,
+readable and the name of its workdir, ``ROOT/<name>``. Every run is one process,
+
+  python -m bnjax.main --config=SWEEP_FILE:<name> --workdir=ROOT/<name> [extra flags]
+
+so a run of a sweep is an ordinary run: the TPU VM and SLURM launchers (``launch/``)
+start exactly these commands on every host.
+
+  python -m bnjax.sweep configs/sweeps/paper_dln.py --root=DIR [--parallel=N]
+      [--only=NAME,...] [--config.<field>=<value> ...] [--dry-run | --summary | --list]
+
+Runs whose status.json says done or diverged are skipped, the others (never started,
+killed, preempted, failed) start or resume; a failed run does not stop the others. At the
+end (and with ``--summary`` alone) it writes ``DIR/summary.csv``, ``DIR/training.png``
+and every paper figure the runs allow (``DIR/figures/``, as ``python -m bnjax.plots all``),
+and prints the table. Every run's config is built and checked before any run starts.
+Exit status: 0 when every run is done or diverged, 1 otherwise, 2 for a bad sweep.
+"""
+
+import argparse
+import ast
+import csv
+import dataclasses
+import importlib.util
+import itertools
+import json
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import ml_collections
+
+FINISHED = ('done', 'diverged')
+
+
+# ----------------------------------------------------------------- building sweeps
+class SweepError(ValueError):
+  """A sweep that cannot run; the message names the run and the field."""
+
+
+def axis(field: str, values: Sequence[Any]) -> list[dict]:
+  """One field over several values: [{field: v} for v in values]."""
+  return [{field: v} for v in values]
+
+
+def product(*axes: list[dict]) -> list[dict]:
+  """Every combination of the axes' entries (the first axis varies slowest)."""
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
+          for combo in itertools.product(*axes)]
+
+
+def zip_(*axes: list[dict]) -> list[dict]:
+  """The axes' entries side by side; every axis must have the same length."""
+  if len({len(a) for a in axes}) > 1:
+    raise SweepError(f'zip_ of axes of different lengths {[len(a) for a in axes]}')
+  return [dict(itertools.chain.from_iterable(d.items() for d in combo)) for combo in zip(*axes)]
+
+
+def run_name(overrides: dict) -> str:
+  """The run's ``name`` entry, else 'field=value_...' from the last part of each field."""
+  if 'name' in overrides:
+    name = str(overrides['name'])
+  else:
+    name = '_'.join(f'{k.split(".")[-1]}={_format(v)}' for k, v in overrides.items()) or 'base'
+  if not re.fullmatch(r'[A-Za-z0-9._=+-]+', name):
+    raise SweepError(f'run name {name!r} has characters a directory name should not have')
+  return name
+
+
+def _format(v: Any) -> str:
+  if isinstance(v, (tuple, list)):
+    return '+'.join(_format(x) for x in v)
+  return f'{v:g}' if isinstance(v, float) else str(v)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, run: str) -> None:
+  """Sets each dotted field; unknown fields and wrong types raise SweepError."""
+  for field, value in overrides.items():
+    if field == 'name':
+      continue
+    *parents, leaf = field.split('.')
+    node = config
+    for i, part in enumerate(parents):
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        raise SweepError(f'run {run}: config has no field {".".join(parents[:i + 1])!r}')
+      node = node[part]
+    if leaf not in node:
+      raise SweepError(f'run {run}: config has no field {field!r}')
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise SweepError(f'run {run}: field {field!r} cannot take {value!r} ({e})') from None
+
+
+def config_getter(get_sweep: Callable) -> Callable:
+  """get_config(arg) for a sweep file: the base config with run ``arg``'s overrides."""
+
+  def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    base, runs = get_sweep()
+    by_name = {run_name(o): o for o in runs}
+    if arg not in by_name:
+      raise SweepError(f'no run {arg!r} in this sweep; its runs: {", ".join(by_name)}')
+    config = ml_collections.ConfigDict(base.to_dict())
+    apply_overrides(config, by_name[arg], arg)
+    return config
+
+  return get_config
+
+
+# ------------------------------------------------------------------ loading sweeps
+@dataclasses.dataclass
+class Run:
+  name: str
+  overrides: dict
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+
+
+def _parse_value(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def load(sweep_file: str, root: str, extra_flags: Sequence[str] = (),
+         only: Sequence[str] = ()) -> list[Run]:
+  """The sweep's runs, every config built and validated (SweepError before any run)."""
+  from bnjax import config_lib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(sweep_file)
+  if not path.is_file():
+    raise SweepError(f'no sweep file {sweep_file}')
+  spec = importlib.util.spec_from_file_location(f'_sweep_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise SweepError(f'{sweep_file} has no get_sweep()')
+  base, overrides = module.get_sweep()
+  extra = {}
+  for flag in extra_flags:
+    m = re.fullmatch(r'--config\.([\w.]+)=(.*)', flag)
+    if not m:
+      raise SweepError(f'unknown flag {flag!r}; extra flags are --config.<field>=<value>')
+    extra[m.group(1)] = _parse_value(m.group(2))
+  runs, names = [], set()
+  for o in overrides:
+    name = run_name(o)
+    if name in names:
+      raise SweepError(f'two runs are named {name!r}; give them a "name" entry')
+    names.add(name)
+    config = ml_collections.ConfigDict(base.to_dict())
+    apply_overrides(config, o, name)
+    apply_overrides(config, extra, name)
+    try:
+      config_lib.validate(config, num_devices=1)
+    except config_lib.ConfigError as e:
+      raise SweepError(f'run {name}: {e}') from None
+    runs.append(Run(name, o, config, pathlib.Path(root) / name))
+  unknown = sorted(set(only) - names)
+  if unknown:
+    raise SweepError(f'--only names no run {unknown}; runs: {", ".join(sorted(names))}')
+  return [r for r in runs if not only or r.name in only]
+
+
+def command(sweep_file: str, run: Run, extra_flags: Sequence[str] = ()) -> list[str]:
+  """The one process that trains (or resumes) ``run``."""
+  return [sys.executable, '-m', 'bnjax.main', f'--config={sweep_file}:{run.name}',
+          f'--workdir={run.workdir}', *extra_flags]
+
+
+# ------------------------------------------------------------------ running sweeps
+def _status(run: Run) -> dict:
+  f = run.workdir / 'status.json'
+  try:
+    return json.loads(f.read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def _attempts_file(root: pathlib.Path, run: Run) -> pathlib.Path:
+  return root / 'logs' / f'{run.name}.attempts.json'
+
+
+def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: Sequence[str],
+            parallel: int) -> None:
+  """Starts every unfinished run, ``parallel`` at a time, each logging to ROOT/logs/."""
+  (root / 'logs').mkdir(parents=True, exist_ok=True)
+  todo = [r for r in runs if _status(r).get('state') not in FINISHED]
+  for r in runs:
+    if r not in todo:
+      print(f'[sweep] {r.name}: {_status(r)["state"]} already, skipped', flush=True)
+  running: list[tuple[Run, subprocess.Popen, float, Any]] = []
+  started, total = 0, len(todo)
+  while todo or running:
+    while todo and len(running) < parallel:
+      r = todo.pop(0)
+      started += 1
+      cmd = command(sweep_file, r, extra_flags)
+      log = open(root / 'logs' / f'{r.name}.log', 'a')
+      log.write(f'\n$ {shlex.join(cmd)}\n')
+      log.flush()
+      print(f'[sweep] start {r.name} ({started} of {total}), log in {log.name}', flush=True)
+      running.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time(), log))
+    time.sleep(0.5)
+    for item in list(running):
+      r, proc, t0, log = item
+      if proc.poll() is None:
+        continue
+      running.remove(item)
+      log.close()
+      wall = time.time() - t0
+      f = _attempts_file(root, r)
+      attempts = json.loads(f.read_text()) if f.exists() else []
+      attempts.append({'exit': proc.returncode, 'seconds': wall})
+      f.write_text(json.dumps(attempts) + '\n')
+      state = _status(r).get('state', 'no status')
+      print(f'[sweep] {r.name}: {state} (exit {proc.returncode}) in {wall:.0f} s', flush=True)
+
+
+# ------------------------------------------------------------------------ summary
+SUMMARY_METRICS = ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy')
+
+
+def summarize(root: pathlib.Path, runs: list[Run]) -> list[dict]:
+  """One row per run: name, overrides, state, steps, final metrics, wall time (s)."""
+  rows = []
+  for r in runs:
+    status = _status(r)
+    row = {'name': r.name,
+           'overrides': ' '.join(f'{k}={_format(v)}' for k, v in r.overrides.items() if k != 'name'),
+           'state': status.get('state', 'not started'), 'steps': status.get('step', '')}
+    last = {}
+    metrics = r.workdir / 'metrics.jsonl'
+    if metrics.exists():
+      for line in metrics.read_text().splitlines():
+        try:
+          last.update({k: v for k, v in json.loads(line).items() if k in SUMMARY_METRICS})
+        except ValueError:
+          pass  # a line cut short by a kill
+    row.update({k: f'{last[k]:.4g}' if k in last else '' for k in SUMMARY_METRICS})
+    f = _attempts_file(root, r)
+    row['wall_seconds'] = (f'{sum(a["seconds"] for a in json.loads(f.read_text())):.0f}'
+                           if f.exists() else '')
+    rows.append(row)
+  return rows
+
+
+def write_summary(root: pathlib.Path, runs: list[Run]) -> list[dict]:
+  """Prints the table, writes ROOT/summary.csv and ROOT/training.png."""
+  from bnjax import plots  # pylint: disable=g-import-not-at-top
+  rows = summarize(root, runs)
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / 'summary.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0] if k != 'overrides'}
+  print('  '.join(k.ljust(w) for k, w in widths.items()))
+  for r in rows:
+    print('  '.join(str(r[k]).ljust(w) for k, w in widths.items()))
+  started = [r.workdir for r in runs if (r.workdir / 'metrics.jsonl').exists()]
+  if started:
+    plots.draw_sweep_training(started, root / 'training.png')
+    drawn = plots.draw_all([plots.load_run(w) for w in started], root / 'figures')
+    print(f'[sweep] paper figures in {root / "figures"}: '
+          f'{", ".join(n for n, what in drawn.items() if what == "drawn") or "none"}')
+  print(f'[sweep] summary in {root / "summary.csv"}, curves in {root / "training.png"}')
+  return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m bnjax.sweep', description=__doc__.splitlines()[0],
+      epilog='Extra --config.<field>=<value> flags apply to every run.')
+  parser.add_argument('sweep_file')
+  parser.add_argument('--root', required=True, help='sweep root: one workdir per run')
+  parser.add_argument('--parallel', type=int, default=1, help='runs at a time (default 1)')
+  parser.add_argument('--only', default='', help='comma-separated run names')
+  parser.add_argument('--dry-run', action='store_true', help='print the commands only')
+  parser.add_argument('--list', action='store_true', help='print the run names only')
+  parser.add_argument('--summary', action='store_true', help='only the summary of the runs')
+  args, extra = parser.parse_known_args(argv)
+  if args.parallel < 1:
+    parser.error(f'--parallel must be >= 1, got {args.parallel}')
+  root = pathlib.Path(args.root)
+  try:
+    runs = load(args.sweep_file, args.root, extra, [n for n in args.only.split(',') if n])
+  except SweepError as e:
+    print(f'bnjax.sweep: {e}', file=sys.stderr)
+    return 2
+  if args.list:
+    print('\n'.join(r.name for r in runs))
+    return 0
+  if args.dry_run:
+    print('\n'.join(shlex.join(command(args.sweep_file, r, extra)) for r in runs))
+    return 0
+  if not args.summary:
+    run_all(args.sweep_file, root, runs, extra, args.parallel)
+  rows = write_summary(root, runs)
+  return 0 if all(r['state'] in FINISHED for r in rows) else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
