@@ -1,0 +1,137 @@
+"""Every figure renders from tiny synthetic workdirs, with the panels it should have."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from bnjax import config_lib, plots
+
+T = 60  # steps per synthetic run
+PROBE_EVERY = 10
+
+
+def write_run(root: pathlib.Path, family: str, norm: str, lr: float, diverge_at=None):
+  """A workdir as bnjax.train writes it: config.json, metrics.jsonl, status.json."""
+  rng = np.random.default_rng(abs(hash((family, norm, lr))) % 2**32)
+  c = config_lib.vgg(norm) if family == 'vgg' else config_lib.dln(norm)
+  c.learning_rate = lr
+  layers = tuple(c.probes.activations.layers)
+  num_layers = 13 if family == 'vgg' else 25
+  path = root / f'{family}_{norm}_{lr:g}'
+  path.mkdir(parents=True)
+  (path / 'config.json').write_text(c.to_json())
+  lines = []
+  for t in range(T):
+    loss = 2.0 * np.exp(-t / 30) + 0.1 * rng.random()
+    if diverge_at is not None and t >= diverge_at:
+      loss = float('nan')
+    line = {'step': t, 'train_loss': loss, 'learning_rate': lr}
+    if family == 'vgg':
+      line['train_accuracy'] = min(1.0, t / T + 0.1 * rng.random())
+      if t % 20 == 0:
+        line.update(eval_accuracy=t / T, eval_loss=loss)
+    if t % PROBE_EVERY == 0:
+      etas = [lr * m for m in c.probes.landscape.step_size_multipliers]
+      line.update({'probe/landscape/loss': list(loss * (1 + rng.random(len(etas)))),
+                   'probe/landscape/grad_diff': list(rng.random(len(etas)) + 0.1),
+                   'probe/landscape/beta': 2 / lr * (1 + rng.random()),
+                   'probe/landscape/step_sizes': etas,
+                   'probe/ics/l2': list(rng.random(2) + 0.01),
+                   'probe/ics/cosine': list(rng.random(2))})
+      for k in layers:
+        values = rng.standard_normal(200) * (1 + t / T)
+        hist, edges = np.histogram(values, 40)
+        line.update({f'probe/activations/layer{k}/hist': hist.tolist(),
+                     f'probe/activations/layer{k}/edges': edges.tolist(),
+                     f'probe/activations/layer{k}/mean': values.mean(),
+                     f'probe/activations/layer{k}/var': values.var()})
+      line.update({'probe/weight_distance/raw': list(rng.random(num_layers) * t),
+                   'probe/weight_distance/scale_free': list(rng.random(num_layers) * t / 2),
+                   'probe/weight_distance/init_norm': list(1 + rng.random(num_layers))})
+      if norm in ('none', 'batch'):
+        line.update({'probe/top_eigenvalues/eigenvalues': [1 / lr * rng.random()],
+                     'probe/top_eigenvalues/eval_eigenvalues': [1 / lr * rng.random()]})
+      if norm == 'batch':
+        for k in (3, 11):
+          lhs = rng.random(4)
+          line.update({f'probe/bn_theorems/layer{k}/grad_y_sq': list(lhs),
+                       f'probe/bn_theorems/layer{k}/thm41_rhs': list(lhs * (1 + 1e-6)),
+                       f'probe/bn_theorems/layer{k}/curvature_y': list(rng.random(4)),
+                       f'probe/bn_theorems/layer{k}/thm42_rhs': list(1 + rng.random(4))})
+    if t in (0, T - 1) and norm in ('none', 'batch'):
+      line.update({'probe/spectral_density/nodes': rng.standard_normal((2, 5)).tolist(),
+                   'probe/spectral_density/weights': (np.ones((2, 5)) / 10).tolist()})
+    lines.append(line)
+    if diverge_at is not None and t >= diverge_at:
+      break
+  (path / 'metrics.jsonl').write_text(
+      ''.join(json.dumps(l).replace('NaN', 'NaN') + '\n' for l in lines))
+  state = {'state': 'diverged', 'step': diverge_at} if diverge_at else {'state': 'done', 'step': T}
+  (path / 'status.json').write_text(json.dumps(state))
+  return path
+
+
+@pytest.fixture(scope='module')
+def sweep_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp('sweep')
+  for norm in ('none', 'batch', 'noisy_batch', 'lp1', 'lp2', 'lpinf', 'layer'):
+    write_run(root, 'vgg', norm, 0.1)
+  write_run(root, 'vgg', 'none', 0.5, diverge_at=25)
+  write_run(root, 'vgg', 'batch', 0.5)
+  for norm in ('none', 'batch'):
+    write_run(root, 'vgg', norm, 0.01)
+    write_run(root, 'dln', norm, 1e-7)
+  for norm in ('none', 'batch', 'lp1', 'lp2', 'lpinf', 'layer'):
+    write_run(root, 'dln', norm, 1e-6)
+  return root
+
+
+# Titled panels each figure must have with the synthetic sweep above.
+EXPECTED_PANELS = {
+    'fig1': 2 + 4,  # train, test accuracy; layers #3, #11 for standard and BN
+    'fig2': 1 + 3 * 3,  # training accuracy; three runs x layers #2, #9, #13
+    'fig3': 4 * 5,  # VGG 0.1, 0.01 and DLN 1e-6, 1e-7 rows x (training + 2 l2 + 2 cosine)
+    'fig4': 3, 'fig10': 3,  # loss band, gradient predictiveness, beta
+    'fig5': 2,  # VGG accuracy, DLN loss
+    'fig6': 5,  # layer #11 for the five
+    'fig8': 3 * 4,  # layers #2, #9, #13 x (|dmu|, |ds2|, mu - mu0, s2 - s20)
+    'fig9': 5 * 3,  # the five x layers 1, 11, 24
+    'fig11': 4,  # standard and BN, VGG and DLN
+    'fig12': 5 * 3, 'fig13': 5 * 3,  # the five x three landscape panels
+    'sharpness': 2, 'density': 10, 'theorems': 2, 'weights': 2,  # density: every none/batch run
+    'layernorm': 2 * 4,
+}
+
+
+def test_every_figure_renders_with_its_panels(sweep_root, tmp_path):
+  runs = plots.find_runs(sweep_root)
+  assert set(EXPECTED_PANELS) == set(plots.FIGURES)
+  for name, expected in EXPECTED_PANELS.items():
+    out = tmp_path / f'{name}.png'
+    titles = plots.draw(name, runs, out)
+    data = out.read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000, name
+    assert len(titles) == expected, (name, titles)
+
+
+def test_plots_all_from_a_root_and_one_figure_from_workdirs(sweep_root, tmp_path):
+  from bnjax.plots.__main__ import main
+  assert main(['all', '--root', str(sweep_root), '--out', str(tmp_path / 'all')]) == 0
+  assert {p.stem for p in (tmp_path / 'all').glob('*.png')} == set(plots.FIGURES)
+  workdirs = [str(sweep_root / n) for n in ('vgg_none_0.1', 'vgg_batch_0.1')]
+  assert main(['fig4', '--workdirs', *workdirs, '--out', str(tmp_path / 'f4.png')]) == 0
+  assert (tmp_path / 'f4.png').stat().st_size > 10_000
+  assert main(['numbers', '--root', str(sweep_root), '--out', str(tmp_path / 'n.md')]) == 0
+  table = (tmp_path / 'n.md').read_text()
+  assert '| vgg_none_0.5 | Standard, LR 0.5 (diverged) | diverged | 25 |' in table
+  # A figure whose runs are absent says so instead of drawing an empty frame.
+  assert main(['fig9', '--workdirs', *workdirs, '--out', str(tmp_path / 'f9.png')]) == 1
+  assert not (tmp_path / 'f9.png').exists()
+
+
+def test_labels_come_from_the_config_and_divergence_is_marked(sweep_root):
+  run = plots.load_run(sweep_root / 'vgg_none_0.5')
+  assert run.label() == 'Standard, LR 0.5 (diverged)'
+  assert plots.load_run(sweep_root / 'dln_lp1_1e-06').label() == r'Standard + $\ell_1$, LR 1e-06'
