@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from bnjax import data, models
+from bnjax import data, models, tensorboard
 
 LOSSES = ('cross_entropy', 'sum_squared')
 BN_STATS = ('global', 'per_device')
@@ -50,6 +50,7 @@ def base() -> ml_collections.ConfigDict:
   c.max_checkpoints_to_keep = 2
   c.steps_per_call = 1  # steps fused into one jitted lax.scan (small models: many)
   c.log_every_seconds = 10.0  # progress line on the terminal
+  c.tensorboard = 'auto'  # TensorBoard events beside metrics.jsonl: 'auto', 'on', 'off'
   c.probes = ml_collections.ConfigDict()
   return c
 
@@ -158,6 +159,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(str(e)) from None
   try:
     data.check_name(c.dataset)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  try:
+    tensorboard.check_mode(c.tensorboard)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _require(c.loss in LOSSES, f'unknown loss {c.loss!r}; valid: {", ".join(LOSSES)}')

@@ -194,10 +194,9 @@ def _load_tfds(name: str, data_dir: str | None) -> _RawImages:
   except Exception as e:  # tfds raises many types when a dataset is not prepared
     raise RuntimeError(
         f'tfds dataset {name!r} is not prepared in ArrayRecord format under '
-        f'{data_dir or "the default TFDS data dir"} ({type(e).__name__}: {e}). Preparing it '
-        'needs TensorFlow: pip install ".[prepare]" && python -c "import tensorflow_datasets '
-        f'as tfds; tfds.builder(\'{name}\').download_and_prepare(file_format=\'array_record\')"'
-    ) from e
+        f'{data_dir or "the default TFDS data dir"} ({type(e).__name__}: {e}). Prepare it '
+        f'once (needs TensorFlow and internet): pip install -e ".[prepare]" && '
+        f'python -m bnjax.data prepare {name}') from e
 
   def read(source):
     examples = [source[i] for i in range(len(source))]
@@ -262,3 +261,44 @@ def local_eval_batches(split: Split, batch_size: int):
     mask = (idx < n).astype(np.float32)
     idx = np.minimum(idx, n - 1)
     yield {'inputs': split.inputs[idx], 'targets': split.targets[idx], 'mask': mask}
+
+
+# ---------------------------------------------------------------------- preparation
+def prepare(name: str, data_dir: str | None = None) -> None:
+  """Downloads tfds dataset ``name`` and writes it as ArrayRecord (what training reads).
+
+  Needs TensorFlow (the ``prepare`` extra) and internet, once per data dir; a prepared
+  dataset is left alone. Raises RuntimeError with a one-line message otherwise.
+  """
+  if name not in TFDS_DATASETS:
+    raise RuntimeError(f'{name!r} is not a tfds dataset bnjax reads; valid: {", ".join(TFDS_DATASETS)}')
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise RuntimeError(f'preparing tfds dataset {name!r} needs TensorFlow: '
+                       'pip install -e ".[prepare]"') from None
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format='array_record')
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog='python -m bnjax.data',
+                                   description='Prepare a tfds dataset (ArrayRecord) for training.')
+  parser.add_argument('command', choices=['prepare'])
+  parser.add_argument('name', help=', '.join(TFDS_DATASETS))
+  parser.add_argument('--data_dir', default=os.environ.get('TFDS_DATA_DIR'),
+                      help='default: $TFDS_DATA_DIR, else tfds\' default')
+  args = parser.parse_args(argv)
+  try:
+    prepare(args.name, args.data_dir)
+  except RuntimeError as e:
+    print(f'bnjax.data: {e}', file=sys.stderr)
+    return 1
+  print(f'{args.name} prepared under {args.data_dir or "the default TFDS data dir"}')
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

@@ -18,6 +18,7 @@ start exactly these commands on every host.
 
   python -m bnjax.sweep configs/sweeps/paper_dln.py --root=DIR [--parallel=N]
       [--only=NAME,...] [--config.<field>=<value> ...] [--dry-run | --summary | --list]
+      [--tfds-datasets]
 
 Runs whose status.json says done or diverged are skipped, the others (never started,
 killed, preempted, failed) start or resume; a failed run does not stop the others. At the
@@ -292,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--only', default='', help='comma-separated run names')
   parser.add_argument('--dry-run', action='store_true', help='print the commands only')
   parser.add_argument('--list', action='store_true', help='print the run names only')
+  parser.add_argument('--tfds-datasets', action='store_true',
+                      help='print the tfds datasets the runs read (for launchers\' set-up)')
   parser.add_argument('--summary', action='store_true', help='only the summary of the runs')
   args, extra = parser.parse_known_args(argv)
   if args.parallel < 1:
@@ -304,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.list:
     print('\n'.join(r.name for r in runs))
+    return 0
+  if args.tfds_datasets:
+    from bnjax import data  # pylint: disable=g-import-not-at-top
+    print('\n'.join(sorted({r.config.dataset for r in runs} & set(data.TFDS_DATASETS))))
     return 0
   if args.dry_run:
     print('\n'.join(shlex.join(command(args.sweep_file, r, extra)) for r in runs))

@@ -5,6 +5,7 @@ One run = ``train_and_evaluate(config, workdir)``. What it writes to ``workdir``
   config.json     the resolved config (a rerun with a different config is refused)
   metrics.jsonl   host 0, one JSON object per step: step, train_loss, learning_rate,
                   steps_per_second, train_accuracy / eval_* where defined, probe/*
+  events.out.tfevents.*  the same as TensorBoard events (see bnjax.tensorboard)
   status.json     {"state": running | done | diverged | preempted | failed, ...}
   checkpoints/    orbax, every ``checkpoint_every`` steps; a rerun resumes from the latest
 
@@ -42,12 +43,12 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax import config_lib, data, models, objective as objective_lib, probing
+from bnjax import config_lib, data, models, objective as objective_lib, probing, tensorboard
 
 # Fields a rerun may change without changing the run that the workdir holds.
 RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_every',
                     'max_checkpoints_to_keep', 'eval_batch_size', 'steps_per_call',
-                    'data.cache_dir', 'data.tfds_data_dir')
+                    'data.cache_dir', 'data.tfds_data_dir', 'tensorboard')
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to resume
 COMMIT_MARKER = 'commit_success.txt'
 
@@ -132,9 +133,11 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
 class Workdir:
   """The files of one run. Only host 0 writes metrics and status."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, tensorboard_mode: str = 'off'):
     self.path = pathlib.Path(path)
     self.is_writer = jax.process_index() == 0
+    self.tensorboard_mode = tensorboard_mode
+    self.events = None  # TensorBoard writer, see open_events
 
   def write_json(self, name: str, obj: dict) -> None:
     if not self.is_writer:
@@ -168,6 +171,18 @@ class Workdir:
     with open(self.path / 'metrics.jsonl', 'a') as f:
       f.write(''.join(json.dumps(l) + '\n' for l in lines))
       f.flush()
+    if self.events is not None:
+      self.events.write(lines)
+
+  def open_events(self, first_step: int) -> None:
+    """Starts TensorBoard events at first_step (hiding an earlier attempt's from there on)."""
+    if self.is_writer and self.events is None:
+      self.events = tensorboard.make_writer(self.path, self.tensorboard_mode, first_step)
+
+  def close(self) -> None:
+    if self.events is not None:
+      self.events.close()
+      self.events = None
 
 
 def _to_json(x):
@@ -254,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
   tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
   probe_fns = probing.build(config, model, tx)  # checks probe layers against the model
 
-  wd = Workdir(workdir)
+  wd = Workdir(workdir, config.tensorboard)
   wd.path.mkdir(parents=True, exist_ok=True)
   if wd.is_writer:
     (wd.path / 'config.json').write_text(config.to_json(indent=1) + '\n')
@@ -268,6 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
   except Exception as e:
     wd.set_status('failed', error=f'{type(e).__name__}: {e}')
     raise
+  finally:
+    wd.close()
 
 
 def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
@@ -301,6 +318,7 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
     state = jax.jit(init, out_shardings=state_sharding)(sample)
   step = int(state.step)
   wd.truncate_metrics(step)
+  wd.open_events(step)
   wd.set_status('running', step=step)
 
   # Inside lax.scan (several steps per call): the same model, fast inside control flow.

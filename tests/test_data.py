@@ -68,3 +68,14 @@ def test_each_host_reads_only_its_slice(monkeypatch):
   np.testing.assert_array_equal(np.concatenate(pieces), full)
   with pytest.raises(ValueError, match='not divisible by 2 hosts'):
     data.host_slice(7)
+
+
+def test_prepare_without_tensorflow_says_what_to_install_in_one_line(capsys):
+  import importlib.util
+  if importlib.util.find_spec('tensorflow') is not None:
+    pytest.skip('TensorFlow is installed here: preparing would download')
+  assert data.main(['prepare', 'cifar10']) == 1
+  err = capsys.readouterr().err
+  assert err == 'bnjax.data: preparing tfds dataset \'cifar10\' needs TensorFlow: pip install -e ".[prepare]"\n'
+  assert data.main(['prepare', 'imagenet']) == 1
+  assert "'imagenet' is not a tfds dataset bnjax reads" in capsys.readouterr().err

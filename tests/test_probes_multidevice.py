@@ -1,12 +1,19 @@
 """Each probe gives the same answer with the batch on one device or sharded over 8."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from bnjax import models, probes
+from test_train import subprocess_env
 
 
 def all_probes(params, new_params, batch, key):
@@ -73,3 +80,29 @@ def test_probes_agree_on_one_device_and_sharded_over_eight():
     for a, b in zip(leaves_one, leaves_eight):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-4 * scale,
                                  err_msg=name)
+
+
+@pytest.mark.slow
+def test_probes_agree_on_two_processes_and_one(tmp_path):
+  """2 JAX processes x 2 devices (jax.distributed on localhost), each holding half the
+  batch, give the same hvp, eigenpairs and every other probe as 1 process x 4 devices."""
+  script = [sys.executable, str(pathlib.Path(__file__).parent / 'multihost_probes.py')]
+  one = subprocess.run([*script, str(tmp_path / 'one.npz')], env=subprocess_env(4),
+                       capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-3000:]
+  port = 20000 + os.getpid() % 10000
+  two = [subprocess.Popen([*script, str(tmp_path / 'two.npz'), f'127.0.0.1:{port}', '2', str(i)],
+                          env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) for i in range(2)]
+  for p in two:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  a, b = np.load(tmp_path / 'one.npz'), np.load(tmp_path / 'two.npz')
+  assert sorted(a.files) == sorted(b.files) and len(a.files) > 20
+  assert any(k.startswith("['hvp']") for k in a.files) and any("['eig']" in k for k in a.files)
+  probe_of = lambda name: name.split(']')[0]  # "['hvp']['dense1']..." -> "['hvp'"
+  for name in a.files:
+    # As above: tolerance relative to the largest entry of the probe's whole result (a
+    # bias gradient that is zero in exact arithmetic is pure rounding noise).
+    scale = max(float(np.abs(a[n]).max()) for n in a.files if probe_of(n) == probe_of(name))
+    np.testing.assert_allclose(b[name], a[name], rtol=2e-4, atol=1e-4 * scale, err_msg=name)

@@ -33,7 +33,9 @@ def _need(runs: list[Run], what: str) -> list[Run]:
 
 
 def _subplots(rows: int, cols: int, height: float = 2.6):
-  fig, axes = plt.subplots(rows, cols, figsize=(COLUMN * cols, height * rows), squeeze=False)
+  # At least two columns wide, so that the figure's title fits.
+  fig, axes = plt.subplots(rows, cols, figsize=(COLUMN * max(cols, 2), height * rows),
+                           squeeze=False)
   return fig, axes
 
 
@@ -387,7 +389,7 @@ def density(runs):
     ax.set(title=f'{r.family.upper()}: {r.label()}', xlabel='eigenvalue', ylabel='density (log)', yscale='log',
            ylim=(1e-8, None))
     ax.legend(fontsize=7)
-  return _finish(fig, 'Hessian eigenvalue density, start and end (Ghorbani et al. 2019)')
+  return _finish(fig, 'Hessian eigenvalue density at the first and last step')
 
 
 def theorems(runs):
@@ -406,10 +408,10 @@ def theorems(runs):
       _, bound = r.series(f'probe/bn_theorems/layer{k}/thm42_rhs')
       slack = np.median((bound - curv) / np.maximum(np.abs(bound), 1e-30), 1)
       axes[0, 1].plot(steps, slack, ls=ls, color=r.color, label=f'{r.family.upper()} layer #{k}')
-  axes[0, 0].set(title='Thm 4.1 (an equality): largest relative gap', xlabel='training step',
+  axes[0, 0].set(title='Thm 4.1 (equality): largest gap', xlabel='training step',
                  ylabel='max over units |lhs - rhs| / lhs', yscale='log')
-  axes[0, 1].set(title='Thm 4.2: relative slack of the bound', xlabel='training step',
-                 ylabel='median over units (bound - value) / |bound|')
+  axes[0, 1].set(title='Thm 4.2: slack of the bound', xlabel='training step',
+                 ylabel='median over units\n(bound - value) / |bound|')
   axes[0, 1].axhline(0, color='gray', lw=0.8)
   axes[0, 0].legend(fontsize=6)
   return _finish(fig, 'Theorems 4.1 and 4.2 measured during training')
