@@ -12,7 +12,10 @@ trainer settings. ``validate`` runs before any work and raises ``ConfigError`` w
 one-line message.
 """
 
+import difflib
+import importlib.util
 import math
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -38,6 +41,7 @@ def base() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.cache_dir = ''  # '' -> $BNJAX_CACHE or ~/.cache/bnjax
   c.data.tfds_data_dir = ''  # '' -> tfds' default
+  c.data.skip_unreadable_images = False  # True: leave damaged images out (counted)
   c.loss = 'cross_entropy'
   c.learning_rate = 0.1
   c.momentum = 0.0  # the paper: plain SGD
@@ -224,3 +228,35 @@ def differing_fields(a: dict[str, Any], b: dict[str, Any], prefix: str = '') -> 
     elif va != vb:
       out.append(f'{prefix}{k}')
   return out
+
+
+# ------------------------------------------------------------- command-line overrides
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``--config=PATH[:ARG]``: PATH's get_config(ARG), as config_flags does."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_bnjax_config', path)
+  if module_spec is None or not pathlib.Path(path).is_file():
+    raise ConfigError(f'no config file {path}')
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def unknown_override(config: ml_collections.ConfigDict, field: str) -> str | None:
+  """A one-line message when dotted ``field`` names no field of ``config``, else None.
+
+  Names the closest valid fields, e.g. "config has no field 'probes.landscape.evry';
+  closest: probes.landscape.every".
+  """
+  node, parts = config, field.split('.')
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      prefix = '.'.join(parts[:i])
+      names = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
+      full = [f'{prefix}.{n}' if prefix else n for n in close or sorted(names)]
+      hint = (f'; closest: {", ".join(full)}' if close else
+              f'; valid: {", ".join(full)}' if full else '')
+      return f'config has no field {field!r}{hint}'
+    node = node[part]
+  return None

@@ -51,6 +51,7 @@ class Dataset:
   train: Split
   test: Split | None
   num_classes: int | None  # None for regression
+  skipped_images: int = 0  # unreadable images left out (skip_unreadable_images)
 
 
 def describe_datasets() -> str:
@@ -69,14 +70,20 @@ def check_name(name: str) -> None:
 
 
 def load(name: str, *, seed: int = 0, cache_dir: str = '', tfds_data_dir: str = '',
-         dln_num_examples: int = 1000, dln_dim: int = 10) -> Dataset:
-  """Loads dataset ``name`` into host memory, preprocessed."""
+         dln_num_examples: int = 1000, dln_dim: int = 10,
+         skip_unreadable_images: bool = False) -> Dataset:
+  """Loads dataset ``name`` into host memory, preprocessed.
+
+  An image folder with unreadable images raises ValueError naming the first and counting
+  the others, unless ``skip_unreadable_images``: then they are left out and counted.
+  """
   check_name(name)
   if name == 'dln_gaussian':
     return dln_gaussian(seed, dln_num_examples, dln_dim)
   if name.startswith(IMAGEFOLDER_PREFIX):
     path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
-    raw = _load_imagefolder_cached(path, pathlib.Path(cache_dir or _default_cache_dir()))
+    raw = _load_imagefolder_cached(path, pathlib.Path(cache_dir or _default_cache_dir()),
+                                   skip_unreadable_images)
   else:
     raw = _load_tfds(name, tfds_data_dir or None)
   return _standardise(raw)
@@ -98,6 +105,7 @@ class _RawImages:
   test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
+  skipped: int = 0  # unreadable images left out
 
 
 def _standardise(raw: _RawImages) -> Dataset:
@@ -112,7 +120,7 @@ def _standardise(raw: _RawImages) -> Dataset:
   return Dataset(
       train=Split(prep(raw.train_images), raw.train_labels.astype(np.int32)),
       test=Split(prep(raw.test_images), raw.test_labels.astype(np.int32)),
-      num_classes=raw.num_classes)
+      num_classes=raw.num_classes, skipped_images=raw.skipped)
 
 
 def _default_cache_dir() -> str:
@@ -133,14 +141,25 @@ def _source_fingerprint(path: pathlib.Path) -> str:
   return h.hexdigest()[:16]
 
 
-def _load_imagefolder_cached(path: pathlib.Path, cache_dir: pathlib.Path) -> _RawImages:
+def _load_imagefolder_cached(path: pathlib.Path, cache_dir: pathlib.Path,
+                             skip_unreadable: bool = False) -> _RawImages:
   cache = cache_dir / f'imagefolder-{_source_fingerprint(path)}.npz'
   if cache.exists():
     with np.load(cache) as z:
       return _RawImages(z['train_images'], z['train_labels'], z['test_images'],
                         z['test_labels'], int(z['num_classes']))
   logging.info('decoding %s once; caching to %s', path, cache)
-  raw = _decode_imagefolder(path)
+  raw, unreadable = _decode_imagefolder(path)
+  if unreadable:
+    first, error = unreadable[0]
+    if not skip_unreadable:
+      raise ValueError(
+          f'{path}: cannot read image {first} ({error}); {len(unreadable) - 1} other '
+          f'image(s) unreadable too. Replace them, or set '
+          '--config.data.skip_unreadable_images=True to train without them')
+    logging.warning('%s: left out %d unreadable image(s), e.g. %s (%s)', path,
+                    len(unreadable), first, error)
+    return dataclasses.replace(raw, skipped=len(unreadable))  # never cached: a partial decode
   cache_dir.mkdir(parents=True, exist_ok=True)
   tmp = cache.with_name(cache.name + f'.tmp{os.getpid()}.npz')
   np.savez(tmp, train_images=raw.train_images, train_labels=raw.train_labels,
@@ -150,11 +169,14 @@ def _load_imagefolder_cached(path: pathlib.Path, cache_dir: pathlib.Path) -> _Ra
   return raw
 
 
-def _decode_imagefolder(path: pathlib.Path) -> _RawImages:
-  """Decodes ``{train,test}/<class>/<image>``; class index = sorted class-folder order."""
+def _decode_imagefolder(path: pathlib.Path) -> tuple[_RawImages, list[tuple[str, str]]]:
+  """Decodes ``{train,test}/<class>/<image>``; class index = sorted class-folder order.
+
+  Returns the readable images and [(file name, error)] of the unreadable ones.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  files: dict[str, list[tuple[str, bytes]]] = {'train': [], 'test': []}
+  files: dict[str, list[tuple[str, str, bytes]]] = {'train': [], 'test': []}  # class, name, bytes
   if path.is_file():
     with tarfile.open(path) as tar:
       for member in tar:
@@ -163,26 +185,36 @@ def _decode_imagefolder(path: pathlib.Path) -> _RawImages:
           split_at = [i for i, p in enumerate(parts) if p in files]
           if split_at and len(parts) - split_at[-1] == 3:
             i = split_at[-1]
-            files[parts[i]].append((parts[i + 1], tar.extractfile(member).read()))
+            files[parts[i]].append((parts[i + 1], member.name, tar.extractfile(member).read()))
   else:
     for split in files:
       for p in sorted((path / split).glob('*/*')):
         if p.suffix.lower() in IMAGE_SUFFIXES:
-          files[split].append((p.parent.name, p.read_bytes()))
+          files[split].append((p.parent.name, str(p), p.read_bytes()))
   if not files['train'] or not files['test']:
     raise ValueError(f'{path} holds no train/<class>/<image> and test/<class>/<image> files')
-  classes = sorted({c for c, _ in files['train']})
+  classes = sorted({c for c, _, _ in files['train']})
   index = {c: i for i, c in enumerate(classes)}
+  unreadable: list[tuple[str, str]] = []
+
+  def read(name: str, data: bytes) -> np.ndarray | None:
+    try:
+      return np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for damaged files
+      unreadable.append((name, f'{type(e).__name__}: {e}'))
+      return None
 
   def decode(items):
     items = sorted(items, key=lambda item: item[0])  # stable: class, then archive order
-    images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert('RGB')) for _, b in items])
-    labels = np.array([index[c] for c, _ in items], np.int32)
+    decoded = [(c, read(name, b)) for c, name, b in items]
+    decoded = [(c, im) for c, im in decoded if im is not None]
+    images = np.stack([im for _, im in decoded])
+    labels = np.array([index[c] for c, _ in decoded], np.int32)
     return images, labels
 
   tr_x, tr_y = decode(files['train'])
   te_x, te_y = decode(files['test'])
-  return _RawImages(tr_x, tr_y, te_x, te_y, len(classes))
+  return _RawImages(tr_x, tr_y, te_x, te_y, len(classes)), unreadable
 
 
 def _load_tfds(name: str, data_dir: str | None) -> _RawImages:

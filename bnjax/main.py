@@ -8,10 +8,12 @@ Multi-host (TPU VM pods, GPU clusters): ``--multihost`` calls
 ``jax.distributed.initialize()`` first (on Cloud TPU it needs no arguments; elsewhere set
 ``--coordinator_address``, ``--num_processes``, ``--process_id``).
 
-Exit status: 0 done or diverged (see DIR/status.json), 2 bad config, 75 preempted
-(rerun to resume), 1 any other failure.
+Exit status: 0 done or diverged (see DIR/status.json), 2 bad config, 3 workdir in use by
+another live process, 75 preempted (SIGTERM), 130 interrupted (Ctrl-C), 1 any other
+failure (a full disk included). After 75, 130 or 1, rerunning the same command resumes.
 """
 
+import errno
 import logging as std_logging
 import sys
 
@@ -25,7 +27,34 @@ _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initial
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_seconds', 120,
+    'Multi-host: a process silent this long counts as lost; every other process then '
+    'exits with an error naming it (so a dead host never leaves the rest waiting).')
 flags.mark_flags_as_required(['config', 'workdir'])
+EXIT_WORKDIR_IN_USE = 3
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a misspelt ``--config.<field>`` reported in one line.
+
+  ml_collections raises a bare AttributeError (a 40-line traceback) for an override of a
+  field the config lacks; this names the field and the closest valid ones instead.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError:
+    from bnjax import config_lib  # pylint: disable=g-import-not-at-top
+    spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
+    if spec is None:
+      raise
+    config = config_lib.load_config_file(spec)
+    for field in overrides:
+      if message := config_lib.unknown_override(config, field):
+        print(f'bnjax: {message}', file=sys.stderr)
+        sys.exit(2)
+    raise
 
 
 class _QuietLibraries:
@@ -41,7 +70,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIHOST.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   from bnjax import config_lib, train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
@@ -50,10 +80,25 @@ def main(argv):
   except config_lib.ConfigError as e:
     print(f'bnjax: config error: {e}', file=sys.stderr)
     sys.exit(2)
+  except train.WorkdirInUse as e:
+    print(f'bnjax: {e}', file=sys.stderr)
+    sys.exit(EXIT_WORKDIR_IN_USE)
+  except KeyboardInterrupt:
+    print('bnjax: stopped at once by a second Ctrl-C; rerun to resume from the last '
+          'checkpoint', file=sys.stderr)
+    sys.exit(train.EXIT_INTERRUPTED)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    print(f'bnjax: disk full ({e}); status.json says failed; rerun to resume from the last '
+          'checkpoint once there is space', file=sys.stderr)
+    sys.exit(1)
   logging.info('run %s; metrics in %s/metrics.jsonl', state, _WORKDIR.value)
   if state == 'preempted':
     sys.exit(train.EXIT_PREEMPTED)
+  if state == 'interrupted':
+    sys.exit(train.EXIT_INTERRUPTED)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -90,17 +90,16 @@ def _format(v: Any) -> str:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, run: str) -> None:
   """Sets each dotted field; unknown fields and wrong types raise SweepError."""
+  from bnjax import config_lib  # pylint: disable=g-import-not-at-top
   for field, value in overrides.items():
     if field == 'name':
       continue
+    if message := config_lib.unknown_override(config, field):
+      raise SweepError(f'run {run}: {message}')
     *parents, leaf = field.split('.')
     node = config
-    for i, part in enumerate(parents):
-      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        raise SweepError(f'run {run}: config has no field {".".join(parents[:i + 1])!r}')
+    for part in parents:
       node = node[part]
-    if leaf not in node:
-      raise SweepError(f'run {run}: config has no field {field!r}')
     try:
       node[leaf] = value
     except TypeError as e:

@@ -6,7 +6,8 @@ One run = ``train_and_evaluate(config, workdir)``. What it writes to ``workdir``
   metrics.jsonl   host 0, one JSON object per step: step, train_loss, learning_rate,
                   steps_per_second, train_accuracy / eval_* where defined, probe/*
   events.out.tfevents.*  the same as TensorBoard events (see bnjax.tensorboard)
-  status.json     {"state": running | done | diverged | preempted | failed, ...}
+  lock.json       while the run lives: its pid and host (one run per workdir)
+  status.json     {"state": running | done | diverged | preempted | interrupted | failed, ...}
   checkpoints/    orbax, every ``checkpoint_every`` steps; a rerun resumes from the latest
 
 Every quantity on the metrics line of step t is measured at the parameters theta_t,
@@ -22,6 +23,7 @@ the same scan under ``lax.cond`` on their schedule, so probing every step stays 
 Metrics are read back one call behind the dispatch, so the device never waits for the host.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -30,6 +32,7 @@ import math
 import os
 import pathlib
 import signal
+import socket
 import time
 from typing import Any, Callable
 
@@ -50,6 +53,8 @@ RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_
                     'max_checkpoints_to_keep', 'eval_batch_size', 'steps_per_call',
                     'data.cache_dir', 'data.tfds_data_dir', 'tensorboard')
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: rerun the same command to resume
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention: rerun to resume
+LOCK_FILE = 'lock.json'
 COMMIT_MARKER = 'commit_success.txt'
 
 
@@ -149,6 +154,48 @@ class Workdir:
   def set_status(self, state: str, **fields) -> None:
     self.write_json('status.json', dict(state=state, time=time.time(), **fields))
 
+  def set_final_status(self, state: str, **fields) -> None:
+    """``set_status`` on the way out of a failed run: a write that fails (a full disk)
+    is logged, never raised over the error that ended the run."""
+    try:
+      self.set_status(state, **fields)
+    except OSError as e:
+      logging.error('cannot write %s/status.json (%s); it may still say running', self.path, e)
+
+  @contextlib.contextmanager
+  def lock(self):
+    """Holds ``lock.json`` (pid, host) while the run lives; only process 0 takes it.
+
+    Raises WorkdirInUse if a live process holds it. A lock left by a process that no
+    longer runs on this host is taken over; one held from another host is obeyed (its
+    liveness cannot be checked from here), and the message says how to clear it.
+    """
+    if not self.is_writer:
+      yield
+      return
+    path = self.path / LOCK_FILE
+    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.time()}
+    while True:
+      try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        break
+      except FileExistsError:
+        holder = _read_json(path)
+        if holder is not None and not _lock_holder_gone(holder):
+          since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))
+          raise WorkdirInUse(
+              f'{self.path} is in use by process {holder.get("pid")} on '
+              f'{holder.get("host")} (since {since}); if that process is gone, delete {path}')
+        logging.warning('taking over %s from %s, which no longer runs', path, holder)
+        path.unlink(missing_ok=True)
+    with os.fdopen(fd, 'w') as f:
+      json.dump(me, f)
+    try:
+      yield
+    finally:
+      if _read_json(path) == me:
+        path.unlink(missing_ok=True)
+
   def truncate_metrics(self, from_step: int) -> None:
     """Drops metric lines of steps >= from_step (written after the checkpoint resumed)."""
     f = self.path / 'metrics.jsonl'
@@ -185,6 +232,33 @@ class Workdir:
       self.events = None
 
 
+class WorkdirInUse(RuntimeError):
+  """Another live process trains in this workdir; the message names it."""
+
+
+def _read_json(path: pathlib.Path) -> dict | None:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def _lock_holder_gone(holder: dict) -> bool:
+  """Whether the process that wrote a lock no longer runs (only decidable on this host)."""
+  if holder.get('host') != socket.gethostname():
+    return False
+  try:
+    os.kill(int(holder['pid']), 0)
+  except ProcessLookupError:
+    return True
+  except (PermissionError, KeyError, ValueError, TypeError):
+    return False
+  try:  # a killed process its parent has not reaped yet is gone too
+    return pathlib.Path(f'/proc/{int(holder["pid"])}/stat').read_text().split(')')[-1].split()[0] == 'Z'
+  except OSError:
+    return False
+
+
 def _to_json(x):
   x = np.asarray(x)
   return x.item() if x.ndim == 0 else x.tolist()
@@ -197,12 +271,25 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   saved = json.loads(f.read_text())
   current = json.loads(config.to_json())
+  defaults = json.loads(config_lib.base().to_json())
   differing = [k for k in config_lib.differing_fields(saved, current)
-               if k not in RESUMABLE_FIELDS]
+               if k not in RESUMABLE_FIELDS and not _new_field_at_default(k, saved, current, defaults)]
   if differing:
     raise config_lib.ConfigError(
         f'{workdir} holds a run of a different config (fields differ: {", ".join(differing)}); '
         'use another --workdir or the same config')
+
+
+def _new_field_at_default(field: str, saved: dict, current: dict, defaults: dict) -> bool:
+  """A field added to bnjax after the run started, set to its default: not a change."""
+  def get(d, keys):
+    for key in keys:
+      if not isinstance(d, dict) or key not in d:
+        return '<absent>'
+      d = d[key]
+    return d
+  keys = field.split('.')
+  return get(saved, keys) == '<absent>' and get(current, keys) == get(defaults, keys) != '<absent>'
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -232,14 +319,39 @@ def _restore_latest(mgr: ocp.CheckpointManager, abstract_state: TrainState) -> T
 
 
 # ------------------------------------------------------------------------------- run
-@dataclasses.dataclass
-class _Preemption:
-  requested: bool = False
+class _StopRequest:
+  """SIGTERM (preemption) and SIGINT (Ctrl-C): finish the step, checkpoint, stop.
+
+  A second Ctrl-C stops at once (KeyboardInterrupt). ``final_state``: 'preempted' for
+  SIGTERM, 'interrupted' for SIGINT.
+  """
+
+  def __init__(self):
+    self.signum = None
+
+  @property
+  def requested(self) -> bool:
+    return self.signum is not None
+
+  @property
+  def final_state(self) -> str:
+    return 'interrupted' if self.signum == signal.SIGINT else 'preempted'
 
   def handler(self, signum, frame):
     del frame
-    logging.warning('signal %d: saving a checkpoint and stopping', signum)
-    self.requested = True
+    logging.warning('%s: saving a checkpoint and stopping%s', signal.Signals(signum).name,
+                    ' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else '')
+    self.signum = signum
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  def __enter__(self):
+    self._old = {s: signal.signal(s, self.handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *exc):
+    for s, old in self._old.items():
+      signal.signal(s, old)
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -259,46 +371,60 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> n
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final state name.
 
-  Raises ConfigError before touching ``workdir`` when the config cannot run.
+  Raises ConfigError before touching ``workdir`` when the config cannot run, and
+  WorkdirInUse when another live process holds it. However the run ends (an exception,
+  a full disk, a second Ctrl-C), status.json no longer says 'running'.
   """
   config_lib.validate(config, jax.device_count())
   check_workdir(workdir, config)
   dataset = data.load(config.dataset, seed=config.seed, cache_dir=config.data.cache_dir,
-                      tfds_data_dir=config.data.tfds_data_dir)
+                      tfds_data_dir=config.data.tfds_data_dir,
+                      skip_unreadable_images=config.data.skip_unreadable_images)
   model = build_model(config, dataset.num_classes)
   tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
   probe_fns = probing.build(config, model, tx)  # checks probe layers against the model
 
   wd = Workdir(workdir, config.tensorboard)
   wd.path.mkdir(parents=True, exist_ok=True)
-  if wd.is_writer:
-    (wd.path / 'config.json').write_text(config.to_json(indent=1) + '\n')
-  try:
-    # The manager is closed (its async saves finished) however the run ends.
-    with ocp.CheckpointManager(
-        (wd.path / 'checkpoints').absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
-                                             create=True)) as mgr:
-      return _run(config, wd, mgr, dataset, model, tx, probe_fns)
-  except Exception as e:
-    wd.set_status('failed', error=f'{type(e).__name__}: {e}')
-    raise
-  finally:
-    wd.close()
+  with wd.lock():
+    if wd.is_writer:
+      (wd.path / 'config.json').write_text(config.to_json(indent=1) + '\n')
+    try:
+      # The manager is closed (its async saves finished) however the run ends.
+      with ocp.CheckpointManager(
+          (wd.path / 'checkpoints').absolute(),
+          options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep,
+                                               create=True)) as mgr:
+        return _run(config, wd, mgr, dataset, model, tx, probe_fns)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint
+      wd.set_final_status('interrupted', note='stopped at once by a second Ctrl-C; a rerun resumes '
+                    'from the last checkpoint', last_checkpoint=_latest_checkpoint(wd))
+      raise
+    except Exception as e:
+      wd.set_final_status('failed', error=f'{type(e).__name__}: {e}',
+                    last_checkpoint=_latest_checkpoint(wd))
+      raise
+    finally:
+      wd.close()
 
 
-def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
-         model: nn.Module, tx: optax.GradientTransformation,
-         probe_fns: dict[str, probing.Probe]) -> str:
-  mesh = data_mesh()
-  replicated = NamedSharding(mesh, P())
-  chunk_sharding = NamedSharding(mesh, P(None, 'data'))
-  batch_sharding = NamedSharding(mesh, P('data'))
-  logging.info('process %d/%d, %d local / %d global devices, mesh %s',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), dict(mesh.shape))
+def _latest_checkpoint(wd: Workdir) -> int | None:
+  """The newest committed checkpoint step in the workdir (None if there is none)."""
+  steps = [int(p.parent.name) for p in (wd.path / 'checkpoints').glob(f'*/{COMMIT_MARKER}')
+           if p.parent.name.isdigit()]
+  return max(steps, default=None)
 
-  noise_base = objective_lib.noise_base_key(config.seed)
+
+@dataclasses.dataclass
+class _Steps:
+  """The jitted functions of a run and its sharding, built once (see ``_compile``)."""
+  chunk: Callable  # (state, batches [k, B, ...]) -> (state, (metrics, probe outputs))
+  evaluate: Callable  # state -> {'eval_loss', 'eval_accuracy'} (host floats)
+  chunk_sharding: NamedSharding
+
+
+def _initial_state(config, mgr, dataset, model, tx, replicated) -> TrainState:
+  """The newest readable checkpoint's state, else a fresh one from ``config.seed``."""
 
   def init(sample):
     variables = objective_lib.init_variables(model, config.seed, sample)
@@ -308,19 +434,20 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
 
   sample = jnp.zeros((1,) + dataset.train.inputs.shape[1:], jnp.float32)
   abstract_state = jax.eval_shape(init, sample)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
-
   abstract_with_sharding = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      abstract_state, state_sharding)
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
   state = _restore_latest(mgr, abstract_with_sharding)
   if state is None:
-    state = jax.jit(init, out_shardings=state_sharding)(sample)
-  step = int(state.step)
-  wd.truncate_metrics(step)
-  wd.open_events(step)
-  wd.set_status('running', step=step)
+    state = jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract_state))(sample)
+  return state
 
+
+def _compile(config, mesh, dataset, model, tx, probe_fns, state) -> _Steps:
+  replicated = NamedSharding(mesh, P())
+  chunk_sharding = NamedSharding(mesh, P(None, 'data'))
+  batch_sharding = NamedSharding(mesh, P('data'))
+  state_sharding = jax.tree.map(lambda _: replicated, state)
+  noise_base = objective_lib.noise_base_key(config.seed)
   # Inside lax.scan (several steps per call): the same model, fast inside control flow.
   train_step, scan_train_step = (
       make_train_step(objective_lib.make_objective(m, config.loss), tx, noise_base,
@@ -345,101 +472,139 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
       out['eval_accuracy'] = totals[1] / totals[2]
     return out
 
-  def chunk_length(step: int) -> int:
-    k = min(config.steps_per_call, config.num_steps - step)
-    for every in (config.eval_every, config.checkpoint_every):
-      if every:
-        k = min(k, every - step % every)
-    return k
+  return _Steps(chunk_fn, evaluate, chunk_sharding)
 
-  preemption = _Preemption()
-  old_handler = signal.signal(signal.SIGTERM, preemption.handler)
-  pending = None  # (first step, device metrics, eval metrics, dispatch time)
-  last_finite = {'loss': None}
-  progress = {'time': time.time(), 'last_log': 0.0}
 
-  def flush(pending) -> tuple[int, float] | None:
-    """Writes one call's metrics; returns (step, last finite loss) at a divergence."""
-    first, device_metrics, extra = pending
-    (metrics, probe_out) = jax.device_get(device_metrics)
+class _MetricsLog:
+  """Turns one call's device metrics into metrics.jsonl lines; watches for divergence.
+
+  Keeps the run's last finite training loss, its count of non-finite probe values (a
+  probe that overflows never stops training; the count goes into status.json) and the
+  terminal progress line.
+  """
+
+  def __init__(self, config, wd: Workdir, probe_fns: dict[str, probing.Probe]):
+    self.config, self.wd, self.probe_fns = config, wd, probe_fns
+    self.last_finite_loss = None
+    self.nonfinite_probe_values: dict[str, int] = {}
+    self.last_time, self.last_log = time.time(), 0.0
+
+  def flush(self, first: int, device_metrics, extra: dict) -> int | None:
+    """Writes the lines of steps first.. ; returns the step of a divergence, if any."""
+    metrics, probe_out = jax.device_get(device_metrics)
     now = time.time()
     k = len(metrics['train_loss'])
-    sps = k / max(now - progress['time'], 1e-9)
-    progress['time'] = now
-    lines = []
-    diverged = None
+    sps = k / max(now - self.last_time, 1e-9)
+    self.last_time = now
+    lines, diverged = [], None
     for i in range(k):
-      line = {'step': first + i, 'steps_per_second': sps,
-              'examples_per_second': sps * config.batch_size}
+      step = first + i
+      line = {'step': step, 'steps_per_second': sps,
+              'examples_per_second': sps * self.config.batch_size}
       line.update({n: _to_json(v[i]) for n, v in metrics.items()})
       for name, out in probe_out.items():
-        if probe_fns[name].due(first + i):
-          line.update({f'probe/{name}/{n}': _to_json(v[i]) for n, v in out.items()})
+        if self.probe_fns[name].due(step):
+          for field, v in out.items():
+            key = f'probe/{name}/{field}'
+            line[key] = _to_json(v[i])
+            bad = int(np.size(v[i]) - np.isfinite(v[i]).sum()) if np.issubdtype(
+                np.asarray(v[i]).dtype, np.floating) else 0
+            if bad:
+              self.nonfinite_probe_values[key] = self.nonfinite_probe_values.get(key, 0) + bad
       if i == 0:
         line.update({n: float(v) for n, v in extra.items()})
       lines.append(line)
       loss = float(metrics['train_loss'][i])
       if not math.isfinite(loss):
-        diverged = (first + i, last_finite['loss'])
+        diverged = step
         break
-      last_finite['loss'] = loss
-    wd.append_metrics(lines)
-    if now - progress['last_log'] >= config.log_every_seconds or diverged:
-      progress['last_log'] = now
+      self.last_finite_loss = loss
+    self.wd.append_metrics(lines)
+    if now - self.last_log >= self.config.log_every_seconds or diverged is not None:
+      self.last_log = now
       last = lines[-1]
       shown = ' '.join(f'{n} {last[n]:.4g}' for n in
                        ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy') if n in last)
-      logging.info('step %d/%d  %s  (%.1f steps/s)', last['step'] + 1, config.num_steps,
+      logging.info('step %d/%d  %s  (%.1f steps/s)', last['step'] + 1, self.config.num_steps,
                    shown, sps)
     return diverged
 
-  final = 'done'
-  try:
+
+def _chunk_length(config, step: int) -> int:
+  """Steps in the next call: up to steps_per_call, never past an eval or checkpoint step."""
+  k = min(config.steps_per_call, config.num_steps - step)
+  for every in (config.eval_every, config.checkpoint_every):
+    if every:
+      k = min(k, every - step % every)
+  return k
+
+
+def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
+         model: nn.Module, tx: optax.GradientTransformation,
+         probe_fns: dict[str, probing.Probe]) -> str:
+  mesh = data_mesh()
+  logging.info('process %d/%d, %d local / %d global devices, mesh %s',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), dict(mesh.shape))
+  state = _initial_state(config, mgr, dataset, model, tx, NamedSharding(mesh, P()))
+  step = int(state.step)
+  wd.truncate_metrics(step)
+  wd.open_events(step)
+  wd.set_status('running', step=step)
+  steps = _compile(config, mesh, dataset, model, tx, probe_fns, state)
+  log = _MetricsLog(config, wd, probe_fns)
+  if dataset.skipped_images:
+    wd.append_metrics([{'step': step, 'data/skipped_images': dataset.skipped_images}])
+
+  pending = None  # (first step, device metrics, eval metrics) of the call in flight
+  final, diverged = 'done', None
+  with _StopRequest() as stop:
     while step < config.num_steps:
-      if preemption.requested:
-        final = 'preempted'
+      if stop.requested:
+        final = stop.final_state
         break
-      k = chunk_length(step)
-      extra = evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
+      k = _chunk_length(config, step)
+      extra = steps.evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
       local = data.local_train_batches(dataset.train, config.batch_size, config.seed, step, k)
-      batches = {n: jax.make_array_from_process_local_data(chunk_sharding, v)
+      batches = {n: jax.make_array_from_process_local_data(steps.chunk_sharding, v)
                  for n, v in local.items()}
-      state, device_metrics = chunk_fn(state, batches)
-      if pending is not None and (diverged := flush(pending)):
-        final = 'diverged'
+      state, device_metrics = steps.chunk(state, batches)
+      # Metrics are read one call behind the dispatch: the device never waits for the host.
+      if pending is not None and (diverged := log.flush(*pending)) is not None:
         break
       pending = (step, device_metrics, extra)
       step += k
       if config.checkpoint_every and step % config.checkpoint_every == 0:
-        diverged = flush(pending)  # metrics up to a checkpoint are on disk before it
-        pending = None
-        if diverged:
-          final = 'diverged'
+        diverged, pending = log.flush(*pending), None  # metrics on disk before the checkpoint
+        if diverged is not None:
           break
         mgr.save(step, args=ocp.args.StandardSave(state))
-    if final == 'done' and pending is not None:
-      if diverged := flush(pending):
-        final = 'diverged'
-      pending = None
-    if final == 'done':
-      if mgr.latest_step() != step:
-        mgr.save(step, args=ocp.args.StandardSave(state))
-      final_metrics = evaluate(state)
-      if final_metrics:
-        wd.append_metrics([{'step': step, **{n: float(v) for n, v in final_metrics.items()}}])
-      wd.set_status('done', step=step, **{n: float(v) for n, v in final_metrics.items()})
-    elif final == 'preempted':
-      if pending is not None:
-        flush(pending)
-      if mgr.latest_step() != step:
-        mgr.save(step, args=ocp.args.StandardSave(state))
-      wd.set_status('preempted', step=step)
-    else:  # diverged: keep the last good checkpoint, save nothing after it
-      bad_step, last_finite_loss = diverged
-      wd.set_status('diverged', step=bad_step, last_finite_loss=last_finite_loss,
-                    last_checkpoint=mgr.latest_step())
-      logging.warning('loss is not finite at step %d; stopped (last finite loss %s)',
-                      bad_step, last_finite_loss)
-  finally:
-    signal.signal(signal.SIGTERM, old_handler)
+    if diverged is None and pending is not None:
+      diverged = log.flush(*pending)
+  return _finish(config, wd, mgr, state, step, 'diverged' if diverged is not None else final,
+                 diverged, log, steps.evaluate)
+
+
+def _finish(config, wd, mgr, state, step, final, diverged, log: _MetricsLog, evaluate) -> str:
+  """Saves what the final state calls for and writes status.json; returns the state."""
+  counts = {'nonfinite_probe_values': log.nonfinite_probe_values} if log.nonfinite_probe_values else {}
+  if log.nonfinite_probe_values:
+    logging.warning('non-finite probe values (recorded as NaN/inf in metrics.jsonl): %s',
+                    log.nonfinite_probe_values)
+  if final == 'diverged':  # keep the last good checkpoint, save nothing after it
+    wd.set_status('diverged', step=diverged, last_finite_loss=log.last_finite_loss,
+                  last_checkpoint=mgr.latest_step(), **counts)
+    logging.warning('loss is not finite at step %d; stopped (last finite loss %s)',
+                    diverged, log.last_finite_loss)
+    return final
+  if mgr.latest_step() != step:
+    mgr.save(step, args=ocp.args.StandardSave(state))
+  if final in ('preempted', 'interrupted'):
+    mgr.wait_until_finished()
+    wd.set_status(final, step=step, **counts)
+    return final
+  final_metrics = evaluate(state)
+  if final_metrics:
+    wd.append_metrics([{'step': step, **{n: float(v) for n, v in final_metrics.items()}}])
+  wd.set_status('done', step=step, **{n: float(v) for n, v in final_metrics.items()}, **counts)
   return final

@@ -100,7 +100,7 @@ EXPECTED_PANELS = {
     'fig9': 5 * 3,  # the five x layers 1, 11, 24
     'fig11': 4,  # standard and BN, VGG and DLN
     'fig12': 5 * 3, 'fig13': 5 * 3,  # the five x three landscape panels
-    'sharpness': 2, 'density': 10, 'theorems': 2, 'weights': 2,  # density: every none/batch run
+    'sharpness': 5, 'density': 4, 'theorems': 2, 'weights': 5,  # per model and LR; density: standard, BN
     'layernorm': 2 * 4,
 }
 

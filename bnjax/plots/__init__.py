@@ -20,25 +20,25 @@ from bnjax.plots.runs import Run, find_runs, load_run
 DPI = 110
 
 
-def draw(name: str, runs: list[Run], out: str | pathlib.Path) -> list[str]:
+def draw(name: str, runs: list[Run], out: str | pathlib.Path, dpi: int = DPI) -> list[str]:
   """Draws figure ``name`` of ``runs`` into ``out`` (PNG); returns its panel titles."""
   if name not in FIGURES:
     raise ValueError(f'unknown figure {name!r}; valid: {", ".join(FIGURES)}')
   fig = FIGURES[name](runs)
   titles = [ax.get_title() for ax in fig.axes if ax.axison and ax.get_title()]
   pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=DPI)
+  fig.savefig(out, dpi=dpi)
   plt.close(fig)
   return titles
 
 
-def draw_all(runs: list[Run], out_dir: str | pathlib.Path) -> dict[str, str]:
+def draw_all(runs: list[Run], out_dir: str | pathlib.Path, dpi: int = DPI) -> dict[str, str]:
   """Every figure the runs allow, as OUT_DIR/<name>.png; {name: 'drawn' or why not}."""
   out_dir = pathlib.Path(out_dir)
   report = {}
   for name in FIGURES:
     try:
-      draw(name, runs, out_dir / f'{name}.png')
+      draw(name, runs, out_dir / f'{name}.png', dpi)
       report[name] = 'drawn'
     except NoData as e:
       report[name] = f'skipped: {e}'

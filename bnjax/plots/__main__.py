@@ -15,6 +15,7 @@ def main(argv=None) -> int:
   parser.add_argument('--root', default='', help='sweep root: every workdir below it')
   parser.add_argument('--out', required=True,
                       help='FILE.png for one figure, DIR for all, FILE.md for numbers')
+  parser.add_argument('--dpi', type=int, default=plots.DPI, help='resolution of the PNGs')
   args = parser.parse_args(argv)
   if bool(args.workdirs) == bool(args.root):
     parser.error('give exactly one of --workdirs DIR... and --root SWEEP_ROOT')
@@ -31,14 +32,14 @@ def main(argv=None) -> int:
     print(f'numbers of {len(runs)} runs: {args.out}')
     return 0
   if args.figure == 'all':
-    for name, what in plots.draw_all(runs, args.out).items():
+    for name, what in plots.draw_all(runs, args.out, args.dpi).items():
       print(f'{name}: {what}')
     print(f'figures in {args.out}/')
     return 0
   if args.figure not in plots.FIGURES:
     parser.error(f'unknown figure {args.figure!r}; valid: all {" ".join(plots.FIGURES)}')
   try:
-    plots.draw(args.figure, runs, args.out)
+    plots.draw(args.figure, runs, args.out, args.dpi)
   except plots.NoData as e:
     print(f'bnjax.plots: {e}', file=sys.stderr)
     return 1

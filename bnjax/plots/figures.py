@@ -350,30 +350,32 @@ def fig13(runs):
 
 # ---------------------------------------------------------------- beyond the paper
 def sharpness(runs):
-  """Top Hessian eigenvalue over training against 2/LR (edge of stability), BN train/eval mode."""
-  chosen = _need([r for r in runs if r.has('probe/top_eigenvalues/eigenvalues')],
-                 'sharpness (runs with the top_eigenvalues probe)')
-  families = sorted({r.family for r in chosen})
-  fig, axes = _subplots(1, len(families), height=3.2)
-  for ax, family in zip(axes[0], families):
-    for r in [r for r in chosen if r.family == family]:
-      steps, lam = r.series('probe/top_eigenvalues/eigenvalues')
-      ax.plot(steps, lam[:, 0], color=r.color, lw=1.2, label=f'{r.label()}, BN train mode')
-      if r.has('probe/top_eigenvalues/eval_eigenvalues') and r.norm != 'none':
-        steps, lam = r.series('probe/top_eigenvalues/eval_eigenvalues')
-        ax.plot(steps, lam[:, 0], color=r.color, lw=1.0, ls='--', label=f'{r.label()}, eval mode')
-      ax.axhline(2 / r.lr, color='gray', ls=':', lw=0.8)
-    ax.text(0.02, 0.97, '2/LR dotted', transform=ax.transAxes, va='top', fontsize=7)
-    ax.set(title=f'{family.upper()}: sharpness', xlabel='training step',
-           ylabel=r'top Hessian eigenvalue $\lambda_{max}$', yscale='symlog')
+  """Top Hessian eigenvalue over training against 2/LR (edge of stability): standard and
+  BN, BN's loss in train mode (solid) and eval mode (dashed); one panel per model and LR."""
+  chosen = _need([r for r in runs if r.norm in STANDARD_BN
+                  and r.has('probe/top_eigenvalues/eigenvalues')],
+                 'sharpness (standard and BN runs with the top_eigenvalues probe)')
+  panels = sorted({(r.family, r.lr) for r in chosen}, key=lambda fl: (fl[0] != 'vgg', -fl[1]))
+  fig, axes = _subplots(1, len(panels), height=3.2)
+  for ax, (family, lr) in zip(axes[0], panels):
+    for r in [r for r in chosen if r.family == family and np.isclose(r.lr, lr)]:
+      for key, ls, mode in (('eigenvalues', '-', 'train'), ('eval_eigenvalues', '--', 'eval')):
+        steps, lam = r.series(f'probe/top_eigenvalues/{key}')
+        if lam.ndim == 2 and (r.norm != 'none' or mode == 'train'):
+          ax.plot(steps, np.where(lam[:, 0] > 0, lam[:, 0], np.nan), ls=ls, color=r.color,
+                  lw=1.2, label=f'{r.label(False)}' + (f', BN {mode} mode' if r.norm != 'none' else ''))
+    ax.axhline(2 / lr, color='k', ls=':', lw=1, label=f'2/LR = {2 / lr:g}')
+    ax.set(title=f'{family.upper()}, LR {lr:g}', xlabel='training step',
+           ylabel=r'top Hessian eigenvalue $\lambda_{max}$', yscale='log')
     ax.legend(fontsize=6)
-  return _finish(fig, 'Sharpness over training (Cohen et al. 2021)')
+  return _finish(fig, 'Sharpness over training against 2/LR (Cohen et al. 2021)')
 
 
 def density(runs):
   """The Hessian's spectral density (SLQ) at the first and last probed step."""
-  chosen = _need([r for r in runs if r.has('probe/spectral_density/nodes')],
-                 'density (runs with the spectral_density probe)')
+  chosen = [r for f, lr in (('vgg', VGG_LR), ('dln', DLN_LR)) for r in select(runs, f, STANDARD_BN, lr)
+            if r.has('probe/spectral_density/nodes')]
+  chosen = _need(chosen, 'density (standard and BN runs with the spectral_density probe)')
   fig, axes = _subplots(1, len(chosen), height=3.0)
   for ax, r in zip(axes[0], chosen):
     steps, nodes = r.series('probe/spectral_density/nodes')
@@ -394,8 +396,9 @@ def density(runs):
 
 def theorems(runs):
   """Theorem 4.1's two sides (largest relative gap) and Theorem 4.2's slack, per BN layer."""
-  chosen = _need([r for r in runs if _layers_of([r], 'bn_theorems')],
-                 'theorems (BN runs with the bn_theorems probe)')
+  chosen = [r for f, lr in (('vgg', VGG_LR), ('dln', DLN_LR)) for r in select(runs, f, ('batch',), lr)
+            if _layers_of([r], 'bn_theorems')]
+  chosen = _need(chosen, 'theorems (BN runs with the bn_theorems probe)')
   fig, axes = _subplots(1, 2, height=3.0)
   for r in chosen:
     for j, k in enumerate(_layers_of([r], 'bn_theorems')):
@@ -403,11 +406,13 @@ def theorems(runs):
       _, rhs = r.series(f'probe/bn_theorems/layer{k}/thm41_rhs')
       gap = np.max(np.abs(lhs - rhs) / np.maximum(np.abs(lhs), 1e-30), 1)
       ls = ('-', '--', ':', '-.')[j % 4]
-      axes[0, 0].plot(steps, gap, ls=ls, color=r.color, label=f'{r.family.upper()} layer #{k}')
+      color = 'C1' if r.family == 'vgg' else 'C3'
+      label = f'{r.family.upper()}, LR {r.lr:g}, layer #{k}'
+      axes[0, 0].plot(steps, gap, ls=ls, color=color, label=label)
       _, curv = r.series(f'probe/bn_theorems/layer{k}/curvature_y')
       _, bound = r.series(f'probe/bn_theorems/layer{k}/thm42_rhs')
       slack = np.median((bound - curv) / np.maximum(np.abs(bound), 1e-30), 1)
-      axes[0, 1].plot(steps, slack, ls=ls, color=r.color, label=f'{r.family.upper()} layer #{k}')
+      axes[0, 1].plot(steps, slack, ls=ls, color=color, label=label)
   axes[0, 0].set(title='Thm 4.1 (equality): largest gap', xlabel='training step',
                  ylabel='max over units |lhs - rhs| / lhs', yscale='log')
   axes[0, 1].set(title='Thm 4.2: slack of the bound', xlabel='training step',
@@ -418,22 +423,24 @@ def theorems(runs):
 
 
 def weights(runs):
-  """Lemma 4.5: distance of the weights from their initialisation, raw and scale-free."""
-  chosen = _need([r for r in runs if r.has('probe/weight_distance/raw')],
-                 'weights (runs with the weight_distance probe)')
-  families = sorted({r.family for r in chosen})
-  fig, axes = _subplots(1, len(families), height=3.2)
-  for ax, family in zip(axes[0], families):
-    for r in [r for r in chosen if r.family == family and r.norm in STANDARD_BN + ('layer',)]:
-      for key, ls, what in (('raw', '-', 'raw'), ('scale_free', '--', 'scale removed')):
+  """Lemma 4.5: distance of the weights from their initialisation, raw (solid) and with
+  each unit's scale removed (dashed); one panel per model and LR."""
+  chosen = _need([r for r in runs if r.norm in STANDARD_BN + ('layer',)
+                  and r.has('probe/weight_distance/raw')],
+                 'weights (standard, BN or LayerNorm runs with the weight_distance probe)')
+  panels = sorted({(r.family, r.lr) for r in chosen}, key=lambda fl: (fl[0] != 'vgg', -fl[1]))
+  fig, axes = _subplots(1, len(panels), height=3.2)
+  for ax, (family, lr) in zip(axes[0], panels):
+    for r in [r for r in chosen if r.family == family and np.isclose(r.lr, lr)]:
+      _, n0 = r.series('probe/weight_distance/init_norm')
+      for key, ls, what in (('raw', '-', ''), ('scale_free', '--', ', scale removed')):
         steps, d = r.series(f'probe/weight_distance/{key}')
-        _, n0 = r.series('probe/weight_distance/init_norm')
-        total = np.sqrt(np.sum(d**2, 1) / np.sum(n0**2, 1))
-        ax.plot(steps, total, ls=ls, color=r.color, label=f'{r.label()}: {what}')
-    ax.set(title=f'{family.upper()}', xlabel='training step',
+        ax.plot(steps, np.sqrt(np.sum(d**2, 1) / np.sum(n0**2, 1)), ls=ls, color=r.color,
+                label=r.label(False) + what)
+    ax.set(title=f'{family.upper()}, LR {lr:g}', xlabel='training step',
            ylabel=r'$\|W_t - W_0\|_F / \|W_0\|_F$, all layers')
     ax.legend(fontsize=6)
-  return _finish(fig, 'Lemma 4.5: how far training moves the weights')
+  return _finish(fig, 'Lemma 4.5: how far training moves the weights from the initialisation')
 
 
 def layernorm(runs):

@@ -4,7 +4,7 @@ VGG-16's 13 conv layers (so the paper's layer numbers hold) at a quarter of the 
 batch 128 and the paper's learning rates, 2,000 steps (about 5 epochs, against the
 paper's 15,000), on the local CIFAR-10 (JPEG). Runs, first the ones most figures need:
   BN and standard at LR 0.1 and 0.5 (Fig. 1), noisy BN (Fig. 2), l1 / l2 / linf (Fig. 5),
-  LayerNorm (beyond the paper), BN and standard at LR 0.01 (Fig. 3's second rate).
+  BN and standard at LR 0.01 (Fig. 3's second rate), LayerNorm (beyond the paper).
 Probes: landscape and ICS (layers #5, #10) every 50 steps; activations of layers
 #2, 3, 9, 11, 13 every 100; weight distance every 250; for BN and standard at LR 0.1 also
 the top Hessian eigenvalue in both BN modes every 250 steps, the spectral density at the
@@ -49,9 +49,10 @@ def get_sweep():
       {'name': 'standard_lr0.5', 'norm': 'none', 'learning_rate': 0.5},
       {'name': 'bn_lr0.5', 'norm': 'batch', 'learning_rate': 0.5},
   ]
-  runs += [{'name': f'{n}_lr0.1', 'norm': n} for n in ('lp1', 'lp2', 'lpinf', 'layer')]
+  runs += [{'name': f'{n}_lr0.1', 'norm': n} for n in ('lp1', 'lp2', 'lpinf')]
   runs += [{'name': f'{name}_lr0.01', 'norm': n, 'learning_rate': 0.01}
            for name, n in (('bn', 'batch'), ('standard', 'none'))]
+  runs += [{'name': 'layer_lr0.1', 'norm': 'layer'}]
   return c, runs
 
 
