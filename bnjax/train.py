@@ -175,21 +175,27 @@ class Workdir:
       return
     path = self.path / LOCK_FILE
     me = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.time()}
-    while True:
-      try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        break
-      except FileExistsError:
-        holder = _read_json(path)
-        if holder is not None and not _lock_holder_gone(holder):
-          since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))
-          raise WorkdirInUse(
-              f'{self.path} is in use by process {holder.get("pid")} on '
-              f'{holder.get("host")} (since {since}); if that process is gone, delete {path}')
-        logging.warning('taking over %s from %s, which no longer runs', path, holder)
-        path.unlink(missing_ok=True)
-    with os.fdopen(fd, 'w') as f:
-      json.dump(me, f)
+    # Written whole, then linked into place: link fails if the lock exists, and a reader
+    # never sees a half-written lock.
+    tmp = self.path / f'.{LOCK_FILE}.{me["host"]}.{me["pid"]}'
+    tmp.write_text(json.dumps(me))
+    try:
+      while True:
+        try:
+          os.link(tmp, path)
+          break
+        except FileExistsError:
+          holder = _read_json(path)
+          if holder is not None and not _lock_holder_gone(holder):
+            since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))
+            raise WorkdirInUse(
+                f'{self.path} is in use by process {holder.get("pid")} on '
+                f'{holder.get("host")} (since {since}); if that process is gone, delete {path}'
+            ) from None
+          logging.warning('taking over %s from %s, which no longer runs', path, holder)
+          path.unlink(missing_ok=True)
+    finally:
+      tmp.unlink(missing_ok=True)
     try:
       yield
     finally:
@@ -253,8 +259,9 @@ def _lock_holder_gone(holder: dict) -> bool:
     return True
   except (PermissionError, KeyError, ValueError, TypeError):
     return False
-  try:  # a killed process its parent has not reaped yet is gone too
-    return pathlib.Path(f'/proc/{int(holder["pid"])}/stat').read_text().split(')')[-1].split()[0] == 'Z'
+  try:  # a killed process its parent has not reaped yet (a zombie) is gone too
+    stat = pathlib.Path(f'/proc/{int(holder["pid"])}/stat').read_text()
+    return stat.rsplit(')', 1)[-1].split()[0] == 'Z'
   except OSError:
     return False
 
@@ -272,8 +279,8 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   saved = json.loads(f.read_text())
   current = json.loads(config.to_json())
   defaults = json.loads(config_lib.base().to_json())
-  differing = [k for k in config_lib.differing_fields(saved, current)
-               if k not in RESUMABLE_FIELDS and not _new_field_at_default(k, saved, current, defaults)]
+  differing = [k for k in config_lib.differing_fields(saved, current) if k not in
+               RESUMABLE_FIELDS and not _new_field_at_default(k, saved, current, defaults)]
   if differing:
     raise config_lib.ConfigError(
         f'{workdir} holds a run of a different config (fields differ: {", ".join(differing)}); '
@@ -397,12 +404,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                                                create=True)) as mgr:
         return _run(config, wd, mgr, dataset, model, tx, probe_fns)
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint
-      wd.set_final_status('interrupted', note='stopped at once by a second Ctrl-C; a rerun resumes '
-                    'from the last checkpoint', last_checkpoint=_latest_checkpoint(wd))
+      wd.set_final_status('interrupted', last_checkpoint=_latest_checkpoint(wd),
+                          note='stopped at once by a second Ctrl-C; a rerun resumes from '
+                          'the last checkpoint')
       raise
     except Exception as e:
       wd.set_final_status('failed', error=f'{type(e).__name__}: {e}',
-                    last_checkpoint=_latest_checkpoint(wd))
+                          last_checkpoint=_latest_checkpoint(wd))
       raise
     finally:
       wd.close()
@@ -587,8 +595,9 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
 
 def _finish(config, wd, mgr, state, step, final, diverged, log: _MetricsLog, evaluate) -> str:
   """Saves what the final state calls for and writes status.json; returns the state."""
-  counts = {'nonfinite_probe_values': log.nonfinite_probe_values} if log.nonfinite_probe_values else {}
+  counts = {}
   if log.nonfinite_probe_values:
+    counts['nonfinite_probe_values'] = log.nonfinite_probe_values
     logging.warning('non-finite probe values (recorded as NaN/inf in metrics.jsonl): %s',
                     log.nonfinite_probe_values)
   if final == 'diverged':  # keep the last good checkpoint, save nothing after it

@@ -120,3 +120,16 @@ def test_bad_probe_settings_are_refused(tmp_path, probes, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     train.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
+
+
+def test_a_workdir_from_before_a_new_config_field_still_resumes(tmp_path):
+  """A field bnjax added since the run started, at its default, is not a config change."""
+  assert train.train_and_evaluate(small_dln(num_steps=20), str(tmp_path)) == 'done'
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  del saved['data']['skip_unreadable_images']  # as a workdir written before the field
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert train.train_and_evaluate(small_dln(num_steps=30), str(tmp_path)) == 'done'
+  assert steps_in(tmp_path) == list(range(30))
+  with pytest.raises(config_lib.ConfigError, match='data.skip_unreadable_images'):
+    train.train_and_evaluate(small_dln(num_steps=40, data={'skip_unreadable_images': True}),
+                             str(tmp_path))

@@ -349,16 +349,22 @@ def fig13(runs):
 
 
 # ---------------------------------------------------------------- beyond the paper
+def _by_model_and_lr(runs: list[Run]) -> dict[tuple[str, float], list[Run]]:
+  """{(family, lr): runs}, VGG first, larger learning rates first: one panel each."""
+  keys = sorted({(r.family, r.lr) for r in runs}, key=lambda fl: (fl[0] != 'vgg', -fl[1]))
+  return {(f, lr): [r for r in runs if r.family == f and np.isclose(r.lr, lr)] for f, lr in keys}
+
+
 def sharpness(runs):
   """Top Hessian eigenvalue over training against 2/LR (edge of stability): standard and
   BN, BN's loss in train mode (solid) and eval mode (dashed); one panel per model and LR."""
   chosen = _need([r for r in runs if r.norm in STANDARD_BN
                   and r.has('probe/top_eigenvalues/eigenvalues')],
                  'sharpness (standard and BN runs with the top_eigenvalues probe)')
-  panels = sorted({(r.family, r.lr) for r in chosen}, key=lambda fl: (fl[0] != 'vgg', -fl[1]))
+  panels = _by_model_and_lr(chosen)
   fig, axes = _subplots(1, len(panels), height=3.2)
-  for ax, (family, lr) in zip(axes[0], panels):
-    for r in [r for r in chosen if r.family == family and np.isclose(r.lr, lr)]:
+  for ax, ((family, lr), at) in zip(axes[0], panels.items()):
+    for r in at:
       for key, ls, mode in (('eigenvalues', '-', 'train'), ('eval_eigenvalues', '--', 'eval')):
         steps, lam = r.series(f'probe/top_eigenvalues/{key}')
         if lam.ndim == 2 and (r.norm != 'none' or mode == 'train'):
@@ -428,10 +434,10 @@ def weights(runs):
   chosen = _need([r for r in runs if r.norm in STANDARD_BN + ('layer',)
                   and r.has('probe/weight_distance/raw')],
                  'weights (standard, BN or LayerNorm runs with the weight_distance probe)')
-  panels = sorted({(r.family, r.lr) for r in chosen}, key=lambda fl: (fl[0] != 'vgg', -fl[1]))
+  panels = _by_model_and_lr(chosen)
   fig, axes = _subplots(1, len(panels), height=3.2)
-  for ax, (family, lr) in zip(axes[0], panels):
-    for r in [r for r in chosen if r.family == family and np.isclose(r.lr, lr)]:
+  for ax, ((family, lr), at) in zip(axes[0], panels.items()):
+    for r in at:
       _, n0 = r.series('probe/weight_distance/init_norm')
       for key, ls, what in (('raw', '-', ''), ('scale_free', '--', ', scale removed')):
         steps, d = r.series(f'probe/weight_distance/{key}')
