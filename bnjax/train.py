@@ -561,8 +561,8 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
   wd.set_status('running', step=step)
   steps = _compile(config, mesh, dataset, model, tx, probe_fns, state)
   log = _MetricsLog(config, wd, probe_fns)
-  if dataset.skipped_images:
-    wd.append_metrics([{'step': step, 'data/skipped_images': dataset.skipped_images}])
+  # Unreadable images left out: recorded on the first line this (re)start writes.
+  first_extra = {'data/skipped_images': dataset.skipped_images} if dataset.skipped_images else {}
 
   pending = None  # (first step, device metrics, eval metrics) of the call in flight
   final, diverged = 'done', None
@@ -573,6 +573,7 @@ def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
         break
       k = _chunk_length(config, step)
       extra = steps.evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
+      extra, first_extra = {**first_extra, **extra}, {}
       local = data.local_train_batches(dataset.train, config.batch_size, config.seed, step, k)
       batches = {n: jax.make_array_from_process_local_data(steps.chunk_sharding, v)
                  for n, v in local.items()}

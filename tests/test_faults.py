@@ -134,6 +134,21 @@ def test_an_unreadable_image_is_named_before_training_or_skipped_and_counted(tmp
   assert len(ds.train.inputs) == 11 and len(ds.test.inputs) == 5
   assert not list(cache.glob('*.npz'))  # never cached from a partial decode
 
+  config = config_lib.vgg('batch')
+  config.update(model='vgg_tiny', batch_size=8, eval_batch_size=8, num_steps=2, eval_every=0,
+                checkpoint_every=0, dataset=f'imagefolder:{root}')
+  for probe in config.probes.values():
+    probe.every = 0
+  config.data.cache_dir = str(cache)
+  with pytest.raises(ValueError, match='1 other image'):
+    train.train_and_evaluate(config, str(tmp_path / 'refused'))
+  assert not (tmp_path / 'refused').exists()  # before any training
+  config.data.skip_unreadable_images = True
+  assert train.train_and_evaluate(config, str(tmp_path / 'run')) == 'done'
+  lines = metrics(tmp_path / 'run')
+  assert lines[0]['data/skipped_images'] == 2 and lines[0]['step'] == 0
+  assert [l['step'] for l in lines] == [0, 1, 2]  # every step once (2: the final eval)
+
 
 # 4 -------------------------------------------------------------------- misspelt override
 @pytest.mark.parametrize('flag,message', [
