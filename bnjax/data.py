@@ -22,6 +22,7 @@ mean and standard deviation (PAPER.md); no augmentation.
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import io
 import logging
 import os
@@ -34,6 +35,11 @@ import numpy as np
 TFDS_DATASETS = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'svhn_cropped')
 SYNTHETIC_DATASETS = ('dln_gaussian',)
 IMAGEFOLDER_PREFIX = 'imagefolder:'
+TFDS_PREFIX = 'tfds:'  # tfds:NAME, any tfds dataset with 'image' and 'label' features
+
+
+class DataError(RuntimeError):
+  """A dataset that cannot be read as it stands; the one-line message says what to do."""
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 
 
@@ -55,7 +61,8 @@ class Dataset:
 
 
 def describe_datasets() -> str:
-  return ', '.join(TFDS_DATASETS + SYNTHETIC_DATASETS + (IMAGEFOLDER_PREFIX + 'PATH',))
+  return ', '.join(TFDS_DATASETS + SYNTHETIC_DATASETS +
+                   (IMAGEFOLDER_PREFIX + 'PATH', TFDS_PREFIX + 'NAME'))
 
 
 def check_name(name: str) -> None:
@@ -64,6 +71,8 @@ def check_name(name: str) -> None:
     path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
     if not path.exists():
       raise ValueError(f'local dataset path {str(path)!r} does not exist')
+    return
+  if name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX):
     return
   if name not in TFDS_DATASETS + SYNTHETIC_DATASETS:
     raise ValueError(f'unknown dataset {name!r}; valid names: {describe_datasets()}')
@@ -74,7 +83,7 @@ def load(name: str, *, seed: int = 0, cache_dir: str = '', tfds_data_dir: str = 
          skip_unreadable_images: bool = False) -> Dataset:
   """Loads dataset ``name`` into host memory, preprocessed.
 
-  An image folder with unreadable images raises ValueError naming the first and counting
+  An image folder with unreadable images raises DataError naming the first and counting
   the others, unless ``skip_unreadable_images``: then they are left out and counted.
   """
   check_name(name)
@@ -85,7 +94,7 @@ def load(name: str, *, seed: int = 0, cache_dir: str = '', tfds_data_dir: str = 
     raw = _load_imagefolder_cached(path, pathlib.Path(cache_dir or _default_cache_dir()),
                                    skip_unreadable_images)
   else:
-    raw = _load_tfds(name, tfds_data_dir or None)
+    raw = _load_tfds(name.removeprefix(TFDS_PREFIX), tfds_data_dir or None)
   return _standardise(raw)
 
 
@@ -153,7 +162,7 @@ def _load_imagefolder_cached(path: pathlib.Path, cache_dir: pathlib.Path,
   if unreadable:
     first, error = unreadable[0]
     if not skip_unreadable:
-      raise ValueError(
+      raise DataError(
           f'{path}: cannot read image {first} ({error}); {len(unreadable) - 1} other '
           f'image(s) unreadable too. Replace them, or set '
           '--config.data.skip_unreadable_images=True to train without them')
@@ -218,17 +227,33 @@ def _decode_imagefolder(path: pathlib.Path) -> tuple[_RawImages, list[tuple[str,
 
 
 def _load_tfds(name: str, data_dir: str | None) -> _RawImages:
+  """A tfds dataset's train and test splits, read from ArrayRecord files without TensorFlow.
+
+  A dataset not prepared yet is prepared here when TensorFlow is installed (as the flax
+  examples do: the first run on a fresh host with internet downloads it); otherwise a
+  DataError says what to install and run.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  where = data_dir or 'the default TFDS data dir'
+  how = (f'prepare it once (needs TensorFlow and internet): pip install -e ".[prepare]" && '
+         f'python -m bnjax.data prepare {name}')
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    sources = {s: tfds.data_source(name, split=s, data_dir=data_dir) for s in ('train', 'test')}
-  except Exception as e:  # tfds raises many types when a dataset is not prepared
-    raise RuntimeError(
-        f'tfds dataset {name!r} is not prepared in ArrayRecord format under '
-        f'{data_dir or "the default TFDS data dir"} ({type(e).__name__}: {e}). Prepare it '
-        f'once (needs TensorFlow and internet): pip install -e ".[prepare]" && '
-        f'python -m bnjax.data prepare {name}') from e
+    # ArrayRecord from the start: tfds fixes a builder's format at its first construction.
+    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+  except Exception as e:  # tfds raises many types for unknown or unreadable datasets
+    first_line = (str(e).splitlines() or [''])[0][:200]
+    raise DataError(f'tfds dataset {name!r} cannot be read under {where} '
+                    f'({type(e).__name__}: {first_line}); {how}') from e
+  sources = lambda: {s: builder.as_data_source(split=s) for s in ('train', 'test')}
+  try:
+    split_sources = sources()
+  except Exception as e:  # not prepared (tfds raises several types)
+    if not _tensorflow_available():
+      raise DataError(f'tfds dataset {name!r} is not prepared under {where}; {how}') from e
+    logging.warning('tfds dataset %r is not prepared under %s: preparing it now', name, where)
+    builder.download_and_prepare()
+    split_sources = sources()
 
   def read(source):
     examples = [source[i] for i in range(len(source))]
@@ -236,8 +261,8 @@ def _load_tfds(name: str, data_dir: str | None) -> _RawImages:
     labels = np.array([ex['label'] for ex in examples], np.int32)
     return images, labels
 
-  tr_x, tr_y = read(sources['train'])
-  te_x, te_y = read(sources['test'])
+  tr_x, tr_y = read(split_sources['train'])
+  te_x, te_y = read(split_sources['test'])
   return _RawImages(tr_x, tr_y, te_x, te_y, builder.info.features['label'].num_classes)
 
 
@@ -296,21 +321,27 @@ def local_eval_batches(split: Split, batch_size: int):
 
 
 # ---------------------------------------------------------------------- preparation
+def _tensorflow_available() -> bool:
+  return importlib.util.find_spec('tensorflow') is not None
+
+
 def prepare(name: str, data_dir: str | None = None) -> None:
   """Downloads tfds dataset ``name`` and writes it as ArrayRecord (what training reads).
 
-  Needs TensorFlow (the ``prepare`` extra) and internet, once per data dir; a prepared
-  dataset is left alone. Raises RuntimeError with a one-line message otherwise.
+  ``name``: one of TFDS_DATASETS, or any tfds name (``tfds:`` prefix optional). Needs
+  TensorFlow (the ``prepare`` extra) and internet, once per data dir; a prepared dataset
+  is left alone. Raises DataError with a one-line message otherwise.
   """
-  if name not in TFDS_DATASETS:
-    raise RuntimeError(f'{name!r} is not a tfds dataset bnjax reads; valid: {", ".join(TFDS_DATASETS)}')
-  try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    raise RuntimeError(f'preparing tfds dataset {name!r} needs TensorFlow: '
-                       'pip install -e ".[prepare]"') from None
+  name = name.removeprefix(TFDS_PREFIX)
+  if not name or name in SYNTHETIC_DATASETS or name.startswith(IMAGEFOLDER_PREFIX):
+    raise DataError(f'{name!r} is not a tfds dataset; tfds names: {", ".join(TFDS_DATASETS)}, '
+                    'or any other tfds name')
+  if not _tensorflow_available():
+    raise DataError(f'preparing tfds dataset {name!r} needs TensorFlow: '
+                    'pip install -e ".[prepare]"')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tfds.builder(name, data_dir=data_dir).download_and_prepare(file_format='array_record')
+  # The format goes to the builder itself (tfds fixes it at the first construction).
+  tfds.builder(name, data_dir=data_dir, file_format='array_record').download_and_prepare()
 
 
 def main(argv=None) -> int:
@@ -319,13 +350,13 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m bnjax.data',
                                    description='Prepare a tfds dataset (ArrayRecord) for training.')
   parser.add_argument('command', choices=['prepare'])
-  parser.add_argument('name', help=', '.join(TFDS_DATASETS))
+  parser.add_argument('name', help=f'{", ".join(TFDS_DATASETS)} or any tfds name')
   parser.add_argument('--data_dir', default=os.environ.get('TFDS_DATA_DIR'),
                       help='default: $TFDS_DATA_DIR, else tfds\' default')
   args = parser.parse_args(argv)
   try:
     prepare(args.name, args.data_dir)
-  except RuntimeError as e:
+  except DataError as e:
     print(f'bnjax.data: {e}', file=sys.stderr)
     return 1
   print(f'{args.name} prepared under {args.data_dir or "the default TFDS data dir"}')

@@ -72,7 +72,7 @@ def main(argv):
   if _MULTIHOST.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
-  from bnjax import config_lib, train  # pylint: disable=g-import-not-at-top
+  from bnjax import config_lib, data, train  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:
@@ -80,6 +80,9 @@ def main(argv):
   except config_lib.ConfigError as e:
     print(f'bnjax: config error: {e}', file=sys.stderr)
     sys.exit(2)
+  except data.DataError as e:
+    print(f'bnjax: {e}', file=sys.stderr)
+    sys.exit(1)
   except train.WorkdirInUse as e:
     print(f'bnjax: {e}', file=sys.stderr)
     sys.exit(EXIT_WORKDIR_IN_USE)

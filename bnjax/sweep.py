@@ -309,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if args.tfds_datasets:
     from bnjax import data  # pylint: disable=g-import-not-at-top
-    print('\n'.join(sorted({r.config.dataset for r in runs} & set(data.TFDS_DATASETS))))
+    names = {r.config.dataset for r in runs}
+    print('\n'.join(sorted({n.removeprefix(data.TFDS_PREFIX) for n in names
+                             if n in data.TFDS_DATASETS or n.startswith(data.TFDS_PREFIX)})))
     return 0
   if args.dry_run:
     print('\n'.join(shlex.join(command(args.sweep_file, r, extra)) for r in runs))

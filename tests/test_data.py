@@ -70,12 +70,16 @@ def test_each_host_reads_only_its_slice(monkeypatch):
     data.host_slice(7)
 
 
-def test_prepare_without_tensorflow_says_what_to_install_in_one_line(capsys):
-  import importlib.util
-  if importlib.util.find_spec('tensorflow') is not None:
-    pytest.skip('TensorFlow is installed here: preparing would download')
+def test_without_tensorflow_preparing_or_reading_an_unprepared_dataset_is_one_line(
+    capsys, monkeypatch, tmp_path):
+  monkeypatch.setattr(data, '_tensorflow_available', lambda: False)
   assert data.main(['prepare', 'cifar10']) == 1
   err = capsys.readouterr().err
   assert err == 'bnjax.data: preparing tfds dataset \'cifar10\' needs TensorFlow: pip install -e ".[prepare]"\n'
-  assert data.main(['prepare', 'imagenet']) == 1
-  assert "'imagenet' is not a tfds dataset bnjax reads" in capsys.readouterr().err
+  assert data.main(['prepare', 'dln_gaussian']) == 1
+  assert "'dln_gaussian' is not a tfds dataset" in capsys.readouterr().err
+  with pytest.raises(data.DataError) as e:
+    data.load('cifar10', tfds_data_dir=str(tmp_path))
+  assert str(e.value) == (
+      f"tfds dataset 'cifar10' is not prepared under {tmp_path}; prepare it once (needs "
+      'TensorFlow and internet): pip install -e ".[prepare]" && python -m bnjax.data prepare cifar10')

@@ -123,7 +123,7 @@ def test_an_unreadable_image_is_named_before_training_or_skipped_and_counted(tmp
   for bad in (root / 'train' / 'dog' / '3.jpg', root / 'test' / 'cat' / '1.jpg'):
     bad.write_bytes(bad.read_bytes()[:100])  # truncated, as a half-copied file is
   cache = tmp_path / 'cache'
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(data.DataError) as e:
     data.load(f'imagefolder:{root}', cache_dir=str(cache))
   message = str(e.value)
   assert '\n' not in message and '1 other image(s) unreadable too' in message
@@ -140,7 +140,7 @@ def test_an_unreadable_image_is_named_before_training_or_skipped_and_counted(tmp
   for probe in config.probes.values():
     probe.every = 0
   config.data.cache_dir = str(cache)
-  with pytest.raises(ValueError, match='1 other image'):
+  with pytest.raises(data.DataError, match='1 other image'):
     train.train_and_evaluate(config, str(tmp_path / 'refused'))
   assert not (tmp_path / 'refused').exists()  # before any training
   config.data.skip_unreadable_images = True
