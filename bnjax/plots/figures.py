@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import matplotlib.ticker  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402
 
 from bnjax.plots.runs import Run, select  # noqa: E402
@@ -325,6 +326,9 @@ def fig11(runs):
               markersize=3)
     ax.set(title=r.label(), xlabel=r'step size $\eta$', xscale='log', yscale='log',
            ylabel=r'$\|\nabla L(\theta - \eta g) - g\|_2$')
+    if len(etas):  # the probed step sizes as the ticks (few decades: log ticks overlap)
+      ax.set_xticks(etas[0], [f'{e:g}' for e in etas[0]], fontsize=7)
+      ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, steps[-1] if len(steps) else 1))
     fig.colorbar(sm, ax=ax, label='training step')
   return _finish(fig, 'Fig. 11: gradient predictiveness against step size')
