@@ -9,6 +9,7 @@ from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 from matfree import decomp
 
 from bnjax.probes._common import (Block, LossFn, Params, check_inputs, map_in_batches, normal_like,
@@ -81,6 +82,8 @@ class Eigenpairs:
   eigenvalues: jax.Array  # [k], descending for 'largest', ascending for 'smallest'
   eigenvectors: Params  # params-like, each leaf with a leading k axis, unit norm
   residuals: jax.Array  # [k], ||H v - lambda v|| (Lanczos estimate)
+  converged: jax.Array  # [k] bool, residual <= tol * |lambda|
+  num_iterations: jax.Array  # [] int32, Hessian-vector products used
 
 
 def _lanczos(apply_h, v0, num_iterations):
@@ -94,33 +97,118 @@ def _lanczos(apply_h, v0, num_iterations):
   return out.Q_tall, out.J_small, tree_norm(out.residual)
 
 
+def _ritz(alpha, beta, m, k: int, which: str):
+  """The k extreme Ritz pairs of the leading m x m block of T = tridiag(beta, alpha, beta).
+
+  alpha [M], beta [M] (beta[i] couples i and i+1); m may be traced. The unused block is
+  decoupled and its diagonal set beyond the active block's Gershgorin interval, so its
+  eigenvalues never rank among the k wanted. Returns theta [k], S [M, k], with rows of S
+  past m zero.
+  """
+  size = alpha.shape[0]
+  active = jnp.arange(size) < m
+  b = jnp.where(jnp.arange(size) < m - 1, beta, 0.0)
+  radius = jnp.abs(b) + jnp.abs(jnp.concatenate([jnp.zeros(1, b.dtype), b[:-1]]))
+  lo = jnp.min(jnp.where(active, alpha - radius, jnp.inf))
+  hi = jnp.max(jnp.where(active, alpha + radius, -jnp.inf))
+  pad = lo - (hi - lo) - 1.0 if which == 'largest' else hi + (hi - lo) + 1.0
+  t = jnp.diag(jnp.where(active, alpha, pad)) + jnp.diag(b[:-1], 1) + jnp.diag(b[:-1], -1)
+  theta, s = jnp.linalg.eigh(t)  # ascending
+  idx = jnp.arange(k) if which == 'smallest' else size - 1 - jnp.arange(k)
+  return theta[idx], s[:, idx]
+
+
+def _lanczos_to_tolerance(apply_h, v0, k: int, which: str, tol: float, max_iterations: int):
+  """Lanczos with full reorthogonalisation that stops once the k wanted Ritz pairs all
+  have residual <= tol |theta| (checked after every product), or at max_iterations.
+
+  Our own loop, not matfree's: matfree's decompositions run a fixed number of steps,
+  and stopping on residuals needs the Ritz pairs inside the loop. One lax.while_loop.
+  Returns (theta [k], flat vectors [k, n], residuals [k], converged [k], iterations).
+  """
+  flat0, unravel = ravel_pytree(v0)
+  n = flat0.size
+  size = min(max_iterations, n)
+  matvec = lambda x: ravel_pytree(apply_h(unravel(x)))[0]
+  dtype = flat0.dtype
+  q0 = flat0 / jnp.linalg.norm(flat0)
+
+  def ritz_check(alpha, beta, m):
+    theta, s = _ritz(alpha, beta, m, k, which)
+    residuals = jnp.abs(beta[jnp.maximum(m - 1, 0)] * s[jnp.maximum(m - 1, 0), :])
+    return theta, s, residuals, residuals <= tol * jnp.abs(theta)
+
+  def cond(carry):
+    _, alpha, beta, m, done = carry
+    return (m < size) & ~done
+
+  def body(carry):
+    q, alpha, beta, m, _ = carry
+    w = matvec(q[m])
+    alpha = alpha.at[m].set(jnp.vdot(q[m], w))
+    # Full reorthogonalisation against every basis vector so far (rows past m are zero).
+    w = w - q.T @ (q @ w)
+    w = w - q.T @ (q @ w)
+    b = jnp.linalg.norm(w)
+    beta = beta.at[m].set(b)
+    breakdown = b <= 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(alpha[m]), 1.0)
+    nxt, grows = jnp.minimum(m + 1, size - 1), (m + 1 < size) & ~breakdown
+    q = q.at[nxt].set(jnp.where(grows, w / jnp.where(breakdown, 1.0, b), q[nxt]))
+    m = m + 1
+    _, _, _, converged = ritz_check(alpha, beta, m)
+    done = breakdown | ((m >= k) & jnp.all(converged))
+    return q, alpha, beta, m, done
+
+  q = jnp.zeros((size, n), dtype).at[0].set(q0)
+  init = (q, jnp.zeros(size, dtype), jnp.zeros(size, dtype), jnp.int32(0), jnp.bool_(False))
+  q, alpha, beta, m, _ = jax.lax.while_loop(cond, body, init)
+  theta, s, residuals, converged = ritz_check(alpha, beta, m)
+  vectors = s.T @ q  # [k, n]
+  return theta, vectors, unravel, residuals, converged & (jnp.arange(k) < m), m
+
+
 @with_precision
 def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
-                    num_iterations: int = 20,
+                    num_iterations: int | None = None,
                     which: Literal['largest', 'smallest'] = 'largest',
-                    block: Block | None = None) -> Eigenpairs:
+                    block: Block | None = None, tol: float = 1e-4,
+                    max_iterations: int = 100) -> Eigenpairs:
   """The k extreme eigenpairs of the Hessian, by Lanczos from a random Gaussian start.
 
-  ``num_iterations`` Hessian-vector products build a Krylov space; its Ritz pairs at the
-  chosen end are returned with their residuals (increase num_iterations until the
-  residuals are small enough for you). ``which='smallest'`` gives the most negative end.
-  Lanczos over power iteration (PyHessian): it converges in far fewer HVPs and gives k
-  pairs at once; over ``lobpcg_standard``: it needs no block of k matvecs per step.
+  By default Lanczos runs until every one of the k Ritz pairs has a residual
+  ||H v - lambda v|| <= ``tol`` |lambda|, or ``max_iterations`` Hessian-vector products
+  (then ``.converged`` says which pairs fell short). With ``num_iterations`` it runs
+  exactly that many products (``.converged`` still reports against ``tol``).
+  ``which='smallest'`` gives the most negative end. Memory: the Lanczos basis holds
+  min(max_iterations, num_iterations) vectors the size of params.
+  Lanczos over power iteration (PyHessian): far fewer HVPs, k pairs at once; over
+  ``lobpcg_standard``: no block of k matvecs per step.
   """
   if block is not None:
     loss_fn, params = restrict(loss_fn, params, block)
   check_inputs(loss_fn, params)
   if which not in ('largest', 'smallest'):
     raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
-  if not 1 <= k <= num_iterations:
-    raise ValueError(f'need 1 <= k <= num_iterations, got k={k}, num_iterations={num_iterations}')
-  q, t, rnorm = _lanczos(_hvp_operator(loss_fn, params), normal_like(key, params),
-                         num_iterations)
+  steps = max_iterations if num_iterations is None else num_iterations
+  if not 1 <= k <= steps:
+    raise ValueError(f'need 1 <= k <= num_iterations (or max_iterations), got k={k}, {steps}')
+  if not tol > 0:
+    raise ValueError(f'tol must be > 0, got {tol}')
+  apply_h = _hvp_operator(loss_fn, params)
+  v0 = normal_like(key, params)
+  if num_iterations is None:
+    theta, flat_vectors, unravel, residuals, converged, m = _lanczos_to_tolerance(
+        apply_h, v0, k, which, tol, max_iterations)
+    vectors = jax.vmap(unravel)(flat_vectors)
+    return Eigenpairs(theta, vectors, residuals, converged, m)
+  q, t, rnorm = _lanczos(apply_h, v0, num_iterations)
   theta, s = jnp.linalg.eigh(t)  # ascending
   idx = jnp.arange(k) if which == 'smallest' else jnp.arange(theta.shape[0] - 1, theta.shape[0] - 1 - k, -1)
   theta, s = theta[idx], s[:, idx]  # [k], [m, k]
   vectors = jax.tree.map(lambda qi: jnp.tensordot(s.T, qi, axes=1), q)
-  return Eigenpairs(theta, vectors, rnorm * jnp.abs(s[-1, :]))
+  residuals = rnorm * jnp.abs(s[-1, :])
+  return Eigenpairs(theta, vectors, residuals, residuals <= tol * jnp.abs(theta),
+                    jnp.int32(t.shape[0]))
 
 
 @result
