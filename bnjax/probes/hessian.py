@@ -240,6 +240,68 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
   return TraceEstimate(jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(num_samples))
 
 
+@with_precision
+def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
+                          num_products: int = 99, block: Block | None = None) -> TraceEstimate:
+  """tr(H) by Hutch++ (Meyer, Musco, Musco, Woodruff 2021) in ``num_products`` HVPs.
+
+  A third of the products sketch H's dominant range Q = orth(H S), whose trace
+  tr(Q^T H Q) is computed exactly (another third); Hutchinson on the rest,
+  (I - QQ^T) H (I - QQ^T), uses the last third. For a fast-decaying spectrum (a
+  Hessian's, typically) the error is far below Hutchinson's at the same number of
+  products. ``.stderr`` is the Hutchinson part's standard error (the sketched part is
+  exact). Memory: 2 num_products/3 vectors the size of params.
+  """
+  if block is not None:
+    loss_fn, params = restrict(loss_fn, params, block)
+  check_inputs(loss_fn, params)
+  third = num_products // 3
+  if third < 2:
+    raise ValueError(f'num_products must be >= 6 (three parts of >= 2), got {num_products}')
+  flat, unravel = ravel_pytree(params)
+  apply_h = _hvp_operator(loss_fn, params)
+  # Columns one HVP at a time (lax.map): the memory of one product, not of a third.
+  hv = lambda cols: jax.lax.map(lambda c: ravel_pytree(apply_h(unravel(c)))[0], cols)
+  k_s, k_g = jax.random.split(key)
+  rademacher = lambda k: jax.random.rademacher(k, (third, flat.size), flat.dtype)
+  q, _ = jnp.linalg.qr(hv(rademacher(k_s)).T)  # [n, third], orthonormal
+  exact = jnp.trace(q.T @ hv(q.T).T)
+  g = rademacher(k_g)
+  g = g - (g @ q) @ q.T  # project out the sketched range
+  samples = jnp.sum(g * hv(g), axis=1)
+  return TraceEstimate(exact + jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(third))
+
+
+@result
+class DiagonalEstimate:
+  estimate: Params  # params-like: the Hessian's diagonal, mean of z * (H z)
+  stderr: Params  # params-like: its elementwise standard error
+
+
+@with_precision
+def hessian_diagonal(loss_fn: LossFn, params: Params, key: jax.Array,
+                     num_samples: int = 100, block: Block | None = None) -> DiagonalEstimate:
+  """diag(H) by Hutchinson's diagonal estimator: the mean over Rademacher z of z * (H z).
+
+  Unbiased; element i's variance is sum_{j != i} H_ij^2 / num_samples.
+  """
+  if block is not None:
+    loss_fn, params = restrict(loss_fn, params, block)
+  check_inputs(loss_fn, params)
+  if num_samples < 2:
+    raise ValueError(f'num_samples must be >= 2 for a standard error, got {num_samples}')
+  apply_h = _hvp_operator(loss_fn, params)
+
+  def sample(k):
+    z = rademacher_like(k, params)
+    return jax.tree.map(jnp.multiply, z, apply_h(z))
+
+  values = jax.lax.map(sample, jax.random.split(key, num_samples))  # leading sample axis
+  return DiagonalEstimate(
+      jax.tree.map(lambda v: jnp.mean(v, 0), values),
+      jax.tree.map(lambda v: jnp.std(v, 0, ddof=1) / jnp.sqrt(num_samples), values))
+
+
 @result
 class SpectralDensity:
   nodes: jax.Array  # [num_probes, num_iterations] Ritz values (eigenvalue locations)
