@@ -1,5 +1,8 @@
 """Every probe against an exact answer: dense Hessians, closed forms, known spectra."""
 
+import os
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -475,3 +478,14 @@ def test_hessian_diagonal_matches_the_dense_diagonal_within_its_standard_error(m
   z = np.abs(estimate - exact) / np.maximum(stderr, 1e-12)
   assert np.mean(z < 3) > 0.97 and np.median(z) < 1.5  # unbiased, honest error bars
   assert np.corrcoef(estimate, exact)[0, 1] > 0.9
+
+
+def test_probes_against_dense_float64_hessians_at_float64_tolerances():
+  """Float64 oracle (a subprocess: x64 is process-wide): relative errors of 1e-9."""
+  import subprocess
+  import sys
+  script = pathlib.Path(__file__).parent / 'float64_oracle.py'
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+  assert 'all float64 checks passed' in out.stdout

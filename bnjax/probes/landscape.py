@@ -44,7 +44,8 @@ def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
   when no step size gives a finite value.
   """
   check_inputs(loss_fn, params)
-  step_sizes = jnp.asarray(step_sizes, jnp.float32)
+  # In the parameters' precision: float32 step sizes cost a float64 run 1e-8 of accuracy.
+  step_sizes = jnp.asarray(step_sizes, jnp.result_type(*jax.tree.leaves(params)))
   if step_sizes.ndim != 1:
     raise ValueError(f'step_sizes must be a 1-D array, got shape {step_sizes.shape}')
   if gradient is None:

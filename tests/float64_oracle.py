@@ -1,0 +1,78 @@
+"""The probes against dense float64 Hessians, with tolerances only float64 can meet.
+
+Run by test_probes.py in a subprocess (x64 is a process-wide switch). Prints one line
+per check and exits non-zero on the first that fails. The tolerances (1e-9 relative)
+are far below what a wrong factor of 2, a wrong sign or a transposed block would give.
+"""
+
+import jax
+
+jax.config.update('jax_enable_x64', True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+
+from bnjax import models, probes  # noqa: E402
+
+RTOL = 1e-9
+
+
+def check(name, got, want, rtol=RTOL, atol=0.0):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  scale = np.max(np.abs(want)) or 1.0
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + rtol * scale, err_msg=name)
+  print(f'{name}: ok (max abs error {np.max(np.abs(got - want)):.2e}, scale {scale:.2e})')
+
+
+def main():
+  x = jax.random.normal(jax.random.key(1), (16, 5), jnp.float64)
+  y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+  model = models.get_model('mlp', 'batch', hidden=(6, 4), num_classes=3)
+  v = model.init({'params': jax.random.key(0), 'noise': jax.random.key(0)}, x, train=False)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), v['params'])
+  stats = v['batch_stats']
+
+  def outputs_fn(p):
+    out, _ = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
+                         mutable=['batch_stats'])
+    return out
+
+  loss_of_outputs = lambda out: optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+  loss_fn = lambda p: loss_of_outputs(outputs_fn(p))
+  flat, unravel = ravel_pytree(params)
+  assert flat.dtype == jnp.float64
+  h = np.asarray(jax.hessian(lambda f: loss_fn(unravel(f)))(flat))
+  np.testing.assert_allclose(h, h.T, atol=1e-12)
+  n = flat.size
+  vec = jax.random.normal(jax.random.key(3), (n,), jnp.float64)
+
+  check('hvp', ravel_pytree(probes.hvp(loss_fn, params, unravel(vec)))[0], h @ vec)
+  check('hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0], h @ vec)
+  jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat))
+  out = outputs_fn(params)
+  h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)))
+  check('gnvp', ravel_pytree(probes.gnvp(outputs_fn, loss_of_outputs, params, unravel(vec)))[0],
+        jac.T @ h_out @ jac @ vec)
+  eig = np.linalg.eigvalsh(h)
+  for which, exact in (('largest', eig[::-1][:2]), ('smallest', eig[:2])):
+    r = probes.top_eigenvalues(loss_fn, params, jax.random.key(4), k=2, which=which, tol=1e-12,
+                               max_iterations=n)
+    check(f'top_eigenvalues {which}', r.eigenvalues, exact)
+  check('hessian_trace_hutchpp (sketch spans everything)',
+        probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5), num_products=3 * n).estimate,
+        np.trace(h))
+  check('directional_curvature', probes.directional_curvature(loss_fn, params, unravel(vec)),
+        vec @ h @ vec / (vec @ vec))
+  g = np.asarray(jax.grad(lambda f: loss_fn(unravel(f)))(flat))
+  etas = jnp.asarray([1e-3, 1e-2])
+  land = probes.gradient_landscape(loss_fn, params, etas)
+  moved = [np.asarray(jax.grad(lambda f: loss_fn(unravel(f)))(flat - e * g)) for e in etas]
+  check('landscape grad_diff', land.grad_diff, [np.linalg.norm(m - g) for m in moved])
+  check('landscape loss', land.loss, [loss_fn(unravel(flat - e * g)) for e in etas])
+  print('all float64 checks passed')
+
+
+if __name__ == '__main__':
+  main()
