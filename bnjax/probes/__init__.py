@@ -12,6 +12,7 @@ This package imports jax, numpy and matfree only, never the rest of bnjax.
 """
 
 from bnjax.probes._common import restrict
+from bnjax.probes.dataset import dataset_loss
 from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
                                       BatchNormTheorems, activation_curvature,
                                       activation_statistics, batchnorm_theorems)
@@ -24,7 +25,7 @@ from bnjax.probes.landscape import Landscape, gradient_landscape
 
 __all__ = [
     'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
-    'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate',
+    'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate', 'dataset_loss',
     'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict',
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',
