@@ -524,3 +524,38 @@ def test_dataset_loss_gives_the_hessian_of_the_full_data_loss():
   assert float(trace.estimate) == pytest.approx(np.trace(h), rel=1e-4)
   with pytest.raises(TypeError, match='iterator'):
     probes.dataset_loss(batch_loss, iter([batches]))
+
+
+def test_every_spectral_probe_gives_the_ggn_through_ggn_loss():
+  """top_eigenvalues, Hutch++ and SLQ on ggn_loss give the dense J^T H_out J's answers."""
+  model = models.get_model('mlp', 'batch', hidden=(6,), num_classes=3)
+  x = jax.random.normal(jax.random.key(1), (16, 4))
+  y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+  v = model.init(jax.random.key(0), x, train=False)
+  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
+                                     mutable=['batch_stats'])[0]
+  loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
+  params = v['params']
+  flat_p, unravel = ravel_pytree(params)
+  jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat_p), np.float64)
+  out = outputs_fn(params)
+  h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)),
+                     np.float64)
+  ggn = jac.T @ h_out @ jac
+  eig = np.linalg.eigvalsh(ggn)
+  assert eig[0] > -1e-6 * eig[-1]  # positive semi-definite
+
+  def probed(p, key):
+    loss_fn = probes.ggn_loss(outputs_fn, loss_of_outputs, p)
+    return (probes.top_eigenvalues(loss_fn, p, key, k=2, tol=1e-5),
+            probes.hessian_trace_hutchpp(loss_fn, p, key, num_products=3 * flat_p.size),
+            probes.spectral_density(loss_fn, p, key, num_probes=2, num_iterations=20),
+            probes.gnvp(outputs_fn, loss_of_outputs, p, p), probes.hvp(loss_fn, p, p))
+
+  top, trace, density, gv, hv = jax.jit(probed)(params, jax.random.key(3))
+  np.testing.assert_allclose(top.eigenvalues, eig[::-1][:2], rtol=1e-4)
+  assert float(trace.estimate) == pytest.approx(np.trace(ggn), rel=1e-4)
+  weighty = np.asarray(density.nodes)[np.asarray(density.weights) > 1e-6]
+  assert weighty.min() > -1e-3 * eig[-1] and weighty.max() < 1.01 * eig[-1]  # inside [0, max]
+  np.testing.assert_allclose(flat(hv), ggn @ flat(params), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(flat(gv), flat(hv), rtol=1e-4, atol=1e-6)

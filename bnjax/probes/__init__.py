@@ -17,15 +17,15 @@ from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
                                       BatchNormTheorems, activation_curvature,
                                       activation_statistics, batchnorm_theorems)
 from bnjax.probes.hessian import (DiagonalEstimate, Eigenpairs, SpectralDensity, TraceEstimate,
-                                  directional_curvature, gnvp, hessian_diagonal, hessian_trace,
-                                  hessian_trace_hutchpp, hvp, hvp_operator, smooth_density,
-                                  spectral_density, top_eigenvalues)
+                                  directional_curvature, ggn_loss, gnvp, hessian_diagonal,
+                                  hessian_trace, hessian_trace_hutchpp, hvp, hvp_operator,
+                                  smooth_density, spectral_density, top_eigenvalues)
 from bnjax.probes.ics import ICS, ics
 from bnjax.probes.landscape import Landscape, gradient_landscape
 
 __all__ = [
     'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
-    'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate', 'dataset_loss',
+    'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate', 'dataset_loss', 'ggn_loss',
     'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict',
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',

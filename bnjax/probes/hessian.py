@@ -63,6 +63,21 @@ def gnvp(outputs_fn: Callable[[Params], jax.Array], loss_of_outputs: Callable[[j
   return gv
 
 
+def ggn_loss(outputs_fn: Callable[[Params], jax.Array],
+             loss_of_outputs: Callable[[jax.Array], jax.Array], params: Params) -> LossFn:
+  """A loss whose Hessian at ``params`` is the Gauss-Newton matrix G = J^T H_out J.
+
+  loss(p) = loss_of_outputs(f(params) + J (p - params)), the loss of the outputs
+  linearised at ``params``: its gradient at ``params`` is the true one and its Hessian
+  the GGN (positive semi-definite for a convex loss_of_outputs such as cross-entropy).
+  Hand it to any probe (top_eigenvalues, hessian_trace_hutchpp, spectral_density,
+  hessian_diagonal, ...) to get the GGN version; evaluate those probes at ``params``.
+  """
+  outputs, jvp_fn = jax.linearize(outputs_fn, params)
+  difference = lambda p: jax.tree.map(jnp.subtract, p, params)
+  return lambda p: loss_of_outputs(outputs + jvp_fn(difference(p)))
+
+
 @with_precision
 def directional_curvature(loss_fn: LossFn, params: Params, v: Params,
                           block: Block | None = None) -> jax.Array:
