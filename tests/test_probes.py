@@ -559,3 +559,17 @@ def test_every_spectral_probe_gives_the_ggn_through_ggn_loss():
   assert weighty.min() > -1e-3 * eig[-1] and weighty.max() < 1.01 * eig[-1]  # inside [0, max]
   np.testing.assert_allclose(flat(hv), ggn @ flat(params), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(flat(gv), flat(hv), rtol=1e-4, atol=1e-6)
+
+
+def test_hessian_trace_samples_until_its_standard_error_meets_rtol():
+  spectrum = np.random.default_rng(4).uniform(0.5, 2.0, 120)
+  loss_fn, a = quadratic_with_spectrum(spectrum)
+  p = {'x': jnp.zeros(120, jnp.float32)}
+  run = jax.jit(lambda p, k, rtol, cap: probes.hessian_trace(loss_fn, p, k, batch_size=4,
+                                                              rtol=rtol, max_samples=cap),
+                static_argnums=(2, 3))
+  r = run(p, jax.random.key(0), 5e-3, 2000)
+  assert float(r.stderr) <= 5e-3 * abs(float(r.estimate)) and 8 <= int(r.num_samples) < 2000
+  assert abs(float(r.estimate) - np.trace(a)) < 4 * float(r.stderr)
+  capped = run(p, jax.random.key(0), 1e-6, 40)
+  assert int(capped.num_samples) == 40 and float(capped.stderr) > 1e-6 * abs(float(capped.estimate))

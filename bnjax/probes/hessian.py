@@ -228,16 +228,20 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
 
 @result
 class TraceEstimate:
-  estimate: jax.Array  # [] Hutchinson estimate of tr(H)
-  stderr: jax.Array  # [] its standard error, std(z^T H z) / sqrt(num_samples)
+  estimate: jax.Array  # [] estimate of tr(H)
+  stderr: jax.Array  # [] its standard error (of the random part)
+  num_samples: jax.Array  # [] int32, random vectors used
 
 
 @with_precision
 def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: int = 100,
-                  batch_size: int = 1, block: Block | None = None) -> TraceEstimate:
+                  batch_size: int = 1, block: Block | None = None, rtol: float | None = None,
+                  max_samples: int = 1000) -> TraceEstimate:
   """tr(H) by Hutchinson's estimator with Rademacher vectors z: mean of z^T H z.
 
-  ``batch_size`` HVPs are vmapped at a time (memory grows with it).
+  ``num_samples`` HVPs; or, with ``rtol``, ``batch_size`` at a time until the standard
+  error is at most rtol |estimate| (at least 2 batches, at most ``max_samples``; one
+  lax.while_loop). ``batch_size`` HVPs are vmapped at a time (memory grows with it).
   """
   if block is not None:
     loss_fn, params = restrict(loss_fn, params, block)
@@ -251,8 +255,34 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
     z = rademacher_like(k, params)
     return tree_vdot(z, apply_h(z))
 
-  values = map_in_batches(sample, jax.random.split(key, num_samples), batch_size)
-  return TraceEstimate(jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(num_samples))
+  if rtol is None:
+    values = map_in_batches(sample, jax.random.split(key, num_samples), batch_size)
+    return TraceEstimate(jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(num_samples),
+                         jnp.int32(num_samples))
+  if not rtol > 0 or max_samples < 2 * batch_size:
+    raise ValueError(f'need rtol > 0 and max_samples >= 2 batch_size, got {rtol}, {max_samples}')
+
+  def stats(total, total_sq, count):
+    mean = total / count
+    var = jnp.maximum(total_sq / count - mean**2, 0.0) * count / jnp.maximum(count - 1, 1)
+    return mean, jnp.sqrt(var / count)
+
+  def cond(carry):
+    total, total_sq, count, _ = carry
+    mean, stderr = stats(total, total_sq, count)
+    enough = (count >= 2 * batch_size) & (stderr <= rtol * jnp.abs(mean))
+    return (count + batch_size <= max_samples) & ~enough
+
+  def body(carry):
+    total, total_sq, count, k = carry
+    k, sub = jax.random.split(k)
+    values = jax.vmap(sample)(jax.random.split(sub, batch_size))
+    return total + jnp.sum(values), total_sq + jnp.sum(values**2), count + batch_size, k
+
+  zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(params)))
+  total, total_sq, count, _ = jax.lax.while_loop(cond, body, (zero, zero, jnp.int32(0), key))
+  mean, stderr = stats(total, total_sq, count)
+  return TraceEstimate(mean, stderr, count)
 
 
 @with_precision
@@ -284,7 +314,8 @@ def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
   g = rademacher(k_g)
   g = g - (g @ q) @ q.T  # project out the sketched range
   samples = jnp.sum(g * hv(g), axis=1)
-  return TraceEstimate(exact + jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(third))
+  return TraceEstimate(exact + jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(third),
+                       jnp.int32(num_products))
 
 
 @result
