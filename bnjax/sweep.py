@@ -196,8 +196,28 @@ def _attempts_file(root: pathlib.Path, run: Run) -> pathlib.Path:
 
 
 def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: Sequence[str],
-            parallel: int) -> None:
-  """Starts every unfinished run, ``parallel`` at a time, each logging to ROOT/logs/."""
+            parallel: int) -> bool:
+  """Starts every unfinished run, ``parallel`` at a time, each logging to ROOT/logs/.
+
+  Returns False when Ctrl-C stopped the sweep: the runs in flight got the same SIGINT
+  (one process group), checkpoint and stop; they are waited for, and a rerun resumes.
+  """
+  in_flight: list[subprocess.Popen] = []
+  try:
+    _start_and_wait(sweep_file, root, runs, extra_flags, parallel, in_flight)
+    return True
+  except KeyboardInterrupt:
+    print('[sweep] Ctrl-C: waiting for the runs in flight to checkpoint; rerun to resume',
+          flush=True)
+    for proc in in_flight:
+      try:
+        proc.wait()
+      except KeyboardInterrupt:  # a second Ctrl-C: the runs stop at once too
+        pass
+    return False
+
+
+def _start_and_wait(sweep_file, root, runs, extra_flags, parallel, in_flight: list) -> None:
   (root / 'logs').mkdir(parents=True, exist_ok=True)
   todo = [r for r in runs if _status(r).get('state') not in FINISHED]
   for r in runs:
@@ -214,13 +234,16 @@ def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: S
       log.write(f'\n$ {shlex.join(cmd)}\n')
       log.flush()
       print(f'[sweep] start {r.name} ({started} of {total}), log in {log.name}', flush=True)
-      running.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.time(), log))
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+      in_flight.append(proc)
+      running.append((r, proc, time.time(), log))
     time.sleep(0.5)
     for item in list(running):
       r, proc, t0, log = item
       if proc.poll() is None:
         continue
       running.remove(item)
+      in_flight.remove(proc)
       log.close()
       wall = time.time() - t0
       f = _attempts_file(root, r)
@@ -316,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.dry_run:
     print('\n'.join(shlex.join(command(args.sweep_file, r, extra)) for r in runs))
     return 0
-  if not args.summary:
-    run_all(args.sweep_file, root, runs, extra, args.parallel)
+  if not args.summary and not run_all(args.sweep_file, root, runs, extra, args.parallel):
+    return 130
   rows = write_summary(root, runs)
   return 0 if all(r['state'] in FINISHED for r in rows) else 1
 
