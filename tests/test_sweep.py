@@ -123,3 +123,23 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
   assert (root / 'figures' / 'fig10.png').exists()  # the DLN landscape, drawn at the end
   steps = [json.loads(l)['step'] for l in (root / 'norm=batch_seed=0' / 'metrics.jsonl').read_text().splitlines()]
   assert sorted(set(steps)) == list(range(40)) and len(steps) == 40  # every step once
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_after_its_runs_checkpoint(tmp_path):
+  f = write_sweep(tmp_path)
+  root = tmp_path / 'root'
+  sweep_proc = subprocess.Popen(
+      [sys.executable, '-m', 'bnjax.sweep', str(f), f'--root={root}', '--config.num_steps=100000'],
+      cwd=ROOT, env=subprocess_env(), start_new_session=True, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+  run = root / 'norm=none_seed=0'
+  deadline = time.time() + 300
+  while not list(run.glob('checkpoints/*/commit_success.txt')):
+    assert time.time() < deadline and sweep_proc.poll() is None
+    time.sleep(0.2)
+  os.killpg(sweep_proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
+  out, _ = sweep_proc.communicate(timeout=120)
+  assert sweep_proc.returncode == 130, out
+  assert 'rerun to resume' in out
+  assert _status(run) == 'interrupted'
