@@ -51,9 +51,12 @@ def test_product_zip_and_names():
     sweep.zip_(sweep.axis('a', [1, 2]), sweep.axis('b', [1]))
 
 
-def test_shipped_sweeps_load(tmp_path):
+def test_shipped_sweeps_load(tmp_path, tiny_image_tarball):
   for f in sorted((ROOT / 'configs' / 'sweeps').glob('*.py')):
-    runs = sweep.load(str(f), str(tmp_path))
+    # The local image-folder data need not be on this machine: any folder will do.
+    local_data = [f'--config.dataset=imagefolder:{tiny_image_tarball}'] if 'imagefolder' in (
+        f.read_text()) else []
+    runs = sweep.load(str(f), str(tmp_path), local_data)
     assert runs and len({r.name for r in runs}) == len(runs), f.name
   dln = {r.name for r in sweep.load(str(ROOT / 'configs/sweeps/paper_dln.py'), str(tmp_path))}
   assert {'standard_lr1e-6', 'bn_lr1e-6', 'l1_lr1e-6', 'l2_lr1e-6', 'linf_lr1e-6',
