@@ -28,6 +28,20 @@ def _hvp_operator(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]
   return linear_hvp
 
 
+def _block_operator(loss_fn: LossFn, params: Params, block: Block | None):
+  """(params, v -> H v) of the whole Hessian, or of ``block``'s diagonal block: the
+  common start of every probe that multiplies by H many times."""
+  if block is not None:
+    loss_fn, params = restrict(loss_fn, params, block)
+  check_inputs(loss_fn, params)
+  return params, _hvp_operator(loss_fn, params)
+
+
+def _check_num_samples(num_samples: int) -> None:
+  if num_samples < 2:
+    raise ValueError(f'num_samples must be >= 2 for a standard error, got {num_samples}')
+
+
 @with_precision
 def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
   """Exact Hessian-vector product H v, H = d^2 loss / d params^2; a pytree like params."""
@@ -199,9 +213,6 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
   Lanczos over power iteration (PyHessian): far fewer HVPs, k pairs at once; over
   ``lobpcg_standard``: no block of k matvecs per step.
   """
-  if block is not None:
-    loss_fn, params = restrict(loss_fn, params, block)
-  check_inputs(loss_fn, params)
   if which not in ('largest', 'smallest'):
     raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
   steps = max_iterations if num_iterations is None else num_iterations
@@ -209,7 +220,7 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
     raise ValueError(f'need 1 <= k <= num_iterations (or max_iterations), got k={k}, {steps}')
   if not tol > 0:
     raise ValueError(f'tol must be > 0, got {tol}')
-  apply_h = _hvp_operator(loss_fn, params)
+  params, apply_h = _block_operator(loss_fn, params, block)
   v0 = normal_like(key, params)
   if num_iterations is None:
     theta, flat_vectors, unravel, residuals, converged, m = _lanczos_to_tolerance(
@@ -243,13 +254,8 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
   error is at most rtol |estimate| (at least 2 batches, at most ``max_samples``; one
   lax.while_loop). ``batch_size`` HVPs are vmapped at a time (memory grows with it).
   """
-  if block is not None:
-    loss_fn, params = restrict(loss_fn, params, block)
-  check_inputs(loss_fn, params)
-  if num_samples < 2:
-    raise ValueError(f'num_samples must be >= 2 for a standard error, got {num_samples}')
-
-  apply_h = _hvp_operator(loss_fn, params)
+  _check_num_samples(num_samples)
+  params, apply_h = _block_operator(loss_fn, params, block)
 
   def sample(k):
     z = rademacher_like(k, params)
@@ -297,14 +303,11 @@ def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
   products. ``.stderr`` is the Hutchinson part's standard error (the sketched part is
   exact). Memory: 2 num_products/3 vectors the size of params.
   """
-  if block is not None:
-    loss_fn, params = restrict(loss_fn, params, block)
-  check_inputs(loss_fn, params)
   third = num_products // 3
   if third < 2:
     raise ValueError(f'num_products must be >= 6 (three parts of >= 2), got {num_products}')
+  params, apply_h = _block_operator(loss_fn, params, block)
   flat, unravel = ravel_pytree(params)
-  apply_h = _hvp_operator(loss_fn, params)
   # Columns one HVP at a time (lax.map): the memory of one product, not of a third.
   hv = lambda cols: jax.lax.map(lambda c: ravel_pytree(apply_h(unravel(c)))[0], cols)
   k_s, k_g = jax.random.split(key)
@@ -331,12 +334,8 @@ def hessian_diagonal(loss_fn: LossFn, params: Params, key: jax.Array,
 
   Unbiased; element i's variance is sum_{j != i} H_ij^2 / num_samples.
   """
-  if block is not None:
-    loss_fn, params = restrict(loss_fn, params, block)
-  check_inputs(loss_fn, params)
-  if num_samples < 2:
-    raise ValueError(f'num_samples must be >= 2 for a standard error, got {num_samples}')
-  apply_h = _hvp_operator(loss_fn, params)
+  _check_num_samples(num_samples)
+  params, apply_h = _block_operator(loss_fn, params, block)
 
   def sample(k):
     z = rademacher_like(k, params)
@@ -364,11 +363,7 @@ def spectral_density(loss_fn: LossFn, params: Params, key: jax.Array, num_probes
   for polynomials of degree < 2 num_iterations: sum w theta = mean v^T H v / ||v||^2,
   an unbiased estimate of tr(H)/n. ``smooth_density`` puts it on a grid.
   """
-  if block is not None:
-    loss_fn, params = restrict(loss_fn, params, block)
-  check_inputs(loss_fn, params)
-
-  apply_h = _hvp_operator(loss_fn, params)
+  params, apply_h = _block_operator(loss_fn, params, block)
 
   def one_probe(k):
     _, t, _ = _lanczos(apply_h, rademacher_like(k, params), num_iterations)
