@@ -15,5 +15,5 @@ def test_probes_guide_example_runs(index, capsys):
   assert capsys.readouterr().out.strip()  # it printed its results
 
 
-def test_the_guide_has_its_three_examples():
-  assert len(EXAMPLES) == 3
+def test_the_guide_has_its_four_examples():
+  assert len(EXAMPLES) == 4

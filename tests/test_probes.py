@@ -526,8 +526,8 @@ def test_dataset_loss_gives_the_hessian_of_the_full_data_loss():
     probes.dataset_loss(batch_loss, iter([batches]))
 
 
-def test_every_spectral_probe_gives_the_ggn_through_ggn_loss():
-  """top_eigenvalues, Hutch++ and SLQ on ggn_loss give the dense J^T H_out J's answers."""
+def test_every_spectral_probe_gives_the_ggn_with_operator_ggn():
+  """operator='ggn' on every spectral probe (and ggn_loss, gnvp) against the dense J^T H_out J."""
   model = models.get_model('mlp', 'batch', hidden=(6,), num_classes=3)
   x = jax.random.normal(jax.random.key(1), (16, 4))
   y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
@@ -544,21 +544,80 @@ def test_every_spectral_probe_gives_the_ggn_through_ggn_loss():
   ggn = jac.T @ h_out @ jac
   eig = np.linalg.eigvalsh(ggn)
   assert eig[0] > -1e-6 * eig[-1]  # positive semi-definite
+  hessian = np.asarray(jax.hessian(lambda f: loss_of_outputs(outputs_fn(unravel(f))))(flat_p))
+  assert np.abs(hessian - ggn).max() > 1e-2 * np.abs(ggn).max()  # the two differ here
+  split = probes.SplitLoss(outputs_fn, loss_of_outputs)
+  n = flat_p.size
 
   def probed(p, key):
-    loss_fn = probes.ggn_loss(outputs_fn, loss_of_outputs, p)
-    return (probes.top_eigenvalues(loss_fn, p, key, k=2, tol=1e-5),
-            probes.hessian_trace_hutchpp(loss_fn, p, key, num_products=3 * flat_p.size),
-            probes.spectral_density(loss_fn, p, key, num_probes=2, num_iterations=20),
-            probes.gnvp(outputs_fn, loss_of_outputs, p, p), probes.hvp(loss_fn, p, p))
+    ggn = dict(operator='ggn')
+    return (probes.top_eigenvalues(split, p, key, k=2, tol=1e-5, **ggn),
+            probes.top_eigenvalues(split, p, key, which='smallest', tol=1e-5, **ggn),
+            probes.hessian_trace_hutchpp(split, p, key, num_products=3 * n, **ggn),
+            probes.hessian_trace(split, p, key, num_samples=400, **ggn),
+            probes.hessian_diagonal(split, p, key, num_samples=400, **ggn),
+            probes.spectral_density(split, p, key, num_probes=2, num_iterations=20, **ggn),
+            probes.hvp(probes.ggn_loss(outputs_fn, loss_of_outputs, p), p, p),
+            probes.gnvp(outputs_fn, loss_of_outputs, p, p))
 
-  top, trace, density, gv, hv = jax.jit(probed)(params, jax.random.key(3))
+  top, bottom, hpp, hutch, diag, density, hv, gv = jax.jit(probed)(params, jax.random.key(3))
   np.testing.assert_allclose(top.eigenvalues, eig[::-1][:2], rtol=1e-4)
-  assert float(trace.estimate) == pytest.approx(np.trace(ggn), rel=1e-4)
+  assert abs(float(bottom.eigenvalues[0])) < 1e-4 * eig[-1]  # PSD: the bottom is 0, not negative
+  assert float(hpp.estimate) == pytest.approx(np.trace(ggn), rel=1e-4)
+  assert abs(float(hutch.estimate) - np.trace(ggn)) < 4 * float(hutch.stderr)
+  d_err = np.abs(flat(diag.estimate) - np.diag(ggn)) / np.maximum(flat(diag.stderr), 1e-9)
+  assert np.mean(d_err < 4) > 0.95
   weighty = np.asarray(density.nodes)[np.asarray(density.weights) > 1e-6]
   assert weighty.min() > -1e-3 * eig[-1] and weighty.max() < 1.01 * eig[-1]  # inside [0, max]
   np.testing.assert_allclose(flat(hv), ggn @ flat(params), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(flat(gv), flat(hv), rtol=1e-4, atol=1e-6)
+
+
+def test_ggn_of_a_block_is_the_dense_ggns_diagonal_block_and_needs_a_split_loss(mlp):
+  model = models.get_model('mlp', 'batch', hidden=(6,), num_classes=3)
+  x = jax.random.normal(jax.random.key(1), (16, 4))
+  y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+  v = model.init(jax.random.key(0), x, train=False)
+  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
+                                     mutable=['batch_stats'])[0]
+  loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
+  params = v['params']
+  block = models.kernel_path(model, 1)
+  block_outputs, bp = probes.restrict(outputs_fn, params, block)
+  (name, w), = bp.items()
+  jac = np.asarray(jax.jacobian(lambda f: block_outputs({name: f.reshape(w.shape)}).reshape(-1))(
+      w.reshape(-1)), np.float64)
+  o = outputs_fn(params)
+  h_out = np.asarray(jax.hessian(lambda z: loss_of_outputs(z.reshape(o.shape)))(o.reshape(-1)))
+  top = probes.top_eigenvalues(probes.SplitLoss(outputs_fn, loss_of_outputs), params,
+                               jax.random.key(0), block=block, operator='ggn', tol=1e-5)
+  assert float(top.eigenvalues[0]) == pytest.approx(np.linalg.eigvalsh(jac.T @ h_out @ jac)[-1],
+                                                    rel=1e-4)
+  loss_fn, params = mlp
+  with pytest.raises(TypeError, match='SplitLoss'):
+    probes.top_eigenvalues(loss_fn, params, jax.random.key(0), operator='ggn')
+  with pytest.raises(ValueError, match="'hessian' or 'ggn'"):
+    probes.hessian_trace(loss_fn, params, jax.random.key(0), operator='fisher')
+
+
+def test_spectral_density_adds_probes_until_the_trace_stderr_meets_rtol():
+  spectrum = np.random.default_rng(5).uniform(-1.0, 4.0, 150)
+  loss_fn, a = quadratic_with_spectrum(spectrum)
+  p = {'x': jnp.zeros(150, jnp.float32)}
+  run = jax.jit(lambda p, k, rtol, cap: probes.spectral_density(
+      loss_fn, p, k, num_iterations=20, rtol=rtol, max_probes=cap), static_argnums=(2, 3))
+  d = run(p, jax.random.key(0), 0.02, 64)
+  used = int(d.num_probes)
+  w, x = np.asarray(d.weights, np.float64), np.asarray(d.nodes, np.float64)
+  assert 2 <= used < 64 and w[used:].sum() == 0 and w.sum() == pytest.approx(1.0, abs=1e-5)
+  per_probe = 150 * (w[:used] * x[:used]).sum(1) * used  # each probe's tr(A) estimate
+  stderr = per_probe.std(ddof=1) / np.sqrt(used)
+  assert float(d.trace_stderr) == pytest.approx(stderr, rel=1e-3)
+  assert stderr <= 0.02 * abs(per_probe.mean())
+  assert abs(per_probe.mean() - np.trace(a)) < 4 * stderr
+  assert x[used:].min() >= x[:used].min() and x[used:].max() <= x[:used].max()  # plot ranges
+  capped = run(p, jax.random.key(0), 1e-6, 5)
+  assert int(capped.num_probes) == 5 and float(capped.trace_stderr) > 1e-6 * abs(np.trace(a))
 
 
 def test_hessian_trace_samples_until_its_standard_error_meets_rtol():

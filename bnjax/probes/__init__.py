@@ -12,12 +12,14 @@ This package imports jax, numpy and matfree only, never the rest of bnjax.
 """
 
 from bnjax.probes._common import restrict
+from bnjax.probes.convolutions import convolutions_for_loops
 from bnjax.probes.dataset import dataset_loss
 from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
                                       BatchNormTheorems, activation_curvature,
                                       activation_statistics, batchnorm_theorems)
-from bnjax.probes.hessian import (DiagonalEstimate, Eigenpairs, SpectralDensity, TraceEstimate,
-                                  directional_curvature, ggn_loss, gnvp, hessian_diagonal,
+from bnjax.probes.hessian import (DiagonalEstimate, Eigenpairs, SpectralDensity, SplitLoss,
+                                  TraceEstimate, directional_curvature, ggn_loss, gnvp,
+                                  hessian_diagonal,
                                   hessian_trace, hessian_trace_hutchpp, hvp, hvp_operator,
                                   smooth_density, spectral_density, top_eigenvalues)
 from bnjax.probes.ics import ICS, ics
@@ -26,6 +28,7 @@ from bnjax.probes.landscape import Landscape, gradient_landscape
 __all__ = [
     'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
     'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate', 'dataset_loss', 'ggn_loss',
+    'SplitLoss', 'convolutions_for_loops',
     'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict',
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from bnjax.probes._common import result, tree_vdot, with_precision
+from bnjax.probes.convolutions import for_loops
 
 Perturbation = Any
 LossOfPerturbation = Callable[[Perturbation], jax.Array]
@@ -100,11 +101,13 @@ def batchnorm_theorems(loss_of_perturbation: Callable[[dict], jax.Array], y: jax
   coeff = (1.0 + epsilon / sigma2) / m
   rhs41 = gamma**2 / sigma2 * (gz_sq - g_sum**2 / m - coeff * g_dot_yhat**2)
 
+  loss_in_loop = for_loops(loss_of_perturbation)  # on CPU, convolutions as matmuls
+
   def curvatures(j):
     v = jnp.zeros_like(gy).at[:, j].set(gy[:, j]).reshape(y.shape)  # dL/dy restricted to unit j
     zeros = jnp.zeros_like(y)
-    h_y = _hvp(loss_of_perturbation, zero, {'y': v, 'z': zeros})['y']
-    h_z = _hvp(loss_of_perturbation, zero, {'y': zeros, 'z': v})['z']
+    h_y = _hvp(loss_in_loop, zero, {'y': v, 'z': zeros})['y']
+    h_z = _hvp(loss_in_loop, zero, {'y': zeros, 'z': v})['z']
     return jnp.vdot(v, h_y), jnp.vdot(v, h_z)
 
   quad_y, quad_z = jax.lax.map(curvatures, units)

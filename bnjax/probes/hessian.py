@@ -5,6 +5,7 @@ your own ``jax.jit`` with params and batch as arguments of the jitted function: 
 that ``loss_fn`` closes over outside any jit is baked into the program as a constant.
 """
 
+import dataclasses
 from typing import Callable, Literal
 
 import jax
@@ -15,6 +16,7 @@ from matfree import decomp
 from bnjax.probes._common import (Block, LossFn, Params, check_inputs, map_in_batches, normal_like,
                                   rademacher_like, restrict, result, tree_norm, tree_vdot,
                                   with_precision)
+from bnjax.probes.convolutions import for_loops
 
 
 def _hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
@@ -24,16 +26,45 @@ def _hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
 
 def _hvp_operator(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
   # Undecorated, for the probes built on it: they pass their own precision scope down.
-  _, linear_hvp = jax.linearize(jax.grad(loss_fn), params)
+  # Its products run inside loops: on CPU, convolutions in a loop-safe form (for_loops).
+  _, linear_hvp = jax.linearize(jax.grad(for_loops(loss_fn)), params)
   return linear_hvp
 
 
-def _block_operator(loss_fn: LossFn, params: Params, block: Block | None):
-  """(params, v -> H v) of the whole Hessian, or of ``block``'s diagonal block: the
-  common start of every probe that multiplies by H many times."""
-  if block is not None:
+Operator = Literal['hessian', 'ggn']
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLoss:
+  """loss_fn(params) = loss_of_outputs(outputs_fn(params)), split at the network's outputs.
+
+  Use it wherever a ``loss_fn`` goes; probes with ``operator='ggn'`` need the split to
+  form the Gauss-Newton matrix J^T H_out J (J = d outputs / d params).
+  """
+  outputs_fn: Callable[[Params], jax.Array]
+  loss_of_outputs: Callable[[jax.Array], jax.Array]
+
+  def __call__(self, params: Params) -> jax.Array:
+    return self.loss_of_outputs(self.outputs_fn(params))
+
+
+def _block_operator(loss_fn: LossFn, params: Params, block: Block | None,
+                    operator: Operator = 'hessian'):
+  """(params, v -> M v) for M the Hessian or the GGN, whole or ``block``'s diagonal
+  block: the common start of every probe that multiplies by M many times."""
+  if operator not in ('hessian', 'ggn'):
+    raise ValueError(f"operator must be 'hessian' or 'ggn', got {operator!r}")
+  if operator == 'ggn' and not isinstance(loss_fn, SplitLoss):
+    raise TypeError("operator='ggn' needs loss_fn=probes.SplitLoss(outputs_fn, loss_of_outputs): "
+                    f'the GGN is formed at the outputs; got {type(loss_fn).__name__}')
+  if block is not None and operator == 'ggn':
+    outputs_fn, params = restrict(loss_fn.outputs_fn, params, block)
+    loss_fn = SplitLoss(outputs_fn, loss_fn.loss_of_outputs)
+  elif block is not None:
     loss_fn, params = restrict(loss_fn, params, block)
   check_inputs(loss_fn, params)
+  if operator == 'ggn':  # on CPU the outputs' convolutions in loop-safe form, as in H v
+    loss_fn = ggn_loss(for_loops(loss_fn.outputs_fn), loss_fn.loss_of_outputs, params)
   return params, _hvp_operator(loss_fn, params)
 
 
@@ -56,7 +87,9 @@ def hvp_operator(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
   The gradient's forward and backward passes run once (``jax.linearize``); each product
   then costs only the tangent passes: on VGG-11 with BN, batch 128, this CPU, 1.5x a
   loss-and-gradient per product against 2.2-2.3x for a standalone ``hvp``. Use it inside
-  the same jitted function; it holds the gradient's intermediates while it lives.
+  the same jitted function; it holds the gradient's intermediates while it lives. On the
+  CPU backend the model's convolutions run as slices + matmul, fast inside loops
+  (``probes.convolutions_for_loops``).
   """
   check_inputs(loss_fn, params)
   return _hvp_operator(loss_fn, params)
@@ -147,6 +180,31 @@ def _ritz(alpha, beta, m, k: int, which: str):
   return theta[idx], s[:, idx]
 
 
+_BLOCK = 4  # basis rows per matmul in _project_out
+
+
+def _block_rows(a, i):
+  return jax.lax.slice_in_dim(a, i * _BLOCK, (i + 1) * _BLOCK)
+
+
+def _if_used(i, m, f, zero):
+  """f() if block i holds any of the basis rows 0..m, else ``zero``.
+
+  A lax.cond per block: the basis is allocated for max_iterations rows, and reading all
+  of them every step made a VGG-11 Lanczos memory-bound.
+  """
+  return jax.lax.cond(i * _BLOCK <= m, f, lambda: zero)
+
+
+def _project_out(q, w, m):
+  """w - Q^T Q w over rows 0..m of q [rows, n] (rows a multiple of _BLOCK)."""
+  blocks = range(q.shape[0] // _BLOCK)
+  coeffs = [_if_used(i, m, lambda i=i: _block_rows(q, i) @ w, jnp.zeros(_BLOCK, w.dtype))
+            for i in blocks]
+  return w - sum(_if_used(i, m, lambda i=i: coeffs[i] @ _block_rows(q, i), jnp.zeros_like(w))
+                 for i in blocks)
+
+
 def _lanczos_to_tolerance(apply_h, v0, k: int, which: str, tol: float, max_iterations: int):
   """Lanczos with full reorthogonalisation that stops once the k wanted Ritz pairs all
   have residual <= tol |theta| (checked after every product), or at max_iterations.
@@ -158,6 +216,7 @@ def _lanczos_to_tolerance(apply_h, v0, k: int, which: str, tol: float, max_itera
   flat0, unravel = ravel_pytree(v0)
   n = flat0.size
   size = min(max_iterations, n)
+  rows = -(-size // _BLOCK) * _BLOCK  # the basis padded to whole blocks
   matvec = lambda x: ravel_pytree(apply_h(unravel(x)))[0]
   dtype = flat0.dtype
   q0 = flat0 / jnp.linalg.norm(flat0)
@@ -175,9 +234,9 @@ def _lanczos_to_tolerance(apply_h, v0, k: int, which: str, tol: float, max_itera
     q, alpha, beta, m, _ = carry
     w = matvec(q[m])
     alpha = alpha.at[m].set(jnp.vdot(q[m], w))
-    # Full reorthogonalisation against every basis vector so far (rows past m are zero).
-    w = w - q.T @ (q @ w)
-    w = w - q.T @ (q @ w)
+    # Full reorthogonalisation against rows 0..m, twice ("twice is enough": one
+    # classical Gram-Schmidt pass can leave float32 components along the basis).
+    w = _project_out(q, _project_out(q, w, m), m)
     b = jnp.linalg.norm(w)
     beta = beta.at[m].set(b)
     breakdown = b <= 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(alpha[m]), 1.0)
@@ -188,11 +247,13 @@ def _lanczos_to_tolerance(apply_h, v0, k: int, which: str, tol: float, max_itera
     done = breakdown | ((m >= k) & jnp.all(converged))
     return q, alpha, beta, m, done
 
-  q = jnp.zeros((size, n), dtype).at[0].set(q0)
+  q = jnp.zeros((rows, n), dtype).at[0].set(q0)
   init = (q, jnp.zeros(size, dtype), jnp.zeros(size, dtype), jnp.int32(0), jnp.bool_(False))
   q, alpha, beta, m, _ = jax.lax.while_loop(cond, body, init)
   theta, s, residuals, converged = ritz_check(alpha, beta, m)
-  vectors = s.T @ q  # [k, n]
+  s = jnp.pad(s, ((0, rows - size), (0, 0)))  # [rows, k]
+  vectors = sum(_if_used(i, m - 1, lambda i=i: _block_rows(s, i).T @ _block_rows(q, i),
+                         jnp.zeros((k, n), dtype)) for i in range(rows // _BLOCK))  # [k, n]
   return theta, vectors, unravel, residuals, converged & (jnp.arange(k) < m), m
 
 
@@ -201,7 +262,7 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
                     num_iterations: int | None = None,
                     which: Literal['largest', 'smallest'] = 'largest',
                     block: Block | None = None, tol: float = 1e-4,
-                    max_iterations: int = 100) -> Eigenpairs:
+                    max_iterations: int = 100, operator: Operator = 'hessian') -> Eigenpairs:
   """The k extreme eigenpairs of the Hessian, by Lanczos from a random Gaussian start.
 
   By default Lanczos runs until every one of the k Ritz pairs has a residual
@@ -209,7 +270,9 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
   (then ``.converged`` says which pairs fell short). With ``num_iterations`` it runs
   exactly that many products (``.converged`` still reports against ``tol``).
   ``which='smallest'`` gives the most negative end. Memory: the Lanczos basis holds
-  min(max_iterations, num_iterations) vectors the size of params.
+  min(max_iterations, num_iterations) vectors the size of params. ``operator='ggn'``:
+  the Gauss-Newton matrix's pairs instead (loss_fn a ``SplitLoss``), as in every
+  probe below.
   Lanczos over power iteration (PyHessian): far fewer HVPs, k pairs at once; over
   ``lobpcg_standard``: no block of k matvecs per step.
   """
@@ -220,7 +283,7 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
     raise ValueError(f'need 1 <= k <= num_iterations (or max_iterations), got k={k}, {steps}')
   if not tol > 0:
     raise ValueError(f'tol must be > 0, got {tol}')
-  params, apply_h = _block_operator(loss_fn, params, block)
+  params, apply_h = _block_operator(loss_fn, params, block, operator)
   v0 = normal_like(key, params)
   if num_iterations is None:
     theta, flat_vectors, unravel, residuals, converged, m = _lanczos_to_tolerance(
@@ -247,7 +310,7 @@ class TraceEstimate:
 @with_precision
 def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: int = 100,
                   batch_size: int = 1, block: Block | None = None, rtol: float | None = None,
-                  max_samples: int = 1000) -> TraceEstimate:
+                  max_samples: int = 1000, operator: Operator = 'hessian') -> TraceEstimate:
   """tr(H) by Hutchinson's estimator with Rademacher vectors z: mean of z^T H z.
 
   ``num_samples`` HVPs; or, with ``rtol``, ``batch_size`` at a time until the standard
@@ -255,7 +318,7 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
   lax.while_loop). ``batch_size`` HVPs are vmapped at a time (memory grows with it).
   """
   _check_num_samples(num_samples)
-  params, apply_h = _block_operator(loss_fn, params, block)
+  params, apply_h = _block_operator(loss_fn, params, block, operator)
 
   def sample(k):
     z = rademacher_like(k, params)
@@ -293,7 +356,8 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
 
 @with_precision
 def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
-                          num_products: int = 99, block: Block | None = None) -> TraceEstimate:
+                          num_products: int = 99, block: Block | None = None,
+                          operator: Operator = 'hessian') -> TraceEstimate:
   """tr(H) by Hutch++ (Meyer, Musco, Musco, Woodruff 2021) in ``num_products`` HVPs.
 
   A third of the products sketch H's dominant range Q = orth(H S), whose trace
@@ -306,7 +370,7 @@ def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
   third = num_products // 3
   if third < 2:
     raise ValueError(f'num_products must be >= 6 (three parts of >= 2), got {num_products}')
-  params, apply_h = _block_operator(loss_fn, params, block)
+  params, apply_h = _block_operator(loss_fn, params, block, operator)
   flat, unravel = ravel_pytree(params)
   # Columns one HVP at a time (lax.map): the memory of one product, not of a third.
   hv = lambda cols: jax.lax.map(lambda c: ravel_pytree(apply_h(unravel(c)))[0], cols)
@@ -329,13 +393,14 @@ class DiagonalEstimate:
 
 @with_precision
 def hessian_diagonal(loss_fn: LossFn, params: Params, key: jax.Array,
-                     num_samples: int = 100, block: Block | None = None) -> DiagonalEstimate:
+                     num_samples: int = 100, block: Block | None = None,
+                     operator: Operator = 'hessian') -> DiagonalEstimate:
   """diag(H) by Hutchinson's diagonal estimator: the mean over Rademacher z of z * (H z).
 
   Unbiased; element i's variance is sum_{j != i} H_ij^2 / num_samples.
   """
   _check_num_samples(num_samples)
-  params, apply_h = _block_operator(loss_fn, params, block)
+  params, apply_h = _block_operator(loss_fn, params, block, operator)
 
   def sample(k):
     z = rademacher_like(k, params)
@@ -349,29 +414,69 @@ def hessian_diagonal(loss_fn: LossFn, params: Params, key: jax.Array,
 
 @result
 class SpectralDensity:
-  nodes: jax.Array  # [num_probes, num_iterations] Ritz values (eigenvalue locations)
-  weights: jax.Array  # [num_probes, num_iterations] quadrature weights, summing to 1 overall
+  nodes: jax.Array  # [probes, num_iterations] Ritz values (eigenvalue locations)
+  weights: jax.Array  # [probes, num_iterations] quadrature weights, summing to 1 overall
+  num_probes: jax.Array  # [] int32, probes used (rows past it carry weight 0)
+  trace_stderr: jax.Array  # [] standard error of the trace estimate n sum(w theta) (NaN: 1 probe)
 
 
 @with_precision
 def spectral_density(loss_fn: LossFn, params: Params, key: jax.Array, num_probes: int = 4,
-                     num_iterations: int = 40, block: Block | None = None) -> SpectralDensity:
+                     num_iterations: int = 40, block: Block | None = None,
+                     rtol: float | None = None, max_probes: int = 64,
+                     operator: Operator = 'hessian') -> SpectralDensity:
   """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
   For each Rademacher probe v, Lanczos gives T = S diag(theta) S^T; the density is
   sum_probes sum_i (S_0i^2 / num_probes) delta(lambda - theta_i). Its moments are exact
   for polynomials of degree < 2 num_iterations: sum w theta = mean v^T H v / ||v||^2,
   an unbiased estimate of tr(H)/n. ``smooth_density`` puts it on a grid.
+
+  ``num_probes`` probes (num_probes x num_iterations HVPs); or, with ``rtol``, probes
+  until the trace estimate's standard error is at most rtol |estimate| (at least 2, at
+  most ``max_probes``, rows [max_probes, num_iterations], one lax.while_loop). The
+  probes' noise dominates SLQ's error (Ghorbani et al.), so that is where it stops.
   """
-  params, apply_h = _block_operator(loss_fn, params, block)
+  if rtol is not None:
+    _check_num_samples(max_probes)
+  params, apply_h = _block_operator(loss_fn, params, block, operator)
+  n = sum(x.size for x in jax.tree.leaves(params))
 
   def one_probe(k):
     _, t, _ = _lanczos(apply_h, rademacher_like(k, params), num_iterations)
     theta, s = jnp.linalg.eigh(t)
-    return theta, jnp.square(s[0, :]) / num_probes
+    return theta, jnp.square(s[0, :])  # weights of this probe sum to 1
 
-  nodes, weights = jax.lax.map(one_probe, jax.random.split(key, num_probes))
-  return SpectralDensity(nodes, weights)
+  def density(nodes, weights, count):
+    traces = n * jnp.sum(nodes * weights, axis=1)  # [rows], each probe's tr(H) estimate
+    used = jnp.arange(nodes.shape[0]) < count
+    mean = jnp.sum(jnp.where(used, traces, 0.0)) / count
+    var = jnp.sum(jnp.where(used, (traces - mean)**2, 0.0)) / jnp.maximum(count - 1, 1)
+    nodes = jnp.where(used[:, None], nodes, nodes[0])  # unused rows: inside the range, weight 0
+    return SpectralDensity(nodes, jnp.where(used[:, None], weights, 0.0) / count,
+                           jnp.int32(count), jnp.where(count > 1, jnp.sqrt(var / count), jnp.nan)), mean
+
+  if rtol is None:
+    nodes, weights = jax.lax.map(one_probe, jax.random.split(key, num_probes))
+    return density(nodes, weights, num_probes)[0]
+  if not rtol > 0:
+    raise ValueError(f'rtol must be > 0, got {rtol}')
+  keys = jax.random.split(key, max_probes)
+
+  def cond(carry):
+    nodes, weights, count = carry
+    d, mean = density(nodes, weights, count)
+    return (count < max_probes) & ((count < 2) | (d.trace_stderr > rtol * jnp.abs(mean)))
+
+  def body(carry):
+    nodes, weights, count = carry
+    theta, w = one_probe(keys[count])
+    return nodes.at[count].set(theta), weights.at[count].set(w), count + 1
+
+  dtype = jnp.result_type(*jax.tree.leaves(params))
+  rows = jnp.zeros((max_probes, min(num_iterations, n)), dtype)  # _lanczos caps at n
+  nodes, weights, count = jax.lax.while_loop(cond, body, (rows, rows, jnp.int32(0)))
+  return density(nodes, weights, count)[0]
 
 
 def smooth_density(density: SpectralDensity, grid: jax.Array, sigma: float) -> jax.Array:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from bnjax.probes._common import (LossFn, Params, check_inputs, map_in_batches, result, tree_axpy,
                                   tree_norm, with_precision)
+from bnjax.probes.convolutions import for_loops
 
 
 @result
@@ -66,7 +67,8 @@ def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
   if batch_size == 0:
     values = [at(step_sizes[i]) for i in range(n)]  # one program, n gradients in sequence
     loss, grad_diff = (jnp.stack(v) for v in zip(*values))
-  else:
+  else:  # in a loop: on CPU, convolutions as matmuls (for_loops)
+    loss_fn = for_loops(loss_fn)
     loss, grad_diff = map_in_batches(at, step_sizes, batch_size)
   ratio = grad_diff / (step_sizes * gnorm)
   ok = jnp.isfinite(ratio) & jnp.isfinite(loss) & (gnorm > 0)
