@@ -12,6 +12,10 @@ more gradient standalone); ics over L layers
 <= L loss-and-grads; peak memory of hvp <= 2x that of loss-and-grad.
 """
 
+from bnjax import xla_flags
+
+xla_flags.apply()  # as bnjax.main runs; before jax is imported
+
 import argparse
 import time
 

@@ -18,6 +18,10 @@ are copied into the same network in PyTorch. One process, back to back:
    (spread of the estimates, an independent check of the reported stderr).
 """
 
+from bnjax import xla_flags
+
+xla_flags.apply()  # as bnjax.main runs; before jax is imported
+
 import argparse
 import os
 import time

@@ -9,6 +9,10 @@ back. Prints the median time of each side as a ratio (bnjax / PyTorch: < 1 is fa
 Without torch installed it prints bnjax's figures alone.
 """
 
+from bnjax import xla_flags
+
+xla_flags.apply()  # as bnjax.main runs; before jax is imported
+
 import argparse
 
 import jax

@@ -20,6 +20,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bnjax import xla_flags
+
+xla_flags.apply()  # before anything imports jax
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and checkpoints.')

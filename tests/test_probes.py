@@ -554,8 +554,8 @@ def test_every_spectral_probe_gives_the_ggn_with_operator_ggn():
     return (probes.top_eigenvalues(split, p, key, k=2, tol=1e-5, **ggn),
             probes.top_eigenvalues(split, p, key, which='smallest', tol=1e-5, **ggn),
             probes.hessian_trace_hutchpp(split, p, key, num_products=3 * n, **ggn),
-            probes.hessian_trace(split, p, key, num_samples=400, **ggn),
-            probes.hessian_diagonal(split, p, key, num_samples=400, **ggn),
+            probes.hessian_trace(split, p, key, num_samples=100, **ggn),
+            probes.hessian_diagonal(split, p, key, num_samples=100, **ggn),
             probes.spectral_density(split, p, key, num_probes=2, num_iterations=20, **ggn),
             probes.hvp(probes.ggn_loss(outputs_fn, loss_of_outputs, p), p, p),
             probes.gnvp(outputs_fn, loss_of_outputs, p, p))

@@ -307,7 +307,10 @@ def test_two_processes_train_exactly_as_one(tmp_path):
         if k.endswith('/hist'):  # a value within rounding of a bin edge may change bins
           assert np.abs(va - vb).sum() <= 2, (k, la['step'])
           continue
-        np.testing.assert_allclose(vb, va, rtol=1e-4, atol=1e-5 * scale,
+        # ICS's l2 is the norm of a difference of two gradients, so the gradients'
+        # rounding (different reduction orders on 1 x 4 and 2 x 2 devices) weighs more.
+        rtol = 3e-4 if k == 'probe/ics/l2' else 1e-4
+        np.testing.assert_allclose(vb, va, rtol=rtol, atol=1e-5 * scale,
                                    err_msg=f'{k} {la["step"]}')
   status = json.loads((tmp_path / 'two' / 'status.json').read_text())
   assert status['state'] == 'done' and status['step'] == 40

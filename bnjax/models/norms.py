@@ -24,15 +24,13 @@ Array = jax.Array
 
 
 def _grouped(y: Array, num_groups: int) -> Array:
-  """[B, ..., C] -> [G, B/G, ..., C]."""
+  """[B, ..., C] -> [M, C] (one group) or [G, M/G, C], M = B x H x W: statistics reduce
+  over axis -2. One group stays 2-D: XLA:CPU ran the DLN's BN step (24 layers of
+  [1000, 10]) 2.5x slower with a leading group axis of size 1."""
   if y.shape[0] % num_groups:
     raise ValueError(f'batch of {y.shape[0]} does not split into {num_groups} statistic groups')
-  return y.reshape((num_groups, y.shape[0] // num_groups) + y.shape[1:])
-
-
-def _stat_axes(yg: Array) -> tuple[int, ...]:
-  """Axes of a grouped array that statistics reduce over: all but group and channel."""
-  return tuple(range(1, yg.ndim - 1))
+  c = y.shape[-1]
+  return y.reshape((-1, c) if num_groups == 1 else (num_groups, -1, c))
 
 
 class Identity(nn.Module):
@@ -63,10 +61,9 @@ class BatchNorm(nn.Module):
     if not train:
       return scale * (y - ra_mean.value) / jnp.sqrt(ra_var.value + self.epsilon) + bias
     yg = _grouped(y, self.num_groups)
-    axes = _stat_axes(yg)
-    mean = jnp.mean(yg, axes, keepdims=True)
-    var = jnp.var(yg, axes, keepdims=True)  # biased, as the normalisation uses it
-    z = scale * (yg - mean) / jnp.sqrt(var + self.epsilon) + bias
+    mean = jnp.mean(yg, -2, keepdims=True)
+    var = jnp.mean(jnp.square(yg - mean), -2, keepdims=True)  # biased, as the normalisation uses it
+    z = (yg - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
     if self.is_mutable_collection('batch_stats') and not self.is_initializing():
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, c).mean(0)
@@ -150,14 +147,13 @@ class LpNorm(nn.Module):
     if not train:
       return scale * (y - ra_mean.value) / (ra_size.value + self.epsilon) + bias
     yg = _grouped(y, self.num_groups)
-    axes = _stat_axes(yg)
-    mean = jnp.mean(yg, axes, keepdims=True)
+    mean = jnp.mean(yg, -2, keepdims=True)
     if self.p == 1:
-      size = jnp.mean(jnp.abs(yg), axes, keepdims=True)
+      size = jnp.mean(jnp.abs(yg), -2, keepdims=True)
     elif self.p == 2:
-      size = jnp.sqrt(jnp.mean(jnp.square(yg), axes, keepdims=True))
+      size = jnp.sqrt(jnp.mean(jnp.square(yg), -2, keepdims=True))
     elif self.p == float('inf'):
-      size = jnp.max(jnp.abs(yg), axes, keepdims=True)
+      size = jnp.max(jnp.abs(yg), -2, keepdims=True)
     else:
       raise ValueError(f'LpNorm supports p in (1, 2, inf), got {self.p}')
     z = scale * (yg - mean) / (size + self.epsilon) + bias

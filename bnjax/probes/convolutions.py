@@ -41,9 +41,8 @@ def convolutions_for_loops(fn: Callable) -> Callable:
 
   @functools.wraps(fn)
   def wrapped(*args):
+    # Evaluating the jaxpr, not calling fn again, keeps to one Python trace of the model.
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    if not _has_conv(closed.jaxpr):
-      return fn(*args)
     out = _eval(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
     return jax.tree.unflatten(jax.tree.structure(out_shape), out)
 
