@@ -164,7 +164,8 @@ def main():
   parser.add_argument('--max-iterations', type=int, default=30,
                       help='Lanczos basis size: memory is this many copies of params')
   parser.add_argument('--reference-iterations', type=int, default=30,
-                      help='float64 Lanczos products for the reference value (0: skip)')
+                      help='float64 Lanczos products for the reference value (0: skip). Slow under '
+                      "bnjax's XLA flag (Eigen's float64 convolutions): minutes")
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--hutch-batch', type=int, default=128)
   parser.add_argument('--hutch-products', type=int, default=30)
