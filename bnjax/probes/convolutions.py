@@ -1,20 +1,21 @@
-"""Any model's convolutions as shifted slices + one matmul, so probes run fast on CPU.
+"""Any model's convolutions in a form XLA:CPU runs fast inside loops, for the probes.
 
 XLA:CPU hands a convolution to its fast library only after its ConvCanonicalization pass
 has rewritten it, and that pass visits the entry computation alone (jaxlib 0.10.2,
 upstream jax#12868). Every probe that multiplies by the Hessian many times runs the
 model's gradient inside a loop body (Lanczos, Hutchinson, lax.map), so the backward
 convolutions of a user's conv net run there as naive loops: a foreign Flax VGG-11's top
-eigenvalue took over 20 minutes where PyHessian took 21 s. Slices, pads and matmuls have
-no such pathology, and their derivatives are slices, pads and matmuls again.
+eigenvalue took over 20 minutes where PyHessian took 21 s. Channels-last convolutions
+(already canonical), slices, pads and matmuls have no such pathology.
 
 ``convolutions_for_loops(fn)`` therefore re-traces ``fn`` to a jaxpr and evaluates it
-with every ``conv_general_dilated`` replaced by the same convolution written as
-(dilated, padded) strided slices, concatenated, and one ``dot_general`` (grouped
-convolutions: one batched ``dot_general``). It descends into jit, remat, scan, while and
-cond bodies. The probes apply it on the CPU backend only (``for_loops``); GPU and TPU
-keep XLA's convolution. JAX has no public rewrite of this kind, hence our own
-interpreter (the pattern of JAX's "Writing custom interpreters" guide).
+with every ``conv_general_dilated`` replaced by ``conv_for_loops``: the same convolution
+in channels-last layout, with a custom VJP whose weight gradient is one matmul over an
+im2col and whose input gradient is a channels-last convolution (or the patches'
+transpose). Its rules are plain JAX, so HVPs differentiate them again. It descends into
+jit, remat, scan, while and cond bodies. The probes apply it on the CPU backend only
+(``for_loops``); GPU and TPU keep XLA's convolution. JAX has no public rewrite of this
+kind, hence our own interpreter (the pattern of JAX's "Writing custom interpreters").
 """
 
 import functools
@@ -32,7 +33,7 @@ _CONV = jex.primitives.conv_general_dilated_p
 
 
 def convolutions_for_loops(fn: Callable) -> Callable:
-  """``fn`` with every convolution computed as slices + matmul: same values, same pytrees.
+  """``fn`` with every convolution replaced by ``conv_for_loops``: same values and pytrees.
 
   fn takes and returns pytrees of arrays; its derivatives of any order are those of the
   original up to float rounding (the sums run in another order). Convolutions with

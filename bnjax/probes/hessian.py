@@ -88,7 +88,7 @@ def hvp_operator(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
   then costs only the tangent passes: on VGG-11 with BN, batch 128, this CPU, 1.5x a
   loss-and-gradient per product against 2.2-2.3x for a standalone ``hvp``. Use it inside
   the same jitted function; it holds the gradient's intermediates while it lives. On the
-  CPU backend the model's convolutions run as slices + matmul, fast inside loops
+  CPU backend the model's convolutions run in a form fast inside loops
   (``probes.convolutions_for_loops``).
   """
   check_inputs(loss_fn, params)
