@@ -101,7 +101,7 @@ def batchnorm_theorems(loss_of_perturbation: Callable[[dict], jax.Array], y: jax
   coeff = (1.0 + epsilon / sigma2) / m
   rhs41 = gamma**2 / sigma2 * (gz_sq - g_sum**2 / m - coeff * g_dot_yhat**2)
 
-  loss_in_loop = for_loops(loss_of_perturbation)  # on CPU, convolutions as matmuls
+  loss_in_loop = for_loops(loss_of_perturbation)  # on CPU, loop-safe convolutions
 
   def curvatures(j):
     v = jnp.zeros_like(gy).at[:, j].set(gy[:, j]).reshape(y.shape)  # dL/dy restricted to unit j

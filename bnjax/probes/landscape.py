@@ -67,7 +67,7 @@ def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
   if batch_size == 0:
     values = [at(step_sizes[i]) for i in range(n)]  # one program, n gradients in sequence
     loss, grad_diff = (jnp.stack(v) for v in zip(*values))
-  else:  # in a loop: on CPU, convolutions as matmuls (for_loops)
+  else:  # in a loop: on CPU, loop-safe convolutions (for_loops)
     loss_fn = for_loops(loss_fn)
     loss, grad_diff = map_in_batches(at, step_sizes, batch_size)
   ratio = grad_diff / (step_sizes * gnorm)
