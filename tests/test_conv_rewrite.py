@@ -165,6 +165,24 @@ def test_probes_on_a_linen_conv_net_match_the_dense_hessian():
   np.testing.assert_allclose(products, v @ np.asarray(dense), rtol=1e-4, atol=1e-5)
 
 
+def test_many_product_probes_loop_only_over_loop_safe_convolutions_hessian_and_ggn():
+  """Every convolution the probes' compiled loops hold (Hessian and GGN) is channels-last."""
+  model = _LinenConvBN()
+  x = jax.random.normal(jax.random.key(0), (4, 9, 9, 3))
+  y = jnp.arange(4) % 3
+  variables = model.init(jax.random.key(1), x, train=False)
+  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': variables['batch_stats']}, x,
+                                     train=True, mutable=['batch_stats'])[0]
+  split = probes.SplitLoss(outputs_fn, lambda o: -jnp.mean(jax.nn.log_softmax(o)[jnp.arange(4), y]))
+  for operator in ('hessian', 'ggn'):
+    assert_only_canonical_convolutions(jax.make_jaxpr(
+        lambda p: probes.top_eigenvalues(split, p, jax.random.key(2), operator=operator,
+                                         max_iterations=4))(variables['params']))
+    assert_only_canonical_convolutions(jax.make_jaxpr(
+        lambda p: probes.hessian_trace(split, p, jax.random.key(2), num_samples=2,
+                                       operator=operator))(variables['params']))
+
+
 def test_nnx_and_plain_models_are_rewritten_too():
   class Net(nnx.Module):
     def __init__(self, rngs):

@@ -526,8 +526,9 @@ def test_dataset_loss_gives_the_hessian_of_the_full_data_loss():
     probes.dataset_loss(batch_loss, iter([batches]))
 
 
-def test_every_spectral_probe_gives_the_ggn_with_operator_ggn():
-  """operator='ggn' on every spectral probe (and ggn_loss, gnvp) against the dense J^T H_out J."""
+@pytest.fixture
+def ggn_mlp():
+  """(model, outputs_fn, loss_of_outputs, params): a BN MLP split at its logits."""
   model = models.get_model('mlp', 'batch', hidden=(6,), num_classes=3)
   x = jax.random.normal(jax.random.key(1), (16, 4))
   y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
@@ -536,6 +537,12 @@ def test_every_spectral_probe_gives_the_ggn_with_operator_ggn():
                                      mutable=['batch_stats'])[0]
   loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
   params = v['params']
+  return model, outputs_fn, loss_of_outputs, params
+
+
+def test_every_spectral_probe_gives_the_ggn_with_operator_ggn(ggn_mlp):
+  """operator='ggn' on every spectral probe (and ggn_loss, gnvp) against the dense J^T H_out J."""
+  _, outputs_fn, loss_of_outputs, params = ggn_mlp
   flat_p, unravel = ravel_pytree(params)
   jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat_p), np.float64)
   out = outputs_fn(params)
@@ -573,15 +580,8 @@ def test_every_spectral_probe_gives_the_ggn_with_operator_ggn():
   np.testing.assert_allclose(flat(gv), flat(hv), rtol=1e-4, atol=1e-6)
 
 
-def test_ggn_of_a_block_is_the_dense_ggns_diagonal_block_and_needs_a_split_loss(mlp):
-  model = models.get_model('mlp', 'batch', hidden=(6,), num_classes=3)
-  x = jax.random.normal(jax.random.key(1), (16, 4))
-  y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
-  v = model.init(jax.random.key(0), x, train=False)
-  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
-                                     mutable=['batch_stats'])[0]
-  loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
-  params = v['params']
+def test_ggn_of_a_block_is_the_dense_ggns_diagonal_block_and_needs_a_split_loss(ggn_mlp, mlp):
+  model, outputs_fn, loss_of_outputs, params = ggn_mlp
   block = models.kernel_path(model, 1)
   block_outputs, bp = probes.restrict(outputs_fn, params, block)
   (name, w), = bp.items()

@@ -4,6 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnjax.probes import convolutions
+
 # The paper initialises with Glorot (Xavier) uniform; biases start at zero.
 GLOROT = nn.initializers.glorot_uniform()
 
@@ -20,7 +22,7 @@ GLOROT = nn.initializers.glorot_uniform()
 # 'auto' therefore means im2col for 2x2 inputs on CPU; code that differentiates a model
 # inside control flow asks for 'im2col' (``bnjax.models.for_control_flow``). This is
 # the one place where the choice is made.
-CPU_IM2COL_MAX_PIXELS = 4
+CPU_IM2COL_MAX_PIXELS = convolutions.CPU_MATMUL_MAX_PIXELS  # one number for both places
 CONV_IMPLS = ('auto', 'xla', 'im2col')
 
 

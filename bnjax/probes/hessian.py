@@ -63,8 +63,8 @@ def _block_operator(loss_fn: LossFn, params: Params, block: Block | None,
   elif block is not None:
     loss_fn, params = restrict(loss_fn, params, block)
   check_inputs(loss_fn, params)
-  if operator == 'ggn':  # on CPU the outputs' convolutions in loop-safe form, as in H v
-    loss_fn = ggn_loss(for_loops(loss_fn.outputs_fn), loss_fn.loss_of_outputs, params)
+  if operator == 'ggn':  # _hvp_operator makes its convolutions loop-safe, as for H v
+    loss_fn = ggn_loss(loss_fn.outputs_fn, loss_fn.loss_of_outputs, params)
   return params, _hvp_operator(loss_fn, params)
 
 
@@ -187,8 +187,8 @@ def _block_rows(a, i):
   return jax.lax.dynamic_slice_in_dim(a, i * _BLOCK, _BLOCK)
 
 
-def _sum_over_used_blocks(q, m, f, zero):
-  """sum_i f(i) over the blocks of q [rows, n] that hold basis rows 0..m.
+def _sum_over_used_blocks(m, f, zero):
+  """sum_i f(i) over the basis blocks (of _BLOCK rows) that hold rows 0..m.
 
   A loop over the used blocks only: the basis is allocated for max_iterations rows, and
   reading all of them every step made a VGG-11 Lanczos memory-bound. (One lax.cond per
@@ -203,7 +203,7 @@ def _project_out(q, w, m):
       0, m // _BLOCK + 1,
       lambda i, c: jax.lax.dynamic_update_slice_in_dim(c, _block_rows(q, i) @ w, i * _BLOCK, 0),
       jnp.zeros(q.shape[0], w.dtype))
-  return w - _sum_over_used_blocks(q, m, lambda i: _block_rows(coeffs, i) @ _block_rows(q, i),
+  return w - _sum_over_used_blocks(m, lambda i: _block_rows(coeffs, i) @ _block_rows(q, i),
                                    jnp.zeros_like(w))
 
 
@@ -254,7 +254,7 @@ def _lanczos_to_tolerance(apply_h, v0, k: int, which: str, tol: float, max_itera
   q, alpha, beta, m, _ = jax.lax.while_loop(cond, body, init)
   theta, s, residuals, converged = ritz_check(alpha, beta, m)
   s = jnp.pad(s, ((0, rows - size), (0, 0)))  # [rows, k]
-  vectors = _sum_over_used_blocks(q, m - 1, lambda i: _block_rows(s, i).T @ _block_rows(q, i),
+  vectors = _sum_over_used_blocks(m - 1, lambda i: _block_rows(s, i).T @ _block_rows(q, i),
                                   jnp.zeros((k, n), dtype))  # [k, n]
   return theta, vectors, unravel, residuals, converged & (jnp.arange(k) < m), m
 
