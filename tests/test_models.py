@@ -77,6 +77,25 @@ def test_im2col_convolution_equals_xla_convolution(hw, monkeypatch):
   assert not common.use_im2col(2, 2, backend='tpu') and not common.use_im2col(2, 2, backend='gpu')
 
 
+def test_max_pool_2x2_equals_flax_max_pool_in_value_gradient_and_hvp():
+  """Values, gradients and Hessian-vector products of the elementwise-maxima pool equal
+  those of ``nn.max_pool`` (reduce-window); the ReLU before it makes ties at 0."""
+  import flax.linen as nn
+  from bnjax.models import common
+  x = jax.random.normal(jax.random.key(0), (4, 8, 6, 3))
+  v = jax.random.normal(jax.random.key(1), x.shape)
+  pools = (common.max_pool_2x2, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+  results = []
+  for pool in pools:
+    f = lambda x: jnp.sum(jnp.sin(3 * pool(jax.nn.relu(x))))
+    hvp = jax.jvp(jax.grad(f), (x,), (v,))[1]
+    results.append((pool(x), jax.grad(f)(x), hvp))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), *results)
+  assert float(jnp.abs(results[0][2]).max()) > 0.1  # the HVP is not trivially zero
+  with pytest.raises(ValueError, match='even'):
+    common.max_pool_2x2(x[:, :7])
+
+
 def test_for_control_flow_model_is_the_same_function_in_loops():
   """The control-flow model (im2col convs on CPU) gives the same loss and gradient,
   including inside a lax.fori_loop body, as the model outside any loop."""

@@ -72,6 +72,25 @@ def conv3x3(features: int, name: str, impl: str = 'auto') -> nn.Module:
   return Conv3x3(features, impl, name=name)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2: [B, H, W, C] -> [B, H/2, W/2, C] (H and W even).
+
+  The same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, written as three
+  elementwise maxima of strided views. XLA:CPU lowers the gradient of a reduce-window
+  max to select-and-scatter, which it expands into iotas, a scatter and reduce-windows:
+  on VGG-11 BN, batch 128, 86 ms of a 542 ms train step went there (a profile here);
+  with maxima the step took 456 ms. The gradient differs only on ties: a tie splits it
+  evenly where ``nn.max_pool`` routes it to the first maximum. After a ReLU the common
+  tie is at 0, whose gradient the ReLU zeroes either way.
+  """
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f'max_pool_2x2 needs an even height and width; got {h}x{w}')
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  return jnp.maximum(jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]),
+                     jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1]))
+
+
 def expose(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
   """Makes activation ``x`` reachable by probes without changing the forward pass.
 

@@ -39,7 +39,7 @@ class VGG(nn.Module):
     k = 0
     for entry in self.layout:
       if entry == 'M':
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = common.max_pool_2x2(x)
         continue
       k += 1
       features = max(1, int(round(entry * self.width)))
