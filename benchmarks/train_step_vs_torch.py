@@ -5,8 +5,10 @@ r"""bnjax's train step against PyTorch eager on the same VGG, batch and precisio
 
 Same architecture (3x3 conv + BatchNorm + ReLU, 2x2 max-pools, one linear head), Glorot
 init, float32, plain SGD at LR 0.1, batch 128, CIFAR shapes; one process, run back to
-back. Prints the median time of each side as a ratio (bnjax / PyTorch: < 1 is faster).
-Without torch installed it prints bnjax's figures alone.
+back. Prints the median time of each side as a ratio (bnjax / PyTorch: < 1 is faster),
+each side's rate in model GFLOP/s (3x the forward convolutions' and head's multiply-adds
+x 2, whatever the implementation computes) and, as the machine's ceiling, the rate of one
+4096^3 float32 matmul in XLA. Without torch installed it prints bnjax's figures alone.
 """
 
 from bnjax import xla_flags
@@ -22,6 +24,24 @@ import optax
 from bnjax import models, objective, train
 from bnjax.models import vgg
 from timing import median_time
+
+
+def step_gflop(name: str, batch: int) -> float:
+  """Model FLOPs of one train step, GFLOP: forward (3x3 SAME convs + head) x 3."""
+  flops, hw, c = 0, 32, 3
+  for entry in vgg.LAYOUTS[name]:
+    if entry == 'M':
+      hw //= 2
+    else:
+      flops += 2 * batch * hw * hw * 9 * c * entry
+      c = entry
+  return 3 * (flops + 2 * batch * c * 10) / 1e9
+
+
+def matmul_gflops(n: int = 4096) -> float:
+  """The rate of one n^3 float32 matmul in XLA, GFLOP/s: the ceiling we compare against."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  return 2 * n**3 / median_time(jax.jit(lambda a: a @ a), a, repeats=5) / 1e9
 
 
 def jax_step_time(name: str, batch: int, repeats: int) -> tuple[float, float]:
@@ -92,17 +112,21 @@ def main():
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=5)
   args = parser.parse_args()
-  print(f'train step, batch {args.batch}, float32, {jax.default_backend()}')
+  print(f'train step, batch {args.batch}, float32, {jax.default_backend()}; '
+        f'matmul ceiling {matmul_gflops():.0f} GFLOP/s')
   for name in args.models.split(','):
+    gflop = step_gflop(name, args.batch)
     j_step, j_fwd = jax_step_time(name, args.batch, args.repeats)
     t = torch_step_time(name, args.batch, args.repeats)
     if t is None:
-      print(f'{name}: bnjax step {j_step:.3f} s, forward {j_fwd:.3f} s (torch not installed)')
+      print(f'{name}: bnjax step {j_step:.3f} s ({gflop / j_step:.0f} GFLOP/s), '
+            f'forward {j_fwd:.3f} s (torch not installed)')
       continue
     t_step, t_fwd = t
-    print(f'{name}: step bnjax/torch = {j_step / t_step:.2f}  (bnjax {j_step:.3f} s, '
-          f'torch {t_step:.3f} s); forward bnjax/torch = {j_fwd / t_fwd:.2f}  '
-          f'(target: step ratio <= 1.0, stretch <= 0.77)')
+    print(f'{name} ({gflop:.0f} GFLOP a step): step bnjax/torch = {j_step / t_step:.2f}  '
+          f'(bnjax {j_step:.3f} s = {gflop / j_step:.0f} GFLOP/s, torch {t_step:.3f} s = '
+          f'{gflop / t_step:.0f} GFLOP/s); forward bnjax/torch = {j_fwd / t_fwd:.2f}  '
+          f'(bnjax {j_fwd:.3f} s, torch {t_fwd:.3f} s; target: step ratio <= 1.0, stretch <= 0.8)')
 
 
 if __name__ == '__main__':
