@@ -19,10 +19,9 @@ GLOROT = nn.initializers.glorot_uniform()
 #   lax.scan / fori_loop / while body or a lax.cond branch the backward convolutions
 #   stay as naive loops: a VGG-11 gradient (batch 16) takes 1.9 s there vs 0.1 s outside.
 #   Shifted slices + matmul contain no convolution, so they run at full speed anywhere.
-# 'auto' therefore means matmuls for 2x2 inputs on CPU; code that differentiates a model
-# inside control flow asks for 'im2col' (``bnjax.models.for_control_flow``). Either way
-# inputs of at most DENSE_MAX_PIXELS pixels run as one matmul (``_conv3x3_as_one_matmul``),
-# larger ones as im2col. This is the one place where the choice is made.
+# 'auto' therefore means im2col for 2x2 inputs on CPU; code that differentiates a model
+# inside control flow asks for 'im2col' (``bnjax.models.for_control_flow``). This is
+# the one place where the choice is made.
 CPU_IM2COL_MAX_PIXELS = convolutions.CPU_MATMUL_MAX_PIXELS  # one number for both places
 CONV_IMPLS = ('auto', 'xla', 'im2col')
 
@@ -41,35 +40,6 @@ def use_im2col(height: int, width: int, impl: str = 'auto', backend: str | None 
   return backend == 'cpu' and height * width <= CPU_IM2COL_MAX_PIXELS
 
 
-# Up to this many pixels a 3x3 SAME convolution runs as one matmul with a block matrix of
-# kernel taps. On a 2x2 input each output pixel sees only 4 of the 9 taps (the rest hit
-# the padding), so im2col's [B*4, 9C] @ [9C, F] spends 36 C*F multiply-adds per image
-# where [B, 4C] @ [4C, 4F] spends 16.
-DENSE_MAX_PIXELS = 4
-
-
-def _conv3x3_as_one_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A 3x3 SAME convolution as one matmul: x [B, H, W, C], kernel [3, 3, C, F] -> [B, H, W, F].
-
-  y[:, i, j] = sum over input pixels (p, q) of x[:, p, q] @ kernel[p - i + 1, q - j + 1],
-  so y = x.reshape(B, H*W*C) @ T with T [H*W*C, H*W*F] built from kernel taps (zero
-  blocks where a tap falls outside the kernel). T holds (H*W)^2 blocks of C x F: only
-  worth it for tiny inputs (DENSE_MAX_PIXELS). Its gradient is slices and adds.
-  """
-  b, h, w, c = x.shape
-  f = kernel.shape[-1]
-  zero = jnp.zeros((c, f), kernel.dtype)
-
-  def tap(p, q, i, j):
-    a, d = p - i + 1, q - j + 1
-    return kernel[a, d] if 0 <= a < 3 and 0 <= d < 3 else zero
-
-  pixels = [(p, q) for p in range(h) for q in range(w)]
-  blocks = jnp.concatenate(
-      [jnp.concatenate([tap(p, q, i, j) for i, j in pixels], axis=1) for p, q in pixels], axis=0)
-  return (x.reshape(b, h * w * c) @ blocks).reshape(b, h, w, f)
-
-
 class Conv3x3(nn.Module):
   """A 3x3, stride 1, SAME-padded convolution with bias; Glorot init.
 
@@ -85,9 +55,7 @@ class Conv3x3(nn.Module):
     kernel = self.param('kernel', GLOROT, (3, 3, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
     _, h, w, c = x.shape
-    if h * w <= DENSE_MAX_PIXELS and use_im2col(h, w, self.impl):
-      y = _conv3x3_as_one_matmul(x, kernel)
-    elif use_im2col(h, w, self.impl):
+    if use_im2col(h, w, self.impl):
       # Nine shifted views of the zero-padded input, (row, col, channel) ordered like the
       # kernel's reshape; their backward pass is pads and slices, with no convolution.
       xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
