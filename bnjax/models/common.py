@@ -77,11 +77,14 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   The same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, written as three
   elementwise maxima of strided views. XLA:CPU lowers the gradient of a reduce-window
-  max to select-and-scatter, which it expands into iotas, a scatter and reduce-windows:
-  on VGG-11 BN, batch 128, 86 ms of a 542 ms train step went there (a profile here);
-  with maxima the step took 456 ms. The gradient differs only on ties: a tie splits it
-  evenly where ``nn.max_pool`` routes it to the first maximum. After a ReLU the common
-  tie is at 0, whose gradient the ReLU zeroes either way.
+  max to select-and-scatter, which it expands into iotas, a scatter and reduce-windows
+  (the top items of a profile): the VGG-11 BN train step, batch 128, took 542 ms with
+  ``nn.max_pool`` and 456 ms with maxima, back to back here. The gradient differs only
+  on ties: a tie splits it evenly where ``nn.max_pool`` routes it to the first maximum.
+  After a ReLU the common tie is at 0, whose gradient the ReLU zeroes either way.
+  ``x.reshape(...).max(axis=(2, 4))`` is as fast, but XLA:CPU's unoptimised build
+  (``jax_disable_most_optimizations``, as in the tests) got the VGG's gradient wrong
+  with it (README, Performance).
   """
   b, h, w, c = x.shape
   if h % 2 or w % 2:
