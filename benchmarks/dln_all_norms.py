@@ -8,6 +8,10 @@ run's wall time (compile included) and the total. Goal (issue 5): all five, 10,0
 steps, probes every step, in under 5 minutes on a 2-core CPU.
 """
 
+from bnjax import xla_flags
+
+xla_flags.apply()  # as bnjax.main runs; before jax is imported
+
 import argparse
 import logging
 import tempfile

@@ -8,6 +8,10 @@ Prints the time per step and its ratio to the 'none' step. Goal (issue 12): the 
 at most 2x the unnormalised one.
 """
 
+from bnjax import xla_flags
+
+xla_flags.apply()  # as bnjax.main runs; before jax is imported
+
 import argparse
 
 import jax
@@ -24,8 +28,7 @@ def step_time(norm: str, steps: int, repeats: int) -> float:
   y = jax.random.normal(jax.random.key(1), (1000, 10))
   tx = optax.sgd(1e-6)
   v = model.init(jax.random.key(2), x, train=False)
-  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v.get('batch_stats', {}),
-                           tx.init(v['params']))
+  state = train.TrainState.create(v, tx)
   step = train.make_train_step(objective.make_objective(model, 'sum_squared'), tx,
                                jax.random.key(3), 1e-6)
   batches = {'inputs': jnp.broadcast_to(x, (steps, *x.shape)),

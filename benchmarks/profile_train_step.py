@@ -23,10 +23,8 @@ import pathlib
 import tempfile
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from bnjax import models, objective, train
+from vgg_bn_step import vgg_bn_train_step
 
 
 def main():
@@ -36,16 +34,7 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--top', type=int, default=30)
   args = parser.parse_args()
-  model = models.get_model(args.model, 'batch')
-  x = jax.random.normal(jax.random.key(0), (args.batch, 32, 32, 3))
-  y = jax.random.randint(jax.random.key(1), (args.batch,), 0, 10)
-  tx = optax.sgd(0.1)
-  v = model.init(jax.random.key(2), x[:1], train=False)
-  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
-                           tx.init(v['params']))
-  step = jax.jit(train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx,
-                                       jax.random.key(3), 0.1), donate_argnums=0)
-  batch = {'inputs': x, 'targets': y}
+  _, state, step, batch = vgg_bn_train_step(args.model, args.batch)
   for _ in range(2):  # compile and warm up
     state, m = step(state, batch)
   jax.block_until_ready(m)

@@ -18,12 +18,10 @@ xla_flags.apply()  # as bnjax.main runs; before jax is imported
 import argparse
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from bnjax import models, objective, train
 from bnjax.models import vgg
 from timing import median_time
+from vgg_bn_step import vgg_bn_train_step
 
 
 def step_gflop(name: str, batch: int) -> float:
@@ -45,19 +43,11 @@ def matmul_gflops(n: int = 4096) -> float:
 
 
 def jax_step_time(name: str, batch: int, repeats: int) -> tuple[float, float]:
-  model = models.get_model(name, 'batch')
-  x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
-  y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
-  tx = optax.sgd(0.1)
-  v = model.init(jax.random.key(2), x[:1], train=False)
-  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
-                           tx.init(v['params']))
-  step = jax.jit(train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx,
-                                       jax.random.key(3), 0.1), donate_argnums=0)
+  model, state, step, batch_ = vgg_bn_train_step(name, batch)
+  x = batch_['inputs']
   forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=True,
                                                 mutable=['batch_stats'])[0])
   holder = {'state': state}
-  batch_ = {'inputs': x, 'targets': y}
 
   def run_step():
     holder['state'], m = step(holder['state'], batch_)

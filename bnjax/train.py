@@ -65,6 +65,13 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
 
+  @classmethod
+  def create(cls, variables: dict, tx: optax.GradientTransformation) -> 'TrainState':
+    """Step 0 from a model's ``init`` variables (``batch_stats`` empty if it has none)."""
+    params = variables['params']
+    return cls(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
+               tx.init(params))
+
 
 def make_train_step(objective: Callable, tx: optax.GradientTransformation,
                     base_key: jax.Array, learning_rate: float) -> Callable:
@@ -435,10 +442,7 @@ def _initial_state(config, mgr, dataset, model, tx, replicated) -> TrainState:
   """The newest readable checkpoint's state, else a fresh one from ``config.seed``."""
 
   def init(sample):
-    variables = objective_lib.init_variables(model, config.seed, sample)
-    params = variables['params']
-    return TrainState(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
-                      tx.init(params))
+    return TrainState.create(objective_lib.init_variables(model, config.seed, sample), tx)
 
   sample = jnp.zeros((1,) + dataset.train.inputs.shape[1:], jnp.float32)
   abstract_state = jax.eval_shape(init, sample)

@@ -32,7 +32,7 @@ def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   stats = jax.tree.map(lambda a: a + 0.5 * jnp.abs(jnp.asarray(rng.standard_normal(a.shape), a.dtype)),
                        v.get('batch_stats', {}))
   tx = optax.sgd(LR)
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params))
+  state = train.TrainState.create({'params': params, 'batch_stats': stats}, tx)
   fns = probing.build(config, model, tx)
   objective_fn = objective.make_objective(model, config.loss)
   key = jax.random.key(3)

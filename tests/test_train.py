@@ -88,8 +88,7 @@ def _train_step_on(num_devices, norm, num_groups):
   x = jax.random.normal(jax.random.key(0), (2, 16, 32, 32, 3))
   y = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
   v = model.init({'params': jax.random.key(2), 'noise': jax.random.key(2)}, x[0], train=False)
-  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
-                           tx.init(v['params']))
+  state = train.TrainState.create(v, tx)
   step = train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx,
                                jax.random.key(3), 0.1)
   repl = NamedSharding(mesh, P())
@@ -135,8 +134,7 @@ def test_probes_do_not_change_training():
   batches = {'inputs': jnp.stack([ds.train.inputs] * 4), 'targets': jnp.stack([ds.train.targets] * 4)}
   v = model.init({'params': jax.random.key(0), 'noise': jax.random.key(0)}, batches['inputs'][0],
                  train=False)
-  state = train.TrainState(jnp.zeros((), jnp.int32), v['params'], v['batch_stats'],
-                           tx.init(v['params']))
+  state = train.TrainState.create(v, tx)
   objective_fn = objective.make_objective(model, config.loss)
   noise_base = jax.random.key(1)
   step = train.make_train_step(objective_fn, tx, noise_base, config.learning_rate)
