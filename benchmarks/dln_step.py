@@ -10,7 +10,7 @@ at most 2x the unnormalised one.
 
 from bnjax import xla_flags
 
-xla_flags.apply()  # as bnjax.main runs; before jax is imported
+xla_flags.apply('dln')  # as bnjax.main runs a DLN config; before jax is imported
 
 import argparse
 

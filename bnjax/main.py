@@ -22,8 +22,6 @@ from ml_collections import config_flags
 
 from bnjax import xla_flags
 
-xla_flags.apply()  # before anything imports jax
-
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and checkpoints.')
@@ -72,6 +70,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  xla_flags.apply(_CONFIG.value.get('model'))  # before jax starts its backend, which reads them
   import jax  # pylint: disable=g-import-not-at-top
   if _MULTIHOST.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,

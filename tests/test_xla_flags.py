@@ -1,28 +1,62 @@
-"""bnjax.main runs with bnjax's XLA flags; a library import never changes the user's."""
+"""bnjax.main runs with bnjax's XLA flags for its model; a library import never changes
+the user's."""
 
 import os
 import subprocess
 import sys
 
+import pytest
+
 from bnjax import xla_flags
+from conftest import ROOT
+
+# Runs bnjax.main's real main() on a config with training replaced by a probe: the
+# XLA_FLAGS the backend started with, and whether XLA:CPU handed the DLN's batch mean
+# ([1000, 10] -> [10]) to YNNPACK in the compiled program.
+_MAIN = '''
+import os, sys
+from absl import app
+import bnjax.main as m
+from bnjax import train
+def probe(config, workdir):
+  import jax, jax.numpy as jnp
+  hlo = jax.jit(lambda y: jnp.mean(y, 0)).lower(jnp.ones((1000, 10))).compile().as_text()
+  print(os.environ['XLA_FLAGS'], '|', 'ynn' in hlo)
+  return 'done'
+train.train_and_evaluate = probe
+sys.argv = ['main', '--config=%s', '--workdir=unused']
+app.run(m.main, flags_parser=m._parse_flags)
+'''
 
 
 def _run(code: str, env_flags: str | None) -> str:
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   if env_flags is not None:
     env['XLA_FLAGS'] = env_flags
-  return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                        check=True).stdout.strip()
+  run = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       cwd=ROOT)
+  assert run.returncode == 0, run.stderr[-2000:]
+  return run.stdout.strip()
 
 
-def test_main_sets_the_flags_before_jax_and_keeps_the_users():
-  code = ('import sys, os; import bnjax.main; '
-          'print("jax" in sys.modules, os.environ["XLA_FLAGS"])')
-  ours = ' '.join(f'{k}={v}' for k, v in xla_flags.CPU_FLAGS.items())
-  assert _run(code, None) == f'False {ours}'
-  assert _run(code, '--xla_foo=1') == f'False --xla_foo=1 {ours}'
+def _main_with(config: str, env_flags: str | None) -> tuple[str, bool]:
+  flags, ynn = _run(_MAIN % (ROOT / 'configs' / config), env_flags).rsplit(' | ', 1)
+  return flags, ynn == 'True'
+
+
+def test_main_sets_the_models_flags_before_jax_starts_and_keeps_the_users():
+  vgg_flags, vgg_ynn = _main_with('vgg_bn.py', None)
+  dln_flags, dln_ynn = _main_with('dln_bn.py', None)
+  ours = lambda model: ' '.join(f'{k}={v}' for k, v in xla_flags.flags_for(model).items())
+  assert vgg_flags == ours('vgg16') and dln_flags == ours('dln') and ours('dln') != ours(None)
+  assert _main_with('dln_bn.py', '--xla_force_host_platform_device_count=2')[0] == f'--xla_force_host_platform_device_count=2 {ours("dln")}'
   flag = next(iter(xla_flags.CPU_FLAGS))
-  assert _run(code, f'{flag}=mine') == f'False {flag}=mine'  # the user's choice wins
+  mine = f'{flag}={xla_flags.CPU_FLAGS[flag]}'
+  user_flags, user_ynn = _main_with('dln_bn.py', mine)
+  assert user_flags == mine  # the user's choice wins
+  if not vgg_ynn:
+    pytest.skip('XLA:CPU uses no YNNPACK reductions on this machine')
+  assert not dln_ynn and user_ynn  # the DLN's flags reached the backend; the user's too
 
 
 def test_importing_the_probes_leaves_xla_flags_alone():
