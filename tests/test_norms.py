@@ -98,6 +98,35 @@ def test_noise_distributions_match_algorithm_1():
   assert stats.kstest(sigma_hat, stats.uniform(1, 1.5 - 1).cdf).pvalue < 1e-3
 
 
+def test_noise_is_exactly_algorithm_1_written_plainly_in_value_gradient_and_hvp():
+  """The guard that keeps XLA from recomputing the noise in its consumers changes no
+  value or derivative: bitwise equal to s * a + m drawn by the same calls, jitted (the
+  summed loss up to the order XLA adds in, which the fusion may change)."""
+  consts = {'n_mu': 0.5, 'n_sigma': 1.25, 'r_mu': 0.1, 'r_sigma': 0.1}
+
+  def plain(key, a, n_mu, n_sigma, r_mu, r_sigma):
+    k_mu, k_sigma, k_m, k_s = jax.random.split(key, 4)
+    c = a.shape[-1]
+    mu = jax.random.uniform(k_mu, (c,), a.dtype, -n_mu, n_mu)
+    sigma = jax.random.uniform(k_sigma, (c,), a.dtype, 1.0, n_sigma)
+    m = mu + jax.random.uniform(k_m, a.shape, a.dtype, -r_mu, r_mu)
+    return (sigma + r_sigma * jax.random.normal(k_s, a.shape, a.dtype)) * a + m
+
+  key = jax.random.key(5)
+  a = jax.random.normal(jax.random.key(6), (16, 8, 8, 12))
+  v = jax.random.normal(jax.random.key(7), a.shape)
+  for noise in (plain, norms.distributional_noise):
+    loss = lambda a, noise=noise: jnp.sum(noise(key, a, **consts) ** 3) / 3
+    hvp = lambda a, loss=loss: jax.jvp(jax.grad(loss), (a,), (v,))[1]
+    got = jax.jit(lambda a, loss=loss, hvp=hvp: (
+        loss(a), jax.grad(loss)(a), hvp(a), noise(key, a, **consts)))(a)
+    if noise is plain:
+      expected = got
+  np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+  for g, e in zip(got[1:], expected[1:]):
+    np.testing.assert_array_equal(g, e)
+
+
 def test_noisy_batchnorm_is_bn_plus_fresh_noise_in_training_only(conv_acts):
   noisy = norms.NoisyBatchNorm()
   bn = norms.BatchNorm()

@@ -49,7 +49,8 @@ def test_main_sets_the_models_flags_before_jax_starts_and_keeps_the_users():
   dln_flags, dln_ynn = _main_with('dln_bn.py', None)
   ours = lambda model: ' '.join(f'{k}={v}' for k, v in xla_flags.flags_for(model).items())
   assert vgg_flags == ours('vgg16') and dln_flags == ours('dln') and ours('dln') != ours(None)
-  assert _main_with('dln_bn.py', '--xla_force_host_platform_device_count=2')[0] == f'--xla_force_host_platform_device_count=2 {ours("dln")}'
+  other = '--xla_force_host_platform_device_count=2'
+  assert _main_with('dln_bn.py', other)[0] == f'{other} {ours("dln")}'
   flag = next(iter(xla_flags.CPU_FLAGS))
   mine = f'{flag}={xla_flags.CPU_FLAGS[flag]}'
   user_flags, user_ynn = _main_with('dln_bn.py', mine)
