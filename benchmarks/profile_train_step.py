@@ -5,9 +5,8 @@ r"""Where a VGG train step spends its time: XLA's thunks ranked by time, from a 
 
 Runs the jitted train step (BatchNorm unless ``--norm`` says otherwise) under
 ``jax.profiler`` and prints the thunks (fused kernels, convolutions, library calls) with
-the most time per step. Names match the
-compiled HLO: dump it with ``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`` to see
-what a fusion computes. XLA:CPU runs independent thunks concurrently, so rows can
+the most time per step. Names match the compiled HLO: dump it with
+``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`` to see what a fusion computes. XLA:CPU runs independent thunks concurrently, so rows can
 overlap; most convolutions run through Eigen have no row of their own (jaxlib 0.10.2),
 so the step minus the sum of the rows is mostly convolution time. This is how the
 max-pool's select-and-scatter expansion (iotas, scatters, reduce-windows) was found, and
@@ -28,7 +27,7 @@ import tempfile
 
 import jax
 
-from vgg_bn_step import vgg_bn_train_step
+from vgg_step import vgg_train_step
 
 
 def main():
@@ -40,7 +39,7 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--top', type=int, default=30)
   args = parser.parse_args()
-  _, state, step, batch = vgg_bn_train_step(args.model, args.batch, args.norm, args.width)
+  _, state, step, batch = vgg_train_step(args.model, args.batch, args.norm, args.width)
   for _ in range(2):  # compile and warm up
     state, m = step(state, batch)
   jax.block_until_ready(m)

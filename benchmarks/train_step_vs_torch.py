@@ -21,7 +21,7 @@ import jax
 
 from bnjax.models import vgg
 from timing import median_time
-from vgg_bn_step import vgg_bn_train_step
+from vgg_step import vgg_train_step
 
 
 def step_gflop(name: str, batch: int) -> float:
@@ -43,7 +43,7 @@ def matmul_gflops(n: int = 4096) -> float:
 
 
 def jax_step_time(name: str, batch: int, repeats: int) -> tuple[float, float]:
-  model, state, step, batch_ = vgg_bn_train_step(name, batch)
+  model, state, step, batch_ = vgg_train_step(name, batch)
   x = batch_['inputs']
   forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=True,
                                                 mutable=['batch_stats'])[0])

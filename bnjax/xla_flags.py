@@ -8,26 +8,27 @@ your flags. A flag already in XLA_FLAGS is left as set there.
 
 import os
 
-_YNN = '--xla_cpu_experimental_ynn_fusion_type'
-
 # jaxlib 0.10.2's XLA:CPU routes several kinds of operation, convolutions and reductions
-# among them, to YNNPACK by default. Measured here, interleaved, with the benchmarks named:
-# - '-individual_convolution' hands convolutions back to Eigen: the BN train step at batch
-#   128 13-14% faster for VGG-11 and 18-22% for VGG-16, its forward pass 10-15%, a
-#   VGG-11 HVP 8% (benchmarks/train_step_vs_torch.py, probes_vgg.py).
-CPU_FLAGS = {_YNN: '-individual_convolution'}
-
-# Per model, over CPU_FLAGS. The DLN also keeps reductions in XLA's own loops ('-reduce'):
-# YNNPACK takes any reduction of 4,096 elements or more, and its per-call cost dominates
-# the DLN's [1000, 10] batch statistics; the BN step went from 1.27-1.45 to 1.08-1.15 ms
-# (none: 0.66-0.76 ms; benchmarks/dln_step.py). The VGGs keep YNNPACK's reductions: with
-# '-reduce' their train-mode forward pass was 7-10% slower in three interleaved rounds.
-MODEL_CPU_FLAGS = {'dln': {_YNN: '-individual_convolution,-reduce'}}
+# among them, to YNNPACK by default; bnjax turns some off ('-<type>' in the flag's list).
+# Measured here, interleaved, with the benchmarks named:
+# - 'individual_convolution', for every model, hands convolutions back to Eigen: the BN
+#   train step at batch 128 13-14% faster for VGG-11 and 18-22% for VGG-16, its forward
+#   pass 10-15%, a VGG-11 HVP 8% (benchmarks/train_step_vs_torch.py, probes_vgg.py).
+# - 'reduce', for the DLN only, keeps reductions in XLA's own loops: YNNPACK takes any
+#   reduction of 4,096 elements or more, and its per-call cost dominates the DLN's
+#   [1000, 10] batch statistics; the BN step went from 1.27-1.45 to 1.08-1.15 ms (none:
+#   0.66-0.76 ms; benchmarks/dln_step.py). The VGGs keep YNNPACK's reductions: with them
+#   off their train-mode forward pass was 7-10% slower in three interleaved rounds.
+# Other backends ignore XLA:CPU flags.
+YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+YNN_OFF = ('individual_convolution',)
+YNN_OFF_FOR_MODEL = {'dln': ('reduce',)}
 
 
 def flags_for(model: str | None = None) -> dict[str, str]:
   """The flags bnjax sets for ``model`` (a name in ``bnjax.models.MODELS``, or None)."""
-  return {**CPU_FLAGS, **MODEL_CPU_FLAGS.get(model, {})}
+  off = YNN_OFF + YNN_OFF_FOR_MODEL.get(model, ())
+  return {YNN_FLAG: ','.join(f'-{fusion_type}' for fusion_type in off)}
 
 
 def apply(model: str | None = None) -> None:

@@ -51,8 +51,7 @@ def test_main_sets_the_models_flags_before_jax_starts_and_keeps_the_users():
   assert vgg_flags == ours('vgg16') and dln_flags == ours('dln') and ours('dln') != ours(None)
   other = '--xla_force_host_platform_device_count=2'
   assert _main_with('dln_bn.py', other)[0] == f'{other} {ours("dln")}'
-  flag = next(iter(xla_flags.CPU_FLAGS))
-  mine = f'{flag}={xla_flags.CPU_FLAGS[flag]}'
+  mine = ours(None)  # a value of bnjax's own flag, other than the DLN's
   user_flags, user_ynn = _main_with('dln_bn.py', mine)
   assert user_flags == mine  # the user's choice wins
   if not vgg_ynn:

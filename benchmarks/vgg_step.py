@@ -1,4 +1,4 @@
-"""The VGG BN train step the VGG benchmarks time and profile, built in one place."""
+"""The VGG train step the VGG benchmarks time and profile, built in one place."""
 
 import jax
 import optax
@@ -6,7 +6,7 @@ import optax
 from bnjax import models, objective, train
 
 
-def vgg_bn_train_step(name: str, batch_size: int, norm: str = 'batch', width: float = 1.0):
+def vgg_train_step(name: str, batch_size: int, norm: str = 'batch', width: float = 1.0):
   """VGG ``name`` with normaliser ``norm`` (BatchNorm by default) at channel multiplier
   ``width``, Glorot init, plain SGD at LR 0.1, a random CIFAR-shaped batch. Returns
   (model, state, step, batch): ``step(state, batch) -> (state, metrics)``
