@@ -100,6 +100,42 @@ def test_max_pool_2x2_equals_flax_max_pool_in_value_gradient_and_hvp():
     common.max_pool_2x2(x[:, :7])
 
 
+def test_materialized_is_the_identity_in_value_jvp_gradient_and_hvp(monkeypatch):
+  """``common.materialized`` (x / (1 + 0 x) on CPU, so that XLA stores x once) returns x
+  bitwise and has the identity's derivatives; a VGG with BatchNorm has the same loss,
+  gradient and HVP with it as with a plain identity in its place."""
+  from bnjax.models import common
+  x = jnp.concatenate([jnp.array([0.0, -0.0, 1e30, -1e-30]),
+                       1e3 * jax.random.normal(jax.random.key(0), (60,))])
+  v = jax.random.normal(jax.random.key(1), x.shape)
+  bits = lambda a: np.asarray(a).view(np.int32)
+  np.testing.assert_array_equal(bits(jax.jit(common.materialized)(x)), bits(x))
+  np.testing.assert_array_equal(jax.jvp(common.materialized, (x,), (v,))[1], v)
+
+  def grad_and_hvp(f):
+    return jax.jit(lambda x: (jax.grad(f)(x), jax.jvp(jax.grad(f), (x,), (v,))[1]))(x)
+
+  wrapped = grad_and_hvp(lambda x: jnp.sum(jnp.sin(common.materialized(x)) * x))
+  plain = grad_and_hvp(lambda x: jnp.sum(jnp.sin(x) * x))
+  jax.tree.map(np.testing.assert_array_equal, wrapped, plain)
+
+  model = models.get_model('vgg_tiny', 'batch')
+  images = jax.random.normal(jax.random.key(2), (8, 32, 32, 3))
+  params = _init(model, images)['params']
+  tangent = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
+
+  def loss_grad_hvp(params):
+    loss = lambda p: jnp.sum(jnp.sin(model.apply({'params': p, 'batch_stats': {}}, images,
+                                                  train=True, mutable=['batch_stats'])[0]))
+    return (loss(params), jax.grad(loss)(params),
+            jax.jvp(jax.grad(loss), (params,), (tangent,))[1])
+
+  results = [jax.jit(loss_grad_hvp)(params)]
+  monkeypatch.setattr(common, 'materialized', lambda x: x)
+  results.append(jax.jit(loss_grad_hvp)(params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *results)
+
+
 def test_for_control_flow_model_is_the_same_function_in_loops():
   """The control-flow model (im2col convs on CPU) gives the same loss and gradient,
   including inside a lax.fori_loop body, as the model outside any loop."""

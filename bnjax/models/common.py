@@ -40,6 +40,33 @@ def use_im2col(height: int, width: int, impl: str = 'auto', backend: str | None 
   return backend == 'cpu' and height * width <= CPU_IM2COL_MAX_PIXELS
 
 
+def materialized(x: jax.Array) -> jax.Array:
+  """``x`` itself, stored once on CPU instead of recomputed inside each consumer.
+
+  XLA:CPU fuses cheap elementwise producers (BatchNorm's normalisation, the ReLU, the
+  noise of Algorithm 1) into every consumer, including the transposes it adds before a
+  weight-gradient convolution, which then recompute them in transposed order. A
+  division by a full tensor counts as expensive, so XLA computes it once and the
+  consumers read it. Measured here: one VGG-16 layer (batch 128, 32x32, 64 channels),
+  activation, convolution and weight gradient, 126-150 ms without, 97-104 ms with; the
+  noisy-BN VGG-16 step at width 0.25 (noise stored once), 405-436 ms against 232-251 ms.
+  Values: x / (1 + 0 x), equal to x for finite x (infinities become NaN); derivatives
+  are those of the identity (a custom JVP), so gradients and HVPs are exact and cost
+  nothing extra. Other backends fuse differently: there ``x`` is returned untouched.
+  """
+  return _stored_once(x) if jax.default_backend() == 'cpu' else x
+
+
+@jax.custom_jvp
+def _stored_once(x: jax.Array) -> jax.Array:
+  return x / (1 + 0 * x)
+
+
+@_stored_once.defjvp
+def _stored_once_jvp(primals, tangents):
+  return _stored_once(primals[0]), tangents[0]
+
+
 class Conv3x3(nn.Module):
   """A 3x3, stride 1, SAME-padded convolution with bias; Glorot init.
 
@@ -63,7 +90,7 @@ class Conv3x3(nn.Module):
                                 axis=-1)
       y = patches @ kernel.reshape(9 * c, self.features)
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+      y = jax.lax.conv_general_dilated(materialized(x), kernel, (1, 1), 'SAME',  # x stored once
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return y + bias
 

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bnjax.models import common
+
 Array = jax.Array
 
 
@@ -71,22 +73,6 @@ class BatchNorm(nn.Module):
     return z.reshape(y.shape)
 
 
-def _computed_once(x: Array, finite: Array) -> Array:
-  """``x`` itself, exactly (x / 1.0), but computed once instead of again in each consumer.
-
-  XLA:CPU's fusion copies cheap elementwise producers into every consumer (and removes
-  optimisation barriers before it runs). Algorithm 1's noise (uniform bits to floats,
-  erf_inv) was thus recomputed inside the transposes that feed the next layer's weight
-  gradient: the noisy-BN VGG-16 step at width 0.25, batch 128, took 405-436 ms against
-  BatchNorm's 127-135 ms; with this, 232-251 ms (medians, interleaved runs here). XLA
-  does not duplicate an instruction it counts as expensive, a division among them.
-  ``finite``: any finite runtime scalar, so that 1 + 0 * finite is not folded into the
-  constant 1 (a division XLA would then drop). Values and derivatives are those of
-  ``x``: IEEE division by 1.0 is exact.
-  """
-  return x / (1 + 0 * finite)
-
-
 def distributional_noise(
     key: Array, a: Array, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float
 ) -> Array:
@@ -101,7 +87,7 @@ def distributional_noise(
   sigma = jax.random.uniform(k_sigma, (c,), a.dtype, 1.0, n_sigma)
   m = mu + jax.random.uniform(k_m, a.shape, a.dtype, -r_mu, r_mu)
   s = sigma + r_sigma * jax.random.normal(k_s, a.shape, a.dtype)
-  return _computed_once(s * a + m, sigma[0])
+  return common.materialized(s * a + m)  # else XLA recomputes the noise in each consumer
 
 
 class NoisyBatchNorm(nn.Module):
