@@ -21,7 +21,7 @@ import jax
 
 from bnjax.models import vgg
 from timing import median_time
-from vgg_step import vgg_train_step
+from vgg_step import torch_vgg_train_step, vgg_train_step
 
 
 def step_gflop(name: str, batch: int) -> float:
@@ -60,39 +60,10 @@ def jax_step_time(name: str, batch: int, repeats: int) -> tuple[float, float]:
 
 
 def torch_step_time(name: str, batch: int, repeats: int) -> tuple[float, float] | None:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    from torch import nn  # pylint: disable=g-import-not-at-top
-  except ImportError:
+  torch_step = torch_vgg_train_step(name, batch)
+  if torch_step is None:
     return None
-  torch.manual_seed(0)
-  layers, c = [], 3
-  for entry in vgg.LAYOUTS[name]:
-    if entry == 'M':
-      layers.append(nn.MaxPool2d(2))
-    else:
-      layers += [nn.Conv2d(c, entry, 3, padding=1), nn.BatchNorm2d(entry), nn.ReLU(inplace=True)]
-      c = entry
-  net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c, 10))
-  for m in net.modules():
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-      nn.init.xavier_uniform_(m.weight)
-      nn.init.zeros_(m.bias)
-  net.train()
-  opt = torch.optim.SGD(net.parameters(), lr=0.1)
-  x = torch.randn(batch, 3, 32, 32)
-  y = torch.randint(0, 10, (batch,))
-
-  def step():
-    opt.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(net(x), y)
-    loss.backward()
-    opt.step()
-
-  def forward():
-    with torch.no_grad():
-      net(x)
-
+  step, forward = torch_step
   return median_time(step, repeats=repeats), median_time(forward, repeats=repeats)
 
 

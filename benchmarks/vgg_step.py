@@ -1,9 +1,11 @@
-"""The VGG train step the VGG benchmarks time and profile, built in one place."""
+"""The VGG train steps the VGG benchmarks time and profile, bnjax's and PyTorch's, built
+in one place."""
 
 import jax
 import optax
 
 from bnjax import models, objective, train
+from bnjax.models import vgg
 
 
 def vgg_train_step(name: str, batch_size: int, norm: str = 'batch', width: float = 1.0):
@@ -19,3 +21,44 @@ def vgg_train_step(name: str, batch_size: int, norm: str = 'batch', width: float
   step = jax.jit(train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx,
                                        jax.random.key(3), 0.1), donate_argnums=0)
   return model, state, step, {'inputs': x, 'targets': y}
+
+
+def torch_vgg_train_step(name: str, batch_size: int):
+  """The same VGG in PyTorch eager (3x3 conv + BatchNorm2d + ReLU, 2x2 max-pools, one
+  linear head; Glorot init, zero biases), train mode, SGD at LR 0.1, a random batch.
+  Returns (step, forward): closures that run one train step / one no-grad forward pass;
+  None without torch installed."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from torch import nn  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  layers, c, hw = [], 3, 32
+  for entry in vgg.LAYOUTS[name]:
+    if entry == 'M':
+      layers.append(nn.MaxPool2d(2))
+      hw //= 2
+    else:
+      layers += [nn.Conv2d(c, entry, 3, padding=1), nn.BatchNorm2d(entry), nn.ReLU(inplace=True)]
+      c = entry
+  net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * hw * hw, 10))
+  for m in net.modules():
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+      nn.init.xavier_uniform_(m.weight)
+      nn.init.zeros_(m.bias)
+  net.train()
+  opt = torch.optim.SGD(net.parameters(), lr=0.1)
+  x = torch.randn(batch_size, 3, 32, 32)
+  y = torch.randint(0, 10, (batch_size,))
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+
+  def forward():
+    with torch.no_grad():
+      net(x)
+
+  return step, forward
