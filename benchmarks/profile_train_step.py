@@ -109,7 +109,7 @@ def main():
   torch_ms, torch_ops = torch_profile(torch_step[0], args.steps)
   other = sum(t for n, t in thunks.items() if not ops.get(n, '').endswith(CONV_OPS))
   torch_conv = sum(t for n, t in torch_ops.items() if 'convolution' in n)
-  print(f'\nside by side, ms a step          bnjax    torch')
+  print('\nside by side, ms a step          bnjax    torch')
   print(f'step                          {step_ms:8.1f} {torch_ms:8.1f}')
   print(f'convolutions (fwd + bwd)      {step_ms - other:8.1f} {torch_conv:8.1f}'
         '   (bnjax: the step minus the other rows)')
