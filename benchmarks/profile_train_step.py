@@ -91,8 +91,9 @@ def main():
   if args.torch and (args.norm != 'batch' or args.width != 1.0):
     parser.error('--torch compares the BatchNorm VGG at width 1 only')
   _, state, step, batch = vgg_train_step(args.model, args.batch, args.norm, args.width)
-  ops = source_ops(step.lower(state, batch).compile().as_text())
-  for _ in range(2):  # compile and warm up
+  step = step.lower(state, batch).compile()  # compiled once: profiled and read for its ops
+  ops = source_ops(step.as_text())
+  for _ in range(2):  # warm up
     state, m = step(state, batch)
   jax.block_until_ready(m)
   step_ms, thunks = jax_profile(step, state, batch, args.steps)
@@ -115,7 +116,7 @@ def main():
         '   (bnjax: the step minus the other rows)')
   print(f'everything else               {other:8.1f} {torch_ms - torch_conv:8.1f}')
   added = sum(t for n, t in thunks.items() if n not in ops)
-  print(f'  of it added by XLA (layouts) {added:8.1f}')
+  print(f'{"  of it XLA layouts, copies":30s}{added:8.1f}')
   print('torch ops, self CPU ms a step:')
   for name, t in sorted(torch_ops.items(), key=lambda nt: -nt[1])[:10]:
     print(f'{t:8.2f}  {name}')
