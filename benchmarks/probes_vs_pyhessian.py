@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnjax import probes
+from vgg_step import torch_vgg
 
 LAYOUT = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M')  # VGG-11
 
@@ -75,24 +76,20 @@ def torch_model(params, stats):
   """The same network in PyTorch, eval mode, with the JAX weights (HWIO -> OIHW)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn as tnn  # pylint: disable=g-import-not-at-top
-  layers, c, i = [], 3, 0
   t = lambda a: torch.from_numpy(np.asarray(a).copy())
-  for entry in LAYOUT:
-    if entry == 'M':
-      layers.append(tnn.MaxPool2d(2))
-      continue
-    conv, bn = tnn.Conv2d(c, entry, 3, padding=1), tnn.BatchNorm2d(entry, eps=1e-5)
+  net = torch_vgg(LAYOUT, inplace_relu=False)
+  convs = [m for m in net if isinstance(m, tnn.Conv2d)]
+  norms = [m for m in net if isinstance(m, tnn.BatchNorm2d)]
+  for i, (conv, bn) in enumerate(zip(convs, norms)):
     p, s = params[f'Conv_{i}'], params[f'BatchNorm_{i}']
     conv.weight.data = t(np.transpose(p['kernel'], (3, 2, 0, 1)))
     conv.bias.data = t(p['bias'])
     bn.weight.data, bn.bias.data = t(s['scale']), t(s['bias'])
     bn.running_mean.data = t(stats[f'BatchNorm_{i}']['mean'])
     bn.running_var.data = t(stats[f'BatchNorm_{i}']['var'])
-    layers += [conv, bn, tnn.ReLU()]
-    c, i = entry, i + 1
-  head = tnn.Linear(c, 10)
+  head = net[-1]
   head.weight.data, head.bias.data = t(np.asarray(params['Dense_0']['kernel']).T), t(params['Dense_0']['bias'])
-  return tnn.Sequential(*layers, tnn.Flatten(), head).eval()
+  return net.eval()
 
 
 def pyhessian_top(net, x, y, tol: float) -> tuple[float, float]:

@@ -23,26 +23,34 @@ def vgg_train_step(name: str, batch_size: int, norm: str = 'batch', width: float
   return model, state, step, {'inputs': x, 'targets': y}
 
 
+def torch_vgg(layout, inplace_relu: bool = True):
+  """VGG ``layout`` (``models.vgg.LAYOUTS``) in PyTorch for 32x32 inputs: per channel count
+  a 3x3 conv (padding 1) + BatchNorm2d + ReLU, per 'M' a 2x2 max-pool, then one linear
+  head sized from the pools; PyTorch's default init. A ``torch.nn.Sequential``."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  layers, c, hw = [], 3, 32
+  for entry in layout:
+    if entry == 'M':
+      layers.append(nn.MaxPool2d(2))
+      hw //= 2
+    else:
+      layers += [nn.Conv2d(c, entry, 3, padding=1), nn.BatchNorm2d(entry),
+                 nn.ReLU(inplace=inplace_relu)]
+      c = entry
+  return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * hw * hw, 10))
+
+
 def torch_vgg_train_step(name: str, batch_size: int):
-  """The same VGG in PyTorch eager (3x3 conv + BatchNorm2d + ReLU, 2x2 max-pools, one
-  linear head; Glorot init, zero biases), train mode, SGD at LR 0.1, a random batch.
-  Returns (step, forward): closures that run one train step / one no-grad forward pass;
-  None without torch installed."""
+  """The same VGG in PyTorch eager (``torch_vgg``; Glorot init, zero biases), train mode,
+  SGD at LR 0.1, a random batch. Returns (step, forward): closures that run one train
+  step / one no-grad forward pass; None without torch installed."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
     from torch import nn  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
   torch.manual_seed(0)
-  layers, c, hw = [], 3, 32
-  for entry in vgg.LAYOUTS[name]:
-    if entry == 'M':
-      layers.append(nn.MaxPool2d(2))
-      hw //= 2
-    else:
-      layers += [nn.Conv2d(c, entry, 3, padding=1), nn.BatchNorm2d(entry), nn.ReLU(inplace=True)]
-      c = entry
-  net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * hw * hw, 10))
+  net = torch_vgg(vgg.LAYOUTS[name])
   for m in net.modules():
     if isinstance(m, (nn.Conv2d, nn.Linear)):
       nn.init.xavier_uniform_(m.weight)
