@@ -151,12 +151,17 @@ class Workdir:
     self.tensorboard_mode = tensorboard_mode
     self.events = None  # TensorBoard writer, see open_events
 
-  def write_json(self, name: str, obj: dict) -> None:
+  def write_text(self, name: str, text: str) -> None:
+    """Writes file ``name`` whole (host 0 only). Atomic: a reader never sees it half
+    written, such as another host checking config.json while a resumed run rewrites it."""
     if not self.is_writer:
       return
     tmp = self.path / f'.{name}.tmp'
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + '\n')
-    os.replace(tmp, self.path / name)  # atomic: never a half-written file
+    tmp.write_text(text)
+    os.replace(tmp, self.path / name)
+
+  def write_json(self, name: str, obj: dict) -> None:
+    self.write_text(name, json.dumps(obj, indent=1, sort_keys=True) + '\n')
 
   def set_status(self, state: str, **fields) -> None:
     self.write_json('status.json', dict(state=state, time=time.time(), **fields))
@@ -401,8 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
   wd = Workdir(workdir, config.tensorboard)
   wd.path.mkdir(parents=True, exist_ok=True)
   with wd.lock():
-    if wd.is_writer:
-      (wd.path / 'config.json').write_text(config.to_json(indent=1) + '\n')
+    wd.write_text('config.json', config.to_json(indent=1) + '\n')
     try:
       # The manager is closed (its async saves finished) however the run ends.
       with ocp.CheckpointManager(

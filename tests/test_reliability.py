@@ -3,6 +3,7 @@
 import json
 import logging
 import pathlib
+import threading
 
 import pytest
 
@@ -92,6 +93,32 @@ def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
     train.train_and_evaluate(small_dln(num_steps=5, learning_rate=1e-5, norm='lp1'),
                              str(tmp_path))
   assert (tmp_path / 'metrics.jsonl').read_text() == before
+
+
+def test_other_hosts_never_read_a_half_written_config_json(tmp_path):
+  # In a multi-host resume, process 0 rewrites config.json while the others check it
+  # (check_workdir). A reader that caught it half written died, and process 0 then timed
+  # out in its first collective. Here a reader thread checks it while it is rewritten.
+  config = small_dln()
+  text = config.to_json(indent=1) + '\n'
+  wd = train.Workdir(str(tmp_path))
+  wd.write_text('config.json', text)
+  stop, errors = threading.Event(), []
+
+  def check_until_stopped():
+    while not stop.is_set():
+      try:
+        train.check_workdir(str(tmp_path), config)
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
+
+  reader = threading.Thread(target=check_until_stopped)
+  reader.start()
+  for _ in range(2000):
+    wd.write_text('config.json', text)
+  stop.set()
+  reader.join()
+  assert not errors, errors[:3]
 
 
 @pytest.mark.parametrize('override,message', [
