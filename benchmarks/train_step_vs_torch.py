@@ -10,7 +10,8 @@ forward pass in turn, so that a slow spell of the machine lands on both sides. P
 median over rounds of each round's ratio (bnjax / PyTorch: < 1 is faster), with the
 lowest and highest round, each side's median time, its rate in model GFLOP/s (3x the
 forward convolutions' and head's multiply-adds x 2, whatever the implementation computes)
-and, as the machine's ceiling, the rate of one 4096^3 float32 matmul in XLA. Without torch installed it prints bnjax's figures alone.
+and, as the machine's ceiling, the rate of one 4096^3 float32 matmul in XLA. Without torch
+installed it prints bnjax's figures alone.
 """
 
 from bnjax import xla_flags
