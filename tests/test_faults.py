@@ -47,6 +47,13 @@ def wait_for(predicate, proc=None, timeout=300):
     time.sleep(0.1)
 
 
+def launcher_failure(stderr: str) -> str:
+  """A failed multi-process launch, readable: every process's error lines (the first
+  process to fail is often not the last to print), then the tail."""
+  errors = [l for l in stderr.splitlines() if re.search(r'Error|Traceback', l)]
+  return '\n'.join(errors[:40]) + '\n...\n' + stderr[-3000:]
+
+
 def has_checkpoint(workdir):
   return lambda: any(pathlib.Path(workdir).glob(f'checkpoints/*/{train.COMMIT_MARKER}'))
 
@@ -225,14 +232,14 @@ def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resume
   rerun = subprocess.run(launcher[:4] + [a.replace('num_steps=3000', 'num_steps=500')
                                          for a in launcher[4:]],
                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert rerun.returncode == 0, launcher_failure(rerun.stderr)
   assert 'resumed from checkpoint' in rerun.stderr
   # Against the same two processes uninterrupted: the same reductions, so the same numbers
   # (one process x 4 devices drifts from them by rounding over 500 steps of this DLN).
   whole = subprocess.run(['bash', 'launch/local_multihost.sh', '2', '2',
                           *main_args(tmp_path / 'whole', num_steps=500)[3:]],
                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-  assert whole.returncode == 0, whole.stderr[-3000:]
+  assert whole.returncode == 0, launcher_failure(whole.stderr)
   a, b = metrics(tmp_path / 'whole'), metrics(tmp_path / 'two')
   assert [l['step'] for l in b] == list(range(500))
   assert [l['train_loss'] for l in b] == [l['train_loss'] for l in a]
