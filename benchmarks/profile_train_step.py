@@ -36,7 +36,8 @@ import jax
 
 from vgg_step import torch_vgg_train_step, vgg_train_step
 
-# JAX operations whose thunks are convolutions: XLA's own, and the im2col matmuls.
+# JAX operations whose thunks count as convolutions: XLA's own and the im2col matmuls (the
+# head's small matmul, a dot_general too, is counted with them).
 CONV_OPS = ('conv_general_dilated', 'dot_general')
 
 
@@ -90,6 +91,9 @@ def main():
   args = parser.parse_args()
   if args.torch and (args.norm != 'batch' or args.width != 1.0):
     parser.error('--torch compares the BatchNorm VGG at width 1 only')
+  torch_step = torch_vgg_train_step(args.model, args.batch) if args.torch else None
+  if args.torch and torch_step is None:
+    parser.error('--torch needs PyTorch: pip install -e ".[torch]"')
   _, state, step, batch = vgg_train_step(args.model, args.batch, args.norm, args.width)
   step = step.lower(state, batch).compile()  # compiled once: profiled and read for its ops
   ops = source_ops(step.as_text())
@@ -102,11 +106,8 @@ def main():
   for name, t in sorted(thunks.items(), key=lambda nt: -nt[1])[:args.top]:
     print(f'{t:8.2f}  {name:32s} {ops.get(name, "(added by XLA: a layout change or copy)")}')
   print(f'sum of all {len(thunks)} thunk rows: {sum(thunks.values()):.1f} ms a step')
-  if not args.torch:
-    return
-  torch_step = torch_vgg_train_step(args.model, args.batch)
   if torch_step is None:
-    raise SystemExit('--torch needs PyTorch: pip install -e ".[torch]"')
+    return
   torch_ms, torch_ops = torch_profile(torch_step[0], args.steps)
   other = sum(t for n, t in thunks.items() if not ops.get(n, '').endswith(CONV_OPS))
   torch_conv = sum(t for n, t in torch_ops.items() if 'convolution' in n)

@@ -1,11 +1,13 @@
 """Model shapes, layer numbering and activation exposure."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bnjax import models
+from bnjax.models import common
 
 
 def _init(model, x):
@@ -64,7 +66,6 @@ def test_intermediates_are_sown_in_training_mode():
 @pytest.mark.parametrize('hw', [(1, 1), (2, 2), (2, 1), (1, 3), (4, 4)])
 def test_im2col_convolution_equals_xla_convolution(hw, monkeypatch):
   """XLA's convolution and im2col agree in value, gradient and Hessian-vector product."""
-  from bnjax.models import common
   x = jax.random.normal(jax.random.key(0), (3, *hw, 5))
   conv = common.Conv3x3(4)
   params = conv.init(jax.random.key(1), x)
@@ -84,8 +85,6 @@ def test_im2col_convolution_equals_xla_convolution(hw, monkeypatch):
 def test_max_pool_2x2_equals_flax_max_pool_in_value_gradient_and_hvp():
   """Values, gradients and Hessian-vector products of the elementwise-maxima pool equal
   those of ``nn.max_pool`` (reduce-window); the ReLU before it makes ties at 0."""
-  import flax.linen as nn
-  from bnjax.models import common
   x = jax.random.normal(jax.random.key(0), (4, 8, 6, 3))
   v = jax.random.normal(jax.random.key(1), x.shape)
   pools = (common.max_pool_2x2, lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
@@ -104,7 +103,6 @@ def test_materialized_is_the_identity_in_value_jvp_gradient_and_hvp(monkeypatch)
   """``common.materialized`` (x / (1 + 0 x) on CPU, so that XLA stores x once) returns x
   bitwise and has the identity's derivatives; a VGG with BatchNorm has the same loss,
   gradient and HVP with it as with a plain identity in its place."""
-  from bnjax.models import common
   x = jnp.concatenate([jnp.array([0.0, -0.0, 1e30, -1e-30]),
                        1e3 * jax.random.normal(jax.random.key(0), (60,))])
   v = jax.random.normal(jax.random.key(1), x.shape)
