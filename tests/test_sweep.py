@@ -59,8 +59,9 @@ def test_shipped_sweeps_load(tmp_path, tiny_image_tarball):
     runs = sweep.load(str(f), str(tmp_path), local_data)
     assert runs and len({r.name for r in runs}) == len(runs), f.name
   dln = {r.name for r in sweep.load(str(ROOT / 'configs/sweeps/paper_dln.py'), str(tmp_path))}
-  assert {'standard_lr1e-6', 'bn_lr1e-6', 'l1_lr1e-6', 'l2_lr1e-6', 'linf_lr1e-6',
-          'standard_lr1e-7', 'bn_lr1e-7'} <= dln
+  assert {f'{n}_seed{s}' for n in ('standard_lr1e-6', 'bn_lr1e-6', 'l1_lr1e-6', 'l2_lr1e-6',
+                                    'linf_lr1e-6', 'standard_lr1e-7', 'bn_lr1e-7')
+          for s in range(5)} <= dln
 
 
 @pytest.mark.parametrize('extra,flags,message', [

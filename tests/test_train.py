@@ -267,7 +267,7 @@ def test_two_processes_train_exactly_as_one(tmp_path):
   each loading its half of the batch, match 1 process x 4 devices step for step, also
   across a resume from the processes' shared checkpoint."""
   # The paper's DLN sweep config: every in-training probe, Hessian ones included.
-  args = [f'--config={ROOT}/configs/sweeps/paper_dln.py:bn_lr1e-6', '--config.model_kwargs.depth=8',
+  args = [f'--config={ROOT}/configs/sweeps/paper_dln.py:bn_lr1e-6_seed0', '--config.model_kwargs.depth=8',
           '--config.steps_per_call=10', '--config.checkpoint_every=10',
           '--config.probes.ics.layers=(2, 4)', '--config.probes.ics.every=10',
           '--config.probes.landscape.every=10', '--config.probes.activations.every=20',
