@@ -158,7 +158,7 @@ def _ics(cfg, config, model, objective, tx):
     new_params = optax.apply_updates(state.params, updates)
     r = probes.ics(loss_fn, state.params, new_params, kernels, gradient=grads,
                    below=[below(state.params, k) for k in layers])
-    return {'l2': r.l2, 'cosine': r.cosine}
+    return {'l2': r.l2, 'cosine': r.cosine, 'grad_norm': r.grad_norm}
 
   return fn
 

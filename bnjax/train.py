@@ -47,6 +47,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from bnjax import config_lib, data, models, objective as objective_lib, probing, tensorboard
+from bnjax.models import norms
 
 # Fields a rerun may change without changing the run that the workdir holds.
 RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_every',
@@ -471,21 +472,29 @@ def _compile(config, mesh, dataset, model, tx, probe_fns, state) -> _Steps:
   chunk_fn = jax.jit(make_train_chunk(train_step, probe_fns, noise_base, scan_train_step),
                      in_shardings=(state_sharding, chunk_sharding),
                      out_shardings=(state_sharding, replicated), donate_argnums=0)
-  eval_fn = jax.jit(objective_lib.make_eval_step(model, config.loss),
-                    in_shardings=(replicated, replicated, batch_sharding),
-                    out_shardings=replicated)
+  variants = {'': model}  # metric-name suffix -> model evaluated
+  if config.norm in norms.NOISY:  # also with the noise at its expectation (Algorithm 1's mean)
+    variants['_expected_noise'] = model.clone(
+        norm=functools.partial(model.norm, eval_noise='expectation'))
+  eval_fns = {suffix: jax.jit(objective_lib.make_eval_step(m, config.loss),
+                              in_shardings=(replicated, replicated, batch_sharding),
+                              out_shardings=replicated) for suffix, m in variants.items()}
 
   def evaluate(state) -> dict[str, float]:
     if dataset.test is None:
       return {}
-    totals = np.zeros(3)
+    totals = {suffix: np.zeros(3) for suffix in eval_fns}
     for local in data.local_eval_batches(dataset.test, config.eval_batch_size):
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
                for k, v in local.items()}
-      totals += np.asarray(jax.device_get(eval_fn(state.params, state.batch_stats, batch)))
-    out = {'eval_loss': totals[0] / totals[2]}
-    if config.loss == 'cross_entropy':
-      out['eval_accuracy'] = totals[1] / totals[2]
+      for suffix, eval_fn in eval_fns.items():
+        totals[suffix] += np.asarray(
+            jax.device_get(eval_fn(state.params, state.batch_stats, batch)))
+    out = {}
+    for suffix, t in totals.items():
+      out[f'eval_loss{suffix}'] = t[0] / t[2]
+      if config.loss == 'cross_entropy':
+        out[f'eval_accuracy{suffix}'] = t[1] / t[2]
     return out
 
   return _Steps(chunk_fn, evaluate, chunk_sharding)

@@ -138,8 +138,14 @@ def test_noisy_batchnorm_is_bn_plus_fresh_noise_in_training_only(conv_acts):
   assert not np.allclose(out1, out2)  # a fresh draw per key
   assert not np.allclose(out1, clean)
   eval_out = noisy.apply(v, conv_acts, False)
-  np.testing.assert_allclose(eval_out, bn.apply(
-      {'params': v['params']['bn'], 'batch_stats': v['batch_stats']['bn']}, conv_acts, False))
+  bn_eval = bn.apply({'params': v['params']['bn'], 'batch_stats': v['batch_stats']['bn']},
+                     conv_acts, False)
+  np.testing.assert_allclose(eval_out, bn_eval)
+  # At the noise's expectation: scale E[s] = (1 + n_sigma) / 2 = 1.125, shift E[m] = 0.
+  expected = norms.NoisyBatchNorm(eval_noise='expectation').apply(v, conv_acts, False)
+  np.testing.assert_allclose(expected, 1.125 * bn_eval, rtol=1e-6)
+  only = norms.NoiseOnly(eval_noise='expectation').apply({}, conv_acts, False)
+  np.testing.assert_allclose(only, 1.125 * conv_acts, rtol=1e-6)
 
 
 def test_registry_lists_valid_names_and_fields():

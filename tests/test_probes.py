@@ -239,6 +239,8 @@ def test_ics_on_a_two_layer_linear_model_matches_the_closed_form():
   cos = np.sum(g2 * g2_shift) / np.linalg.norm(g2) / np.linalg.norm(g2_shift)
   np.testing.assert_allclose(r.l2, [0.0, np.linalg.norm(g2 - g2_shift)], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(r.cosine, [1.0, cos], rtol=1e-5)
+  g1 = w2.T @ (w2 @ w1 @ x - y) @ x.T  # G_1 at theta_t
+  np.testing.assert_allclose(r.grad_norm, [np.linalg.norm(g1), np.linalg.norm(g2)], rtol=1e-5)
   given = probes.ics(loss_fn, params, new, [('l1',), ('l2', 'w')], gradient=jax.grad(loss_fn)(params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), r, given)
 

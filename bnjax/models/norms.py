@@ -90,6 +90,18 @@ def distributional_noise(
   return common.materialized(s * a + m)  # else XLA recomputes the noise in each consumer
 
 
+EVAL_NOISE = ('none', 'expectation')
+NOISY = ('noisy_batch', 'noise')  # normalisers with Algorithm 1's noise (and eval_noise)
+
+
+def expected_noise(a: Array, eval_noise: str, n_sigma: float) -> Array:
+  """Algorithm 1's noise at evaluation: 'none' leaves ``a``; 'expectation' applies its mean,
+  a <- E[s] a + E[m] with E[s] = (1 + n_sigma) / 2 and E[m] = 0."""
+  if eval_noise not in EVAL_NOISE:
+    raise ValueError(f'eval_noise must be one of {EVAL_NOISE}, got {eval_noise!r}')
+  return a if eval_noise == 'none' else a * ((1.0 + n_sigma) / 2)
+
+
 class NoisyBatchNorm(nn.Module):
   """'noisy_batch': BatchNorm, then (training only) Algorithm 1's noise from the 'noise' RNG."""
 
@@ -100,12 +112,13 @@ class NoisyBatchNorm(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   num_groups: int = 1
+  eval_noise: str = 'none'  # at evaluation: 'none' or 'expectation' (see expected_noise)
 
   @nn.compact
   def __call__(self, y: Array, train: bool) -> Array:
     z = BatchNorm(self.momentum, self.epsilon, self.num_groups, name='bn')(y, train)
     if not train:
-      return z
+      return expected_noise(z, self.eval_noise, self.n_sigma)
     return distributional_noise(
         self.make_rng('noise'), z, self.n_mu, self.n_sigma, self.r_mu, self.r_sigma)
 
@@ -118,11 +131,12 @@ class NoiseOnly(nn.Module):
   r_mu: float = 0.1
   r_sigma: float = 0.1
   num_groups: int = 1  # unused
+  eval_noise: str = 'none'  # at evaluation: 'none' or 'expectation' (see expected_noise)
 
   @nn.compact
   def __call__(self, y: Array, train: bool) -> Array:
     if not train:
-      return y
+      return expected_noise(y, self.eval_noise, self.n_sigma)
     return distributional_noise(
         self.make_rng('noise'), y, self.n_mu, self.n_sigma, self.r_mu, self.r_sigma)
 

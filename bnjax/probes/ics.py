@@ -13,6 +13,7 @@ from bnjax.probes._common import (Block, KeyPath, LossFn, Params, check_inputs, 
 class ICS:
   l2: jax.Array  # [L] ||G_i - G'_i||_2 (0 without shift)
   cosine: jax.Array  # [L] cos(G_i, G'_i) (1 without shift)
+  grad_norm: jax.Array  # [L] ||G_i||_2 (so that ||G_i - G'_i|| / ||G_i|| is the relative shift)
 
 
 @with_precision
@@ -50,7 +51,7 @@ def ics(loss_fn: LossFn, params: Params, new_params: Params, layers: Sequence[Ke
       raise ValueError(f'below of layer {layer} moves the layer\'s own parameters')
   grad_leaves = jax.tree.leaves(jax.grad(loss_fn)(params) if gradient is None else gradient)
 
-  l2, cosine = [], []
+  l2, cosine, grad_norm = [], [], []
   for own, moved in zip(index, shifted):
     g = [grad_leaves[j] for j in own]
     if not moved:
@@ -69,10 +70,12 @@ def ics(loss_fn: LossFn, params: Params, new_params: Params, layers: Sequence[Ke
       g_shifted = jax.grad(loss_of_layer)([leaves[j] for j in own])
     diff = jnp.sqrt(sum(jnp.sum(jnp.square(a - b)) for a, b in zip(g, g_shifted)))
     dot = sum(jnp.vdot(a, b) for a, b in zip(g, g_shifted))
-    norms = jnp.sqrt(sum(jnp.vdot(a, a) for a in g) * sum(jnp.vdot(b, b) for b in g_shifted))
+    g_sq = sum(jnp.vdot(a, a) for a in g)
+    norms = jnp.sqrt(g_sq * sum(jnp.vdot(b, b) for b in g_shifted))
     l2.append(diff)
     cosine.append(dot / norms)
-  return ICS(jnp.stack(l2), jnp.stack(cosine))
+    grad_norm.append(jnp.sqrt(g_sq))
+  return ICS(jnp.stack(l2), jnp.stack(cosine), jnp.stack(grad_norm))
 
 
 def _is_empty(block: Block) -> bool:
