@@ -7,19 +7,21 @@ import numpy as np
 import pytest
 
 from bnjax import config_lib, plots
+from bnjax.plots import measures
 
 T = 60  # steps per synthetic run
 PROBE_EVERY = 10
 
 
-def write_run(root: pathlib.Path, family: str, norm: str, lr: float, diverge_at=None):
+def write_run(root: pathlib.Path, family: str, norm: str, lr: float, diverge_at=None, seed=0):
   """A workdir as bnjax.train writes it: config.json, metrics.jsonl, status.json."""
-  rng = np.random.default_rng(abs(hash((family, norm, lr))) % 2**32)
+  rng = np.random.default_rng(abs(hash((family, norm, lr, seed))) % 2**32)
   c = config_lib.vgg(norm) if family == 'vgg' else config_lib.dln(norm)
   c.learning_rate = lr
+  c.seed = seed
   layers = tuple(c.probes.activations.layers)
   num_layers = 13 if family == 'vgg' else 25
-  path = root / f'{family}_{norm}_{lr:g}'
+  path = root / (f'{family}_{norm}_{lr:g}' + (f'_seed{seed}' if seed else ''))
   path.mkdir(parents=True)
   (path / 'config.json').write_text(c.to_json())
   lines = []
@@ -32,6 +34,8 @@ def write_run(root: pathlib.Path, family: str, norm: str, lr: float, diverge_at=
       line['train_accuracy'] = min(1.0, t / T + 0.1 * rng.random())
       if t % 20 == 0:
         line.update(eval_accuracy=t / T, eval_loss=loss)
+        if norm in ('noisy_batch', 'noise'):
+          line.update(eval_accuracy_expected_noise=t / T / 2)
     if t % PROBE_EVERY == 0:
       etas = [lr * m for m in c.probes.landscape.step_size_multipliers]
       line.update({'probe/landscape/loss': list(loss * (1 + rng.random(len(etas)))),
@@ -39,7 +43,9 @@ def write_run(root: pathlib.Path, family: str, norm: str, lr: float, diverge_at=
                    'probe/landscape/beta': 2 / lr * (1 + rng.random()),
                    'probe/landscape/step_sizes': etas,
                    'probe/ics/l2': list(rng.random(2) + 0.01),
-                   'probe/ics/cosine': list(rng.random(2))})
+                   'probe/ics/cosine': list(rng.random(2)),
+                   'probe/ics/grad_norm': list(rng.random(2) + 1),
+                   'probe/landscape/loss_at_start': loss})
       for k in layers:
         values = rng.standard_normal(200) * (1 + t / T)
         hist, edges = np.histogram(values, 40)
@@ -76,8 +82,11 @@ def write_run(root: pathlib.Path, family: str, norm: str, lr: float, diverge_at=
 @pytest.fixture(scope='module')
 def sweep_root(tmp_path_factory):
   root = tmp_path_factory.mktemp('sweep')
-  for norm in ('none', 'batch', 'noisy_batch', 'lp1', 'lp2', 'lpinf', 'layer'):
+  for norm in ('none', 'batch', 'noisy_batch', 'noise', 'lp1', 'lp2', 'lpinf', 'layer'):
     write_run(root, 'vgg', norm, 0.1)
+  for norm in ('none', 'batch'):  # a second seed of each: one configuration, two runs
+    write_run(root, 'vgg', norm, 0.1, seed=1)
+    write_run(root, 'dln', norm, 1e-6, seed=1)
   write_run(root, 'vgg', 'none', 0.5, diverge_at=25)
   write_run(root, 'vgg', 'batch', 0.5)
   for norm in ('none', 'batch'):
@@ -91,17 +100,19 @@ def sweep_root(tmp_path_factory):
 # Titled panels each figure must have with the synthetic sweep above.
 EXPECTED_PANELS = {
     'fig1': 2 + 4,  # train, test accuracy; layers #3, #11 for standard and BN
-    'fig2': 1 + 3 * 3,  # training accuracy; three runs x layers #2, #9, #13
-    'fig3': 4 * 5,  # VGG 0.1, 0.01 and DLN 1e-6, 1e-7 rows x (training + 2 l2 + 2 cosine)
-    'fig4': 3, 'fig10': 3,  # loss band, gradient predictiveness, beta
+    'fig2': 2 + 3 * 3,  # training, test accuracy; standard, BN, noisy x layers #2, #9, #13
+    'fig3': 5 * 5,  # VGG 0.5, 0.1, 0.01 and DLN 1e-6, 1e-7 rows x (training + 2 l2 + 2 cos)
+    'fig4': 3 * 3, 'fig10': 2 * 3,  # every LR x (loss band, gradient predictiveness, beta)
     'fig5': 2,  # VGG accuracy, DLN loss
     'fig6': 5,  # layer #11 for the five
     'fig8': 3 * 4,  # layers #2, #9, #13 x (|dmu|, |ds2|, mu - mu0, s2 - s20)
     'fig9': 5 * 3,  # the five x layers 1, 11, 24
-    'fig11': 4,  # standard and BN, VGG and DLN
+    'fig11': 2 * 5,  # standard and BN at VGG 0.5, 0.1, 0.01 and DLN 1e-6, 1e-7
     'fig12': 5 * 3, 'fig13': 5 * 3,  # the five x three landscape panels
     'sharpness': 5, 'density': 4, 'theorems': 2, 'weights': 5,  # per model and LR; density: standard, BN
     'layernorm': 2 * 4,
+    'eos': 4,  # beta x LR/2, sharpness x LR/2, relative ICS at two layers
+    'matched': 3 * 2,  # VGG 0.1, DLN 1e-6, 1e-7 x (gradient predictiveness, beta)
 }
 
 
@@ -125,7 +136,8 @@ def test_plots_all_from_a_root_and_one_figure_from_workdirs(sweep_root, tmp_path
   assert (tmp_path / 'f4.png').stat().st_size > 10_000
   assert main(['numbers', '--root', str(sweep_root), '--out', str(tmp_path / 'n.md')]) == 0
   table = (tmp_path / 'n.md').read_text()
-  assert '| vgg_none_0.5 | Standard, LR 0.5 (diverged) | diverged | 25 |' in table
+  assert '| vgg_none_0.5 | Standard, LR 0.5 (1 seed, 1 diverged) | 1 | 1 diverged | 25 |' in table
+  assert '| vgg_none_0.1 | Standard, LR 0.1 (2 seeds) | 2 | 2 done | 60 |' in table
   # A figure whose runs are absent says so instead of drawing an empty frame.
   assert main(['fig9', '--workdirs', *workdirs, '--out', str(tmp_path / 'f9.png')]) == 1
   assert not (tmp_path / 'f9.png').exists()
@@ -135,3 +147,34 @@ def test_labels_come_from_the_config_and_divergence_is_marked(sweep_root):
   run = plots.load_run(sweep_root / 'vgg_none_0.5')
   assert run.label() == 'Standard, LR 0.5 (diverged)'
   assert plots.load_run(sweep_root / 'dln_lp1_1e-06').label() == r'Standard + $\ell_1$, LR 1e-06'
+
+
+def test_seeds_of_one_configuration_are_one_group_with_their_spread(sweep_root):
+  groups = plots.group_runs(plots.find_runs(sweep_root))
+  by_name = {(g.family, g.norm, g.lr): g for g in groups}
+  pair = by_name[('vgg', 'none', 0.1)]
+  assert pair.seeds == [0, 1] and pair.label() == 'Standard, LR 0.1 (2 seeds)'
+  steps, values = pair.stack('probe/landscape/beta')
+  assert values.shape == (2, len(steps))
+  for run, row in zip(pair.runs, values):  # each seed's own series, in seed order
+    np.testing.assert_array_equal(row, run.series('probe/landscape/beta')[1])
+  spread = measures.over_seeds(pair, lambda r: measures.landscape_median(r, 'beta'))
+  medians = [np.median(r.series('probe/landscape/beta')[1]) for r in pair.runs]
+  assert (spread.mean, spread.lo, spread.hi, spread.n) == pytest.approx(
+      (np.mean(medians), min(medians), max(medians), 2))
+  assert spread.text() == f'{np.mean(medians):.3g} [{min(medians):.3g}, {max(medians):.3g}]'
+  # A seed that diverged early: NaN after its last step, not a shorter array.
+  diverged = plots.group_runs([plots.load_run(sweep_root / 'vgg_none_0.5')])[0]
+  steps, loss = diverged.stack('train_loss')
+  assert steps[-1] == 25 and np.isnan(loss[0, -1])
+
+
+def test_matched_loss_takes_the_first_probed_step_at_or_below_the_target(tmp_path):
+  path = write_run(tmp_path, 'dln', 'batch', 1e-6)
+  run = plots.load_run(path)
+  stats = measures.landscape_row_stats(run)
+  target = float(np.sort(stats['loss'])[len(stats['loss']) // 2])
+  i = int(np.nonzero(stats['loss'] <= target)[0][0])
+  assert measures.at_matched_loss(run, target, 'step') == stats['step'][i]
+  assert measures.at_matched_loss(run, target, 'beta') == stats['beta'][i]
+  assert np.isnan(measures.at_matched_loss(run, -1.0, 'beta'))  # never reached

@@ -5,9 +5,11 @@ r"""The paper's figures from what runs wrote (metrics.jsonl, config.json, status
   python -m bnjax.plots numbers --root SWEEP_ROOT --out FILE.md   (see plots.numbers)
 
 FIGURE is one of fig1 fig2 fig3 fig4 fig5 fig6 fig8 fig9 fig10 fig11 fig12 fig13 (the
-paper's, PAPER.md) or sharpness density theorems weights layernorm (beyond the paper).
-``all`` draws every figure the runs under the root allow and says which it skipped and
-why. Labels come from each run's config.json; a diverged run ends in an x.
+paper's, PAPER.md) or sharpness density theorems weights layernorm eos matched (beyond
+the paper). ``all`` draws every figure the runs under the root allow and says which it
+skipped and why. Runs whose configs differ in the seed alone are one configuration:
+drawn as the mean over seeds with a min-max band, quoted as mean [min, max]. Labels
+come from each run's config.json; a diverged seed ends in an x.
 """
 
 import pathlib
@@ -15,7 +17,7 @@ import pathlib
 import matplotlib.pyplot as plt
 
 from bnjax.plots.figures import BEYOND, FIGURES, PAPER, NoData
-from bnjax.plots.runs import Run, find_runs, load_run
+from bnjax.plots.runs import Group, Run, find_runs, group_runs, load_run
 
 DPI = 110
 
@@ -24,7 +26,7 @@ def draw(name: str, runs: list[Run], out: str | pathlib.Path, dpi: int = DPI) ->
   """Draws figure ``name`` of ``runs`` into ``out`` (PNG); returns its panel titles."""
   if name not in FIGURES:
     raise ValueError(f'unknown figure {name!r}; valid: {", ".join(FIGURES)}')
-  fig = FIGURES[name](runs)
+  fig = FIGURES[name](group_runs(runs))
   titles = [ax.get_title() for ax in fig.axes if ax.axison and ax.get_title()]
   pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(out, dpi=dpi)
@@ -66,5 +68,5 @@ def draw_sweep_training(workdirs, out: str | pathlib.Path) -> None:
   plt.close(fig)
 
 
-__all__ = ['BEYOND', 'FIGURES', 'PAPER', 'NoData', 'Run', 'draw', 'draw_all',
-           'draw_sweep_training', 'find_runs', 'load_run']
+__all__ = ['BEYOND', 'FIGURES', 'PAPER', 'NoData', 'Group', 'Run', 'draw', 'draw_all',
+           'draw_sweep_training', 'find_runs', 'group_runs', 'load_run']

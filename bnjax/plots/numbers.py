@@ -1,82 +1,177 @@
-"""The numbers behind the figures: one markdown row per run, from its metrics alone.
+"""Every number docs/results.md quotes, from the runs' metrics alone, with its spread over seeds.
 
   python -m bnjax.plots numbers --root SWEEP_ROOT --out numbers.md
 
-Medians are over every probed step of the run (a diverged run: its finite values), so
-one number summarises a curve the way the paper's figures are read by eye.
+Runs whose configs differ in the seed alone are one configuration (a row). Each cell is
+``mean [min, max]`` over the seeds that have the value (the value alone for one seed);
+the ``seeds`` column gives their count and how many diverged. The measures are defined
+in ``plots.measures``; each table's legend says what a column holds.
 """
 
 import numpy as np
 
-from bnjax.plots.runs import Run
+from bnjax.plots import measures
+from bnjax.plots.measures import over_seeds
+from bnjax.plots.runs import NORM_LABELS, Group, Run, group_runs
 
-COLUMNS = (
-    ('run', 'name (workdir)'),
-    ('variant', 'normaliser, LR'),
-    ('state', 'done / diverged'),
-    ('steps', 'last step'),
-    ('train_acc', 'training accuracy, mean of the last 100 steps (%)'),
-    ('test_acc', 'final test accuracy (%)'),
-    ('train_loss', 'training loss, mean of the last 100 steps'),
-    ('ics_l2', "median ||G - G'|| per probed layer"),
-    ('ics_cos', "median cos(G, G') per probed layer"),
-    ('loss_band', 'median of max/min of L(theta - eta g) over eta'),
-    ('grad_pred', 'median of max over eta of ||grad L(theta - eta g) - g||'),
-    ('beta', 'median effective beta'),
-    ('beta_lr_2', 'median effective beta x LR / 2'),
-    ('sharpness', 'top Hessian eigenvalue (train mode): first -> last'),
-    ('sharpness_eval', 'the same with BN in eval mode'),
+DLN_LOSS_THRESHOLDS = (20_000, 10_000, 6_500)  # first step below each (DLN, Fig. 5)
+
+
+def _per_layer(group: Group, fn, probe: str = 'ics') -> str:
+  layers = group.config['probes'].get(probe, {}).get('layers', ())
+  cells = [over_seeds(group, lambda r, j=j: fn(r, j)).text() for j in range(len(layers))]
+  return ' / '.join(c or '-' for c in cells) if any(cells) else ''
+
+
+def _activation_layers(group: Group) -> list[int]:
+  return list(group.config['probes'].get('activations', {}).get('layers', ()))
+
+
+# (column, legend, group -> cell text); a column appears when some row has a value.
+TRAINING = (
+    ('train_acc', 'training accuracy, mean of the last 100 steps (%)',
+     lambda g: over_seeds(g, lambda r: 100 * measures.tail_mean(r, 'train_accuracy')).text()),
+    ('test_acc', 'final test accuracy (%)',
+     lambda g: over_seeds(g, lambda r: 100 * measures.last(r, 'eval_accuracy')).text()),
+    ('test_acc_expected_noise', 'final test accuracy with the noise at its expectation '
+     '(scale (1 + n_sigma) / 2, shift 0) instead of removed (%)',
+     lambda g: over_seeds(g, lambda r: 100 * measures.last(
+         r, 'eval_accuracy_expected_noise')).text()),
+    ('train_loss', 'training loss, mean of the last 100 steps',
+     lambda g: over_seeds(g, lambda r: measures.tail_mean(r, 'train_loss')).text(4)),
+    *((f'below_{t}', f'first step with training loss below {t:,} (DLN)',
+       lambda g, t=t: over_seeds(g, lambda r: measures.first_step_below(r, t)).text(4)
+       if g.family == 'dln' else '') for t in DLN_LOSS_THRESHOLDS),
+    ('weights_moved', '||W_T - W_0||_F / ||W_0||_F over all layers at the last probe',
+     lambda g: over_seeds(g, measures.weight_distance).text()),
+    ('weights_moved_scale_free', 'the same with each unit\'s scale removed',
+     lambda g: over_seeds(g, lambda r: measures.weight_distance(r, 'scale_free')).text()),
+)
+ICS = (
+    ('ics_l2', "median ||G - G'|| per probed layer (first / second)",
+     lambda g: _per_layer(g, lambda r, j: measures.ics_median(r, 'l2', j))),
+    ('ics_cos', "median cos(G, G') per probed layer",
+     lambda g: _per_layer(g, lambda r, j: measures.ics_median(r, 'cosine', j))),
+    ('ics_relative', "median ||G - G'|| / ||G|| per probed layer",
+     lambda g: _per_layer(g, lambda r, j: measures.ics_median(r, 'relative', j))),
+)
+LANDSCAPE = (
+    ('loss_band', 'median over probed steps of max/min of L(theta - eta g) over eta',
+     lambda g: over_seeds(g, lambda r: measures.landscape_median(r, 'loss_band')).text()),
+    ('grad_pred', 'median of max over eta of ||grad L(theta - eta g) - g||',
+     lambda g: over_seeds(g, lambda r: measures.landscape_median(r, 'grad_pred')).text()),
+    ('beta', 'median effective beta',
+     lambda g: over_seeds(g, lambda r: measures.landscape_median(r, 'beta')).text()),
+    ('beta_lr_2', 'median effective beta x LR / 2 (1: the edge of stability)',
+     lambda g: over_seeds(g, measures.beta_lr_2).text()),
+)
+CURVATURE = (
+    ('sharpness_first', 'top Hessian eigenvalue (BN in train mode) at the first probe',
+     lambda g: over_seeds(g, lambda r: measures.sharpness(r, 'train', 'first')).text()),
+    ('sharpness_last', 'the same at the last probe',
+     lambda g: over_seeds(g, lambda r: measures.sharpness(r, 'train', 'last')).text()),
+    ('sharpness_last_lr_2', 'the last one x LR / 2 (1: the edge of stability)',
+     lambda g: over_seeds(g, measures.sharpness_lr_2).text()),
+    ('sharpness_eval_first', 'top eigenvalue with BN in eval mode, first probe',
+     lambda g: over_seeds(g, lambda r: measures.sharpness(r, 'eval', 'first')).text()),
+    ('sharpness_eval_last', 'the same, last probe',
+     lambda g: over_seeds(g, lambda r: measures.sharpness(r, 'eval', 'last')).text()),
+    ('density_min_last', 'smallest SLQ node (Hessian eigenvalue estimate) at the last step',
+     lambda g: over_seeds(g, lambda r: _density_extreme(r, np.nanmin)).text()),
+    ('density_max_last', 'largest SLQ node at the last step',
+     lambda g: over_seeds(g, lambda r: _density_extreme(r, np.nanmax)).text()),
+    ('thm41_max_gap', 'Theorem 4.1: largest |lhs - rhs| / lhs over every unit, layer, step',
+     lambda g: over_seeds(g, measures.theorem_41_gap).text(2)),
+    ('thm42_min_slack', 'Theorem 4.2: smallest (bound - value) / |bound| (>= 0: it held)',
+     lambda g: over_seeds(g, measures.theorem_42_min_slack).text(2)),
+)
+ACTIVATIONS = (
+    ('var_range', "one unit's batch variance, max/min over probed steps, per probed layer",
+     lambda g: ' / '.join(over_seeds(g, lambda r, k=k: measures.activation_var_range(r, k))
+                          .text() or '-' for k in _activation_layers(g))),
 )
 
 
-def _median(values: np.ndarray) -> float:
-  values = values[np.isfinite(values)]
-  return float(np.median(values)) if values.size else float('nan')
+def _density_extreme(run: Run, reduce) -> float:
+  _, nodes = run.series('probe/spectral_density/nodes')
+  return float(reduce(nodes[-1])) if len(nodes) else float('nan')
 
 
-def _tail_mean(run: Run, key: str, n: int = 100) -> float:
-  _, v = run.series(key)
-  v = v[np.isfinite(v)]
-  return float(np.mean(v[-n:])) if v.size else float('nan')
+def _name(group: Group) -> str:
+  """The configuration's name: its first workdir's name without a trailing _seedN."""
+  name = group.first.path.name
+  stem, _, tail = name.rpartition('_seed')
+  return stem if stem and tail.isdigit() else name
 
 
-def _fmt(x: float, digits: int = 3) -> str:
-  return '' if x is None or not np.isfinite(x) else f'{x:.{digits}g}'
+def _state(group: Group) -> str:
+  states = [r.status.get('state', '?') for r in group.runs]
+  return ', '.join(f'{states.count(s)} {s}' for s in sorted(set(states)))
 
 
-def row(run: Run) -> dict[str, str]:
-  out = {'run': run.path.name, 'variant': run.label(),
-         'state': run.status.get('state', '?'), 'steps': str(run.status.get('step', ''))}
-  if run.family == 'vgg':
-    out['train_acc'] = _fmt(100 * _tail_mean(run, 'train_accuracy'))
-    _, test = run.series('eval_accuracy')
-    out['test_acc'] = _fmt(100 * test[-1]) if len(test) else ''
-  out['train_loss'] = _fmt(_tail_mean(run, 'train_loss'))
-  for key, name in (('l2', 'ics_l2'), ('cosine', 'ics_cos')):
-    _, v = run.series(f'probe/ics/{key}')
-    if v.ndim == 2:
-      out[name] = ' / '.join(_fmt(_median(v[:, j])) for j in range(v.shape[1]))
-  _, loss = run.series('probe/landscape/loss')
-  if loss.ndim == 2:
-    with np.errstate(all='ignore'):
-      out['loss_band'] = _fmt(_median(np.nanmax(loss, 1) / np.nanmin(loss, 1)))
-      _, diff = run.series('probe/landscape/grad_diff')
-      out['grad_pred'] = _fmt(_median(np.nanmax(diff, 1)))
-    _, beta = run.series('probe/landscape/beta')
-    out['beta'] = _fmt(_median(beta))
-    out['beta_lr_2'] = _fmt(_median(beta) * run.lr / 2)
-  for key, name in (('eigenvalues', 'sharpness'), ('eval_eigenvalues', 'sharpness_eval')):
-    _, lam = run.series(f'probe/top_eigenvalues/{key}')
-    if lam.ndim == 2 and len(lam):
-      out[name] = f'{_fmt(lam[0, 0])} -> {_fmt(lam[-1, 0])}'
-  return out
+def table(groups: list[Group], columns, title: str) -> list[str]:
+  """One markdown table: a row per configuration, the columns some row has a value for."""
+  rows = [{c: fn(g) for c, _, fn in columns} for g in groups]
+  cols = [c for c, _, _ in columns if any(r[c] for r in rows)]
+  if not cols:
+    return []
+  head = ['config', 'variant', 'seeds', 'state', 'steps'] + cols
+  lines = [f'## {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for g, r in zip(groups, rows):
+    if not any(r[c] for c in cols):
+      continue
+    steps = '/'.join(sorted({str(x.status.get('step', '')) for x in g.runs}))
+    cells = [_name(g), g.label(), str(len(g.runs)), _state(g), steps] + [r[c] for c in cols]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += [''] + [f'- `{c}`: {what}' for c, what, _ in columns if c in cols] + ['']
+  return lines
+
+
+def matched_loss(groups: list[Group]) -> list[str]:
+  """Standard vs BN at equal training loss: the landscape at the first probed step where
+  each seed's loss L(theta_t) is at most a target, for targets both configurations reach."""
+  lines = ['## The landscape at matched training loss (standard vs BN)', '',
+           'Targets: the geometric midpoint and the end of the loss range both configurations '
+           'cover (the larger of their smallest losses); each seed contributes its first '
+           'probed step at or below the target.', '',
+           '| family, LR | target loss | variant | step reached | grad_pred | beta |',
+           '|---|---|---|---|---|---|']
+  pairs = {}
+  for g in groups:
+    if g.norm in ('none', 'batch') and g.has('probe/landscape/beta'):
+      pairs.setdefault((g.family, g.lr), {})[g.norm] = g
+  for (family, lr), pair in sorted(pairs.items(), key=lambda kv: (kv[0][0] != 'vgg', -kv[0][1])):
+    if len(pair) < 2:
+      continue
+    lows, highs = [], []
+    for g in pair.values():
+      loss = np.concatenate([measures.landscape_row_stats(r)['loss'] for r in g.runs])
+      loss = loss[np.isfinite(loss) & (loss > 0)]
+      lows.append(loss.min())
+      highs.append(np.percentile(loss, 95))
+    end = max(lows) * 1.001
+    for target in (np.sqrt(end * min(highs)), end):
+      for norm in ('none', 'batch'):
+        g = pair[norm]
+        cells = [over_seeds(g, lambda r: measures.at_matched_loss(r, target, 'step')).text(4),
+                 over_seeds(g, lambda r: measures.at_matched_loss(r, target, 'grad_pred')).text(),
+                 over_seeds(g, lambda r: measures.at_matched_loss(r, target, 'beta')).text()]
+        lines.append(f'| {family.upper()}, {lr:g} | {target:.4g} | '
+                     f'{NORM_LABELS[norm]} ({len(g.runs)} seeds) | ' + ' | '.join(cells) + ' |')
+  return lines + ['']
 
 
 def markdown(runs: list[Run]) -> str:
-  """A markdown table of ``row`` for every run, and a legend of its columns."""
-  rows = [row(r) for r in runs]
-  cols = [c for c, _ in COLUMNS if any(r.get(c) for r in rows)]
-  lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-  lines += ['| ' + ' | '.join(r.get(c, '') for c in cols) + ' |' for r in rows]
-  lines += [''] + [f'- `{c}`: {what}' for c, what in COLUMNS if c in cols]
+  """numbers.md: the tables above for every configuration among ``runs``."""
+  groups = sorted(group_runs(runs), key=lambda g: (g.family != 'vgg', _name(g)))
+  lines = ['# Numbers behind docs/results.md', '',
+           f'Generated by `python -m bnjax.plots numbers` from {len(runs)} runs '
+           f'({len(groups)} configurations). Each cell: mean [min, max] over the seeds that '
+           'have the value; `seeds`: how many runs the configuration has.', '']
+  for title, columns in (('Training', TRAINING), ('Internal covariate shift (Definition 2.1)', ICS),
+                         ('Landscape along the gradient (Figs. 4, 10-13)', LANDSCAPE),
+                         ('Curvature and Section 4', CURVATURE),
+                         ('Activations (Figs. 1c, 2, 6, 8, 9)', ACTIVATIONS)):
+    lines += table(groups, columns, title)
+  lines += matched_loss(groups)
   return '\n'.join(lines) + '\n'

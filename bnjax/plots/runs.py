@@ -1,7 +1,9 @@
 """What runs wrote, read back: config.json, metrics.jsonl, status.json (nothing else).
 
 A ``Run`` knows its label (variant and learning rate, from config.json, never from the
-directory name), whether it diverged, and the series of any metric.
+directory name), whether it diverged, and the series of any metric. A ``Group`` is one
+configuration at every seed it was run with (runs whose config.json differ in the seed
+alone); figures and numbers draw and quote groups: mean and min-max over the seeds.
 """
 
 import dataclasses
@@ -35,6 +37,10 @@ class Run:
   @property
   def lr(self) -> float:
     return float(self.config['learning_rate'])
+
+  @property
+  def seed(self) -> int:
+    return int(self.config.get('seed', 0))
 
   @property
   def family(self) -> str:
@@ -103,3 +109,68 @@ def select(runs: list[Run], family: str, norms=None, lr: float | None = None) ->
   if norms is not None:
     chosen.sort(key=lambda r: (list(norms).index(r.norm), r.lr))
   return chosen
+
+
+def _setting(run: Run) -> str:
+  """The run's config without its seed, as a key: runs with equal keys are seeds of one setting."""
+  return json.dumps({k: v for k, v in run.config.items() if k != 'seed'}, sort_keys=True)
+
+
+@dataclasses.dataclass
+class Group:
+  """One configuration's runs, one per seed (sorted by seed)."""
+  runs: list[Run]
+
+  @property
+  def first(self) -> Run:
+    return self.runs[0]
+
+  norm = property(lambda self: self.first.norm)
+  lr = property(lambda self: self.first.lr)
+  family = property(lambda self: self.first.family)
+  color = property(lambda self: self.first.color)
+  config = property(lambda self: self.first.config)
+
+  @property
+  def seeds(self) -> list[int]:
+    return [r.seed for r in self.runs]
+
+  @property
+  def num_diverged(self) -> int:
+    return sum(r.diverged for r in self.runs)
+
+  def label(self, with_lr: bool = True) -> str:
+    text = NORM_LABELS.get(self.norm, self.norm)
+    if with_lr:
+      text += f', LR {self.lr:g}'
+    n = len(self.runs)
+    text += f' ({n} seed{"s" if n > 1 else ""}'
+    return text + (f', {self.num_diverged} diverged)' if self.num_diverged else ')')
+
+  def has(self, key: str) -> bool:
+    return any(r.has(key) for r in self.runs)
+
+  def stack(self, key) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [T], values [S, T, ...]) over the union of the seeds' steps; NaN where a seed
+    has no value (it diverged earlier, or probed elsewhere). ``key``: a metric name, or a
+    function run -> (steps, values) for a derived series."""
+    series = [key(r) if callable(key) else r.series(key) for r in self.runs]
+    series = [(s, v) for s, v in series if len(s)]
+    if not series:
+      return np.zeros(0), np.zeros((0, 0))
+    steps = np.unique(np.concatenate([s for s, _ in series]))
+    shape = series[0][1].shape[1:]
+    out = np.full((len(series), len(steps)) + shape, np.nan)
+    for i, (s, v) in enumerate(series):
+      if v.shape[1:] == shape:
+        out[i, np.searchsorted(steps, s)] = v
+    return steps, out
+
+
+def group_runs(runs: list) -> list[Group]:
+  """Runs (or groups, flattened) grouped by configuration, in the order of their first run."""
+  flat = [r for x in runs for r in (x.runs if isinstance(x, Group) else [x])]
+  by_setting: dict[str, list[Run]] = {}
+  for r in flat:
+    by_setting.setdefault(_setting(r), []).append(r)
+  return [Group(sorted(rs, key=lambda r: r.seed)) for rs in by_setting.values()]
