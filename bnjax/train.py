@@ -379,12 +379,7 @@ def data_mesh() -> jax.sharding.Mesh:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> nn.Module:
-  num_groups = jax.device_count() if config.bn_stats == 'per_device' else 1
-  norm_kwargs = dict(config.norm_kwargs.to_dict(), num_groups=num_groups)
-  kwargs = dict(config.model_kwargs.to_dict())
-  if config.model != 'dln':
-    kwargs['num_classes'] = num_classes
-  return models.get_model(config.model, config.norm, norm_kwargs, **kwargs)
+  return models.from_config(config, num_classes)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
