@@ -9,7 +9,7 @@ everywhere:
 
 plus grouped sub-configs (``norm_kwargs``, ``model_kwargs``, ``data``) and a few
 trainer settings. ``validate`` runs before any work and raises ``ConfigError`` with a
-one-line message.
+one-line message; each probe's settings are checked by ``bnjax.scheduled_probes.check``.
 """
 
 import difflib
@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from bnjax import data, models, tensorboard
+from bnjax import data, models, scheduled_probes, tensorboard
 
 LOSSES = ('cross_entropy', 'sum_squared')
 BN_STATS = ('global', 'per_device')
@@ -125,21 +125,6 @@ def dln(norm: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------- validation
-PROBE_FIELDS = {  # 'every' and 'steps' (optional) belong to every probe
-    'landscape': {'step_size_multipliers'},
-    'ics': {'layers', 'shift'},
-    'activations': {'layers', 'seed'},
-    'top_eigenvalues': {'k', 'num_iterations', 'seed', 'bn_mode'},
-    'hessian_trace': {'num_samples', 'seed', 'bn_mode'},
-    'spectral_density': {'num_probes', 'num_iterations', 'seed', 'bn_mode'},
-    'bn_theorems': {'layers', 'units'},
-    'weight_distance': set(),
-}
-PROBE_FIELDS = {name: fields | {'every', 'steps'} for name, fields in PROBE_FIELDS.items()}
-ICS_SHIFTS = ('block', 'kernel')
-BN_MODES = ('train', 'eval', 'both')
-
-
 def _require(cond: bool, msg: str) -> None:
   if not cond:
     raise ConfigError(msg)
@@ -193,29 +178,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
   if c.bn_stats == 'per_device':
     _require(c.batch_size % num_devices == 0, 'per-device BN statistics need batch % devices == 0')
   for name, probe in c.probes.items():
-    _require(name in PROBE_FIELDS,
-             f'unknown probe {name!r}; valid: {", ".join(PROBE_FIELDS)}')
-    extra = set(probe.keys()) - PROBE_FIELDS[name]
-    _require(not extra, f'probe {name!r} has no field(s) {sorted(extra)}; '
-             f'its fields: {sorted(PROBE_FIELDS[name])}')
-    _positive_int(probe, 'every', allow_zero=True)
-    steps = probe.get('steps', ())
-    _require(isinstance(steps, (tuple, list)) and
-             all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps),
-             f'probes.{name}.steps must be a tuple of step numbers >= 0, got {steps!r}')
-    if 'shift' in probe:
-      _require(probe.shift in ICS_SHIFTS,
-               f'probes.{name}.shift must be one of {ICS_SHIFTS}, got {probe.shift!r}')
-    if 'bn_mode' in probe:
-      _require(probe.bn_mode in BN_MODES,
-               f'probes.{name}.bn_mode must be one of {BN_MODES}, got {probe.bn_mode!r}')
-    if 'step_size_multipliers' in probe:
-      m = probe.step_size_multipliers
-      _require(len(m) > 0 and all(isinstance(x, (int, float)) and x > 0 for x in m),
-               f'probes.{name}.step_size_multipliers must be numbers > 0, got {m!r}')
-    if 'layers' in probe:
-      _require(len(probe.layers) > 0 and all(isinstance(k, int) and k >= 1 for k in probe.layers),
-               f'probes.{name}.layers must be layer numbers >= 1, got {probe.layers!r}')
+    try:
+      scheduled_probes.check(name, probe)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
 
 def differing_fields(a: dict[str, Any], b: dict[str, Any], prefix: str = '') -> list[str]:

@@ -46,7 +46,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax import config_lib, data, models, objective as objective_lib, probing, tensorboard
+from bnjax import config_lib, data, models, objective as objective_lib, tensorboard
+from bnjax import scheduled_probes as probing
 
 # Fields a rerun may change without changing the run that the workdir holds.
 RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_every',

@@ -8,7 +8,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from bnjax import config_lib, models, objective, probing, train
+from bnjax import config_lib, models, objective, scheduled_probes, train
 from bnjax.models import norms
 
 LR = 0.5
@@ -33,7 +33,7 @@ def mlp_setup(probe_configs: dict, norm: str = 'batch'):
                        v.get('batch_stats', {}))
   tx = optax.sgd(LR)
   state = train.TrainState.create({'params': params, 'batch_stats': stats}, tx)
-  fns = probing.build(config, model, tx)
+  fns = scheduled_probes.build(config, model, tx)
   objective_fn = objective.make_objective(model, config.loss)
   key = jax.random.key(3)
   (loss, _), grads = jax.value_and_grad(objective_fn, has_aux=True)(params, stats, batch, key)
