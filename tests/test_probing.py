@@ -1,14 +1,16 @@
-"""In-training probes against independent answers: whole-block ICS, BN mode, weight distance."""
+"""Scheduled probes against independent answers: whole-block ICS, BN mode, weight distance.
+
+(Their config checks are in test_config.py.)
+"""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import pytest
 from jax.flatten_util import ravel_pytree
 
-from bnjax import config_lib, models, objective, scheduled_probes, train
+from bnjax import experiments, models, objective, scheduled_probes, train
 from bnjax.models import norms
 
 LR = 0.5
@@ -16,7 +18,7 @@ LR = 0.5
 
 def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   """A two-layer MLP with a normaliser, one SGD step's state, and the probes asked for."""
-  config = config_lib.vgg(norm)
+  config = experiments.vgg(norm)
   config.model = 'mlp'
   config.learning_rate = LR
   config.probes = ml_collections.ConfigDict(probe_configs)
@@ -135,16 +137,3 @@ def test_a_probe_runs_at_its_listed_steps():
   _, (_, out) = jax.jit(train.make_train_chunk(step, fns, jax.random.key(1)))(state, batches)
   ran = np.isfinite(np.asarray(out['landscape']['loss_at_start']))
   assert ran.tolist() == [False, False, True, False]
-
-
-@pytest.mark.parametrize('probe,field,value,message', [
-    ('ics', 'shift', 'layer', 'shift must be one of'),
-    ('top_eigenvalues', 'bn_mode', 'running', 'bn_mode must be one of'),
-    ('top_eigenvalues', 'steps', (1, -2), 'steps must be a tuple of step numbers'),
-])
-def test_bad_probe_settings_are_refused(probe, field, value, message):
-  config = config_lib.dln('batch')
-  config.probes.top_eigenvalues = {'every': 1, 'k': 1, 'num_iterations': 4, 'seed': 0}
-  config.probes[probe][field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(config, 1)
