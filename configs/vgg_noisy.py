@@ -1,4 +1,6 @@
-r"""VGG-16 on CIFAR-10 with 'noisy' BatchNorm (Algorithm 1: noise after every BN layer); batch 128, SGD at LR 0.1, 15,000 steps.
+r"""VGG-16 on CIFAR-10 with 'noisy' BatchNorm (Algorithm 1: noise after every BN layer).
+
+Batch 128, SGD at LR 0.1, 15,000 steps.
 
 Run:
   python -m bnjax.main --config=configs/vgg_noisy.py --workdir=runs/vgg_noisy

@@ -31,8 +31,9 @@ def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   # Move BN's scale and offset off 1 and 0 so that every parameter matters.
   params = jax.tree.map(lambda a: a + 0.3 * jnp.asarray(rng.standard_normal(a.shape), a.dtype),
                         v['params'])
-  stats = jax.tree.map(lambda a: a + 0.5 * jnp.abs(jnp.asarray(rng.standard_normal(a.shape), a.dtype)),
-                       v.get('batch_stats', {}))
+  stats = jax.tree.map(
+      lambda a: a + 0.5 * jnp.abs(jnp.asarray(rng.standard_normal(a.shape), a.dtype)),
+      v.get('batch_stats', {}))
   tx = optax.sgd(LR)
   state = train.TrainState.create({'params': params, 'batch_stats': stats}, tx)
   fns = scheduled_probes.build(config, model, tx)
@@ -97,7 +98,8 @@ def test_hessian_probes_in_train_and_eval_bn_mode():
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
   x, y = batch['inputs'], batch['targets']
   ce = lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  eval_loss = lambda p: ce(model.apply({'params': p, 'batch_stats': state.batch_stats}, x, train=False))
+  eval_loss = lambda p: ce(model.apply({'params': p, 'batch_stats': state.batch_stats}, x,
+                                       train=False))
   train_loss = lambda p: hand_written_loss(p, x, y)
   lam_train = dense_top_eigenvalue(train_loss, state.params)
   lam_eval = dense_top_eigenvalue(eval_loss, state.params)
