@@ -17,7 +17,7 @@ import logging
 import tempfile
 import time
 
-from bnjax import config_lib, train
+from bnjax import experiments, train
 
 NORMS = {'standard': 'none', 'bn': 'batch', 'l1': 'lp1', 'l2': 'lp2', 'linf': 'lpinf'}
 
@@ -31,7 +31,7 @@ def main():
   logging.getLogger().setLevel(logging.WARNING)
   total = 0.0
   for name, norm in NORMS.items():
-    config = config_lib.dln(norm)
+    config = experiments.dln(norm)
     config.num_steps = args.steps
     config.checkpoint_every = 0
     config.steps_per_call = args.steps_per_call

@@ -1,26 +1,36 @@
-"""The paper's experiments as ml_collections configs, and the check every config passes.
+"""What every config passes: validation, command-line overrides, and config differences.
 
-``configs/*.py`` are one-line wrappers around ``vgg`` and ``dln`` here, so that every
-config has the same top-level fields and ``--config.<field>=<value>`` reads the same
-everywhere:
+The configs themselves, the paper's experiments, are in ``bnjax.experiments``
+(``configs/*.py`` wrap them). Here:
 
-  model, norm, dataset, learning_rate, batch_size, num_steps, seed, eval_every,
-  checkpoint_every, probes
+- ``validate(config, num_devices)`` runs before any work and raises ``ConfigError``
+  with a one-line message (probe settings: ``bnjax.scheduled_probes.check``).
+- ``apply_arg``: the argument after a config file's ':', big_vision style::
 
-plus grouped sub-configs (``norm_kwargs``, ``model_kwargs``, ``data``) and a few
-trainer settings. ``validate`` runs before any work and raises ``ConfigError`` with a
-one-line message.
+    --config=configs/vgg_noisy.py:local,num_steps=20
+
+  comma-separated items, each a word the experiment defines (``local``: the laptop-size
+  run) or ``FIELD=VALUE`` for a top-level field, VALUE read as that field's type exactly
+  as ``--config.FIELD=VALUE`` reads it (so the two spellings give equal configs). Words
+  apply first, then the fields. An unknown word or field, or a value the field's type
+  cannot read, is a one-line ConfigError naming the closest fields. ``--config.x=``
+  overrides still apply after it, and to nested fields too. Sweep files take their own
+  argument (a run name, ``--config=SWEEP:RUN``; see ``bnjax.sweep``), not this one.
+- ``load_config_file`` and ``unknown_override``: the one-line errors of ``bnjax.main``.
+- ``differing_fields``: the dotted fields where two configs differ (resuming a workdir).
 """
 
+import contextlib
 import difflib
 import importlib.util
 import math
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
+from absl import flags
 
-from bnjax import data, models, tensorboard
+from bnjax import data, models, scheduled_probes, tensorboard
 
 LOSSES = ('cross_entropy', 'sum_squared')
 BN_STATS = ('global', 'per_device')
@@ -30,119 +40,28 @@ class ConfigError(ValueError):
   """A config that cannot run; the message says which field and why."""
 
 
-def base() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = 'vgg16'
-  c.norm = 'batch'
-  c.norm_kwargs = ml_collections.ConfigDict()  # fields of the normaliser, e.g. n_mu
-  c.model_kwargs = ml_collections.ConfigDict()  # e.g. width for VGG
-  c.bn_stats = 'global'  # 'global': statistics over the global batch; 'per_device'
-  c.dataset = 'cifar10'
-  c.data = ml_collections.ConfigDict()
-  c.data.cache_dir = ''  # '' -> $BNJAX_CACHE or ~/.cache/bnjax
-  c.data.tfds_data_dir = ''  # '' -> tfds' default
-  c.data.skip_unreadable_images = False  # True: leave damaged images out (counted)
-  c.loss = 'cross_entropy'
-  c.learning_rate = 0.1
-  c.momentum = 0.0  # the paper: plain SGD
-  c.batch_size = 128
-  c.eval_batch_size = 512  # a power of two: divisible by any device count up to 512
-  c.num_steps = 15_000
-  c.seed = 0
-  c.eval_every = 1000  # 0: only at the end
-  c.checkpoint_every = 1000  # 0: only at the end
-  c.max_checkpoints_to_keep = 2
-  c.steps_per_call = 1  # steps fused into one jitted lax.scan (small models: many)
-  c.log_every_seconds = 10.0  # progress line on the terminal
-  c.tensorboard = 'auto'  # TensorBoard events beside metrics.jsonl: 'auto', 'on', 'off'
-  c.probes = ml_collections.ConfigDict()
-  return c
-
-
-def _apply_arg(c: ml_collections.ConfigDict, arg: str | None, shrink) -> ml_collections.ConfigDict:
-  if arg in (None, ''):
-    return c
-  if arg == 'local':
-    shrink(c)
-    return c
-  raise ConfigError(f'unknown config argument {arg!r}; valid: "local"')
-
-
-def vgg(norm: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """VGG-16 on CIFAR-10, batch 128, plain SGD at LR 0.1, 15,000 steps (PAPER.md)."""
-  c = base()
-  c.model = 'vgg16'
-  c.norm = norm
-  c.model_kwargs.width = 1.0
-  c.probes.landscape = ml_collections.ConfigDict(
-      {'every': 100, 'step_size_multipliers': (0.5, 1.0, 2.0, 4.0)})
-  c.probes.ics = ml_collections.ConfigDict({'every': 100, 'layers': (5, 10)})
-  c.probes.activations = ml_collections.ConfigDict(
-      {'every': 100, 'layers': (2, 3, 9, 11, 13), 'seed': 0})
-
-  def shrink(c):  # about a minute on a 2-core CPU
-    c.model = 'vgg11'
-    c.model_kwargs.width = 0.25
-    c.batch_size = 64
-    c.num_steps = 300
-    c.eval_every = 100
-    c.checkpoint_every = 100
-    c.eval_batch_size = 1024
-    for probe in c.probes.values():
-      probe.every = 50
-    c.probes.ics.layers = (2, 5)
-    c.probes.activations.layers = (2, 5, 8)
-
-  return _apply_arg(c, arg, shrink)
-
-
-def dln(norm: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """The 25-layer 10x10 deep linear network, full-batch GD, LR 1e-6, 10,000 steps."""
-  c = base()
-  c.model = 'dln'
-  c.norm = norm
-  c.model_kwargs.depth = 25
-  c.model_kwargs.width = 10
-  c.dataset = 'dln_gaussian'
-  c.loss = 'sum_squared'
-  c.learning_rate = 1e-6
-  c.batch_size = 1000  # full batch: every sample every step
-  c.num_steps = 10_000
-  c.eval_every = 0
-  c.checkpoint_every = 2000
-  c.steps_per_call = 100
-  c.probes.landscape = ml_collections.ConfigDict(
-      {'every': 100, 'step_size_multipliers': (0.01, 0.1, 1.0, 10.0, 30.0)})
-  c.probes.ics = ml_collections.ConfigDict({'every': 100, 'layers': (9, 17)})
-  c.probes.activations = ml_collections.ConfigDict(
-      {'every': 100, 'layers': (1, 11, 24), 'seed': 0})
-
-  def shrink(c):
-    c.num_steps = 1000
-    c.checkpoint_every = 500
-
-  return _apply_arg(c, arg, shrink)
+def __getattr__(name: str):
+  """``config_lib.base``, ``vgg`` and ``dln``: the experiments' former home, kept for the
+  code that still calls them here (configs/sweeps, tests); they live in bnjax.experiments."""
+  if name in ('base', 'vgg', 'dln'):
+    from bnjax import experiments  # pylint: disable=g-import-not-at-top  (it imports us)
+    return getattr(experiments, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 # ------------------------------------------------------------------------- validation
-PROBE_FIELDS = {  # 'every' and 'steps' (optional) belong to every probe
-    'landscape': {'step_size_multipliers'},
-    'ics': {'layers', 'shift'},
-    'activations': {'layers', 'seed'},
-    'top_eigenvalues': {'k', 'num_iterations', 'seed', 'bn_mode'},
-    'hessian_trace': {'num_samples', 'seed', 'bn_mode'},
-    'spectral_density': {'num_probes', 'num_iterations', 'seed', 'bn_mode'},
-    'bn_theorems': {'layers', 'units'},
-    'weight_distance': set(),
-}
-PROBE_FIELDS = {name: fields | {'every', 'steps'} for name, fields in PROBE_FIELDS.items()}
-ICS_SHIFTS = ('block', 'kernel')
-BN_MODES = ('train', 'eval', 'both')
-
-
 def _require(cond: bool, msg: str) -> None:
   if not cond:
     raise ConfigError(msg)
+
+
+@contextlib.contextmanager
+def _refused():
+  """Turns the ValueError of a library's own check into a ConfigError, same message."""
+  try:
+    yield
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _positive_int(c, field: str, allow_zero: bool = False) -> None:
@@ -151,28 +70,23 @@ def _positive_int(c, field: str, allow_zero: bool = False) -> None:
   _require(ok, f'config.{field} must be an integer {">= 0" if allow_zero else "> 0"}, got {v!r}')
 
 
-def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Checks names, types, ranges and combinations; raises ConfigError before any work."""
+def _check_names(c: ml_collections.ConfigDict) -> None:
   for field in ('model', 'norm', 'dataset', 'loss', 'bn_stats'):
     _require(isinstance(c[field], str), f'config.{field} must be a string, got {c[field]!r}')
   _require(c.model in models.MODELS,
            f'unknown model {c.model!r}; valid names: {", ".join(models.MODELS)}')
-  try:
+  with _refused():
     models.get_normalizer(c.norm, **c.norm_kwargs.to_dict())
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  try:
     data.check_name(c.dataset)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  try:
     tensorboard.check_mode(c.tensorboard)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
   _require(c.loss in LOSSES, f'unknown loss {c.loss!r}; valid: {", ".join(LOSSES)}')
   _require(c.bn_stats in BN_STATS, f'unknown bn_stats {c.bn_stats!r}; valid: {", ".join(BN_STATS)}')
+
+
+def _check_numbers(c: ml_collections.ConfigDict, num_devices: int) -> None:
   lr = c.learning_rate
-  _require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
+  number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+  _require(number and math.isfinite(lr) and lr > 0,
            f'config.learning_rate must be a finite number > 0, got {lr!r}')
   _require(isinstance(c.momentum, (int, float)) and 0 <= c.momentum < 1,
            f'config.momentum must be in [0, 1), got {c.momentum!r}')
@@ -183,6 +97,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
   for field in ('batch_size', 'eval_batch_size'):
     _require(c[field] % num_devices == 0,
              f'config.{field}={c[field]} is not divisible by the {num_devices} devices')
+
+
+def _check_combinations(c: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(c.model != 'dln' or c.dataset == 'dln_gaussian',
            f'model dln needs dataset dln_gaussian, got {c.dataset!r}')
   _require(c.dataset != 'dln_gaussian' or c.model == 'dln',
@@ -192,30 +109,16 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
            '(sum_squared is for dln_gaussian, cross_entropy for classification)')
   if c.bn_stats == 'per_device':
     _require(c.batch_size % num_devices == 0, 'per-device BN statistics need batch % devices == 0')
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks names, types, ranges and combinations; raises ConfigError before any work."""
+  _check_names(c)
+  _check_numbers(c, num_devices)
+  _check_combinations(c, num_devices)
   for name, probe in c.probes.items():
-    _require(name in PROBE_FIELDS,
-             f'unknown probe {name!r}; valid: {", ".join(PROBE_FIELDS)}')
-    extra = set(probe.keys()) - PROBE_FIELDS[name]
-    _require(not extra, f'probe {name!r} has no field(s) {sorted(extra)}; '
-             f'its fields: {sorted(PROBE_FIELDS[name])}')
-    _positive_int(probe, 'every', allow_zero=True)
-    steps = probe.get('steps', ())
-    _require(isinstance(steps, (tuple, list)) and
-             all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps),
-             f'probes.{name}.steps must be a tuple of step numbers >= 0, got {steps!r}')
-    if 'shift' in probe:
-      _require(probe.shift in ICS_SHIFTS,
-               f'probes.{name}.shift must be one of {ICS_SHIFTS}, got {probe.shift!r}')
-    if 'bn_mode' in probe:
-      _require(probe.bn_mode in BN_MODES,
-               f'probes.{name}.bn_mode must be one of {BN_MODES}, got {probe.bn_mode!r}')
-    if 'step_size_multipliers' in probe:
-      m = probe.step_size_multipliers
-      _require(len(m) > 0 and all(isinstance(x, (int, float)) and x > 0 for x in m),
-               f'probes.{name}.step_size_multipliers must be numbers > 0, got {m!r}')
-    if 'layers' in probe:
-      _require(len(probe.layers) > 0 and all(isinstance(k, int) and k >= 1 for k in probe.layers),
-               f'probes.{name}.layers must be layer numbers >= 1, got {probe.layers!r}')
+    with _refused():
+      scheduled_probes.check(name, probe)
 
 
 def differing_fields(a: dict[str, Any], b: dict[str, Any], prefix: str = '') -> list[str]:
@@ -231,6 +134,54 @@ def differing_fields(a: dict[str, Any], b: dict[str, Any], prefix: str = '') -> 
 
 
 # ------------------------------------------------------------- command-line overrides
+_PARSERS = {  # the parsers of ml_collections' --config.FIELD=VALUE, by the field's type
+    int: (flags.IntegerParser(), 'an integer'),
+    float: (flags.FloatParser(), 'a number'),
+    bool: (flags.BooleanParser(), 'true or false'),
+    str: (flags.ArgumentParser(), 'a string'),
+}
+
+
+def _field_value(config: ml_collections.ConfigDict, item: str) -> tuple[str, Any]:
+  """``'FIELD=VALUE'`` -> (FIELD, VALUE read as the field's type); ConfigError if it cannot."""
+  field, _, text = item.partition('=')
+  if message := unknown_override(config, field):
+    raise ConfigError(f'config argument {item!r}: {message}')
+  if '.' in field or isinstance(config[field], ml_collections.ConfigDict):
+    raise ConfigError(f'config argument {item!r}: only top-level fields are set here; '
+                      f'use --config.{field if "." in field else field + ".<field>"}=...')
+  if type(config[field]) not in _PARSERS:
+    raise ConfigError(f'config argument {item!r}: config.{field} is a '
+                      f'{type(config[field]).__name__}; use --config.{field}=...')
+  parser, kind = _PARSERS[type(config[field])]
+  try:
+    return field, parser.parse(text)
+  except ValueError:
+    raise ConfigError(f'config argument {item!r}: config.{field} must be {kind}, '
+                      f'got {text!r}') from None
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None,
+              **words: Callable[[ml_collections.ConfigDict], None]) -> ml_collections.ConfigDict:
+  """``config`` changed by ``arg``, the argument after a config file's ':' (see above).
+
+  ``words`` maps each word the experiment accepts (``local``) to its change of the config.
+  """
+  items = [item for item in (arg or '').split(',') if item]
+  for item in items:
+    if '=' not in item and item not in words:
+      valid = ', '.join(f'"{w}"' for w in words)
+      raise ConfigError(f'unknown config argument {item!r}; valid: {valid}, FIELD=VALUE')
+  for item in items:
+    if '=' not in item:
+      words[item](config)
+  for item in items:
+    if '=' in item:
+      field, value = _field_value(config, item)
+      config[field] = value
+  return config
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """The config of ``--config=PATH[:ARG]``: PATH's get_config(ARG), as config_flags does."""
   path, _, arg = spec.partition(':')

@@ -1,6 +1,9 @@
-r"""Entry point: ``python -m bnjax.main --config=configs/<name>.py[:local] --workdir=DIR``.
+r"""Entry point: ``python -m bnjax.main --config=configs/<name>.py[:ARG] --workdir=DIR``.
 
-Overrides: ``--config.<field>=<value>``, e.g. ``--config.learning_rate=0.5`` or
+ARG: ``local`` (the laptop-size run) and/or ``FIELD=VALUE`` pairs for top-level fields,
+comma-separated, e.g. ``--config=configs/vgg_bn.py:local,num_steps=100`` (see
+``bnjax.config_lib``). Overrides: ``--config.<field>=<value>``, e.g.
+``--config.learning_rate=0.5`` or ``--config.probes.ics.every=10`` or
 ``--config.dataset=imagefolder:../shared/data/cifar10-jpeg.tar.gz``. Rerunning the
 same command resumes from the latest checkpoint in DIR.
 
@@ -38,25 +41,34 @@ EXIT_WORKDIR_IN_USE = 3
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a misspelt ``--config.<field>`` reported in one line.
+  """absl's flag parsing, with a bad config argument or override reported in one line.
 
   ml_collections raises a bare AttributeError (a 40-line traceback) for an override of a
-  field the config lacks; this names the field and the closest valid ones instead.
+  field the config lacks, and wraps a ConfigError of the config file's get_config (e.g.
+  ``:num_stpes=5``) in two tracebacks; this prints the message, naming the field and the
+  closest valid ones, and exits with status 2 instead.
   """
   try:
     return flags.FLAGS(argv)
-  except AttributeError:
+  except (AttributeError, flags.IllegalFlagValueError):
     from bnjax import config_lib  # pylint: disable=g-import-not-at-top
     spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
     overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
     if spec is None:
       raise
-    config = config_lib.load_config_file(spec)
+    try:
+      config = config_lib.load_config_file(spec)
+    except config_lib.ConfigError as e:
+      _exit_bad_config(f'config error: {e}')
     for field in overrides:
       if message := config_lib.unknown_override(config, field):
-        print(f'bnjax: {message}', file=sys.stderr)
-        sys.exit(2)
+        _exit_bad_config(message)
     raise
+
+
+def _exit_bad_config(message: str):
+  print(f'bnjax: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 class _QuietLibraries:

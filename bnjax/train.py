@@ -46,7 +46,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax import config_lib, data, models, objective as objective_lib, probing, tensorboard
+from bnjax import config_lib, data, models, objective as objective_lib, tensorboard
+from bnjax import scheduled_probes
 from bnjax.models import norms
 
 # Fields a rerun may change without changing the run that the workdir holds.
@@ -103,7 +104,7 @@ def _unset(s: jax.ShapeDtypeStruct) -> jax.Array:
   return jnp.full(s.shape, fill, s.dtype)
 
 
-def make_train_chunk(train_step: Callable, probe_fns: dict[str, probing.Probe],
+def make_train_chunk(train_step: Callable, probe_fns: dict[str, scheduled_probes.Probe],
                      base_key: jax.Array, scan_train_step: Callable | None = None) -> Callable:
   """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan`` (k > 1).
 
@@ -380,12 +381,7 @@ def data_mesh() -> jax.sharding.Mesh:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> nn.Module:
-  num_groups = jax.device_count() if config.bn_stats == 'per_device' else 1
-  norm_kwargs = dict(config.norm_kwargs.to_dict(), num_groups=num_groups)
-  kwargs = dict(config.model_kwargs.to_dict())
-  if config.model != 'dln':
-    kwargs['num_classes'] = num_classes
-  return models.get_model(config.model, config.norm, norm_kwargs, **kwargs)
+  return models.from_config(config, num_classes)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -402,7 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                       skip_unreadable_images=config.data.skip_unreadable_images)
   model = build_model(config, dataset.num_classes)
   tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
-  probe_fns = probing.build(config, model, tx)  # checks probe layers against the model
+  probe_fns = scheduled_probes.build(config, model, tx)  # checks probe layers against model
 
   wd = Workdir(workdir, config.tensorboard)
   wd.path.mkdir(parents=True, exist_ok=True)
@@ -508,7 +504,7 @@ class _MetricsLog:
   terminal progress line.
   """
 
-  def __init__(self, config, wd: Workdir, probe_fns: dict[str, probing.Probe]):
+  def __init__(self, config, wd: Workdir, probe_fns: dict[str, scheduled_probes.Probe]):
     self.config, self.wd, self.probe_fns = config, wd, probe_fns
     self.last_finite_loss = None
     self.nonfinite_probe_values: dict[str, int] = {}
@@ -566,7 +562,7 @@ def _chunk_length(config, step: int) -> int:
 
 def _run(config, wd: Workdir, mgr: ocp.CheckpointManager, dataset: data.Dataset,
          model: nn.Module, tx: optax.GradientTransformation,
-         probe_fns: dict[str, probing.Probe]) -> str:
+         probe_fns: dict[str, scheduled_probes.Probe]) -> str:
   mesh = data_mesh()
   logging.info('process %d/%d, %d local / %d global devices, mesh %s',
                jax.process_index(), jax.process_count(), jax.local_device_count(),

@@ -7,8 +7,8 @@ Run:
   python -m bnjax.main --config=configs/dln_bn.py --workdir=runs/dln_bn
 """
 
-from bnjax import config_lib
+from bnjax import experiments
 
 
 def get_config(arg=None):
-  return config_lib.dln(norm='batch', arg=arg)
+  return experiments.dln(norm='batch', arg=arg)

@@ -7,8 +7,8 @@ Run:
   python -m bnjax.main --config=configs/dln_l1.py --workdir=runs/dln_l1
 """
 
-from bnjax import config_lib
+from bnjax import experiments
 
 
 def get_config(arg=None):
-  return config_lib.dln(norm='lp1', arg=arg)
+  return experiments.dln(norm='lp1', arg=arg)

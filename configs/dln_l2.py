@@ -7,8 +7,8 @@ Run:
   python -m bnjax.main --config=configs/dln_l2.py --workdir=runs/dln_l2
 """
 
-from bnjax import config_lib
+from bnjax import experiments
 
 
 def get_config(arg=None):
-  return config_lib.dln(norm='lp2', arg=arg)
+  return experiments.dln(norm='lp2', arg=arg)

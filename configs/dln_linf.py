@@ -7,8 +7,8 @@ Run:
   python -m bnjax.main --config=configs/dln_linf.py --workdir=runs/dln_linf
 """
 
-from bnjax import config_lib
+from bnjax import experiments
 
 
 def get_config(arg=None):
-  return config_lib.dln(norm='lpinf', arg=arg)
+  return experiments.dln(norm='lpinf', arg=arg)

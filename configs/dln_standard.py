@@ -7,8 +7,8 @@ Run:
   python -m bnjax.main --config=configs/dln_standard.py --workdir=runs/dln_standard
 """
 
-from bnjax import config_lib
+from bnjax import experiments
 
 
 def get_config(arg=None):
-  return config_lib.dln(norm='none', arg=arg)
+  return experiments.dln(norm='none', arg=arg)

@@ -7,8 +7,8 @@ On the offline CIFAR-10 (JPEG) tarball, about a minute on a 2-core CPU:
     --config.dataset=imagefolder:../shared/data/cifar10-jpeg.tar.gz
 """
 
-from bnjax import config_lib
+from bnjax import experiments
 
 
 def get_config(arg=None):
-  return config_lib.vgg(norm='lp2', arg=arg)
+  return experiments.vgg(norm='lp2', arg=arg)

@@ -1,4 +1,6 @@
-r"""VGG-16 on CIFAR-10 with 'noisy' BatchNorm (Algorithm 1: noise after every BN layer); batch 128, SGD at LR 0.1, 15,000 steps.
+r"""VGG-16 on CIFAR-10 with 'noisy' BatchNorm (Algorithm 1: noise after every BN layer).
+
+Batch 128, SGD at LR 0.1, 15,000 steps.
 
 Run:
   python -m bnjax.main --config=configs/vgg_noisy.py --workdir=runs/vgg_noisy
@@ -7,8 +9,8 @@ On the offline CIFAR-10 (JPEG) tarball, about a minute on a 2-core CPU:
     --config.dataset=imagefolder:../shared/data/cifar10-jpeg.tar.gz
 """
 
-from bnjax import config_lib
+from bnjax import experiments
 
 
 def get_config(arg=None):
-  return config_lib.vgg(norm='noisy_batch', arg=arg)
+  return experiments.vgg(norm='noisy_batch', arg=arg)

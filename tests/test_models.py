@@ -157,3 +157,34 @@ def test_for_control_flow_model_is_the_same_function_in_loops():
   with pytest.raises(ValueError, match='conv_impl'):
     models.get_model('vgg_tiny', 'none', conv_impl='fft').init(jax.random.key(0), x, train=False)
   assert models.for_control_flow(models.get_model('dln', 'batch')).depth == 25
+
+
+def test_each_model_names_its_layers_through_one_helper():
+  """``models.layer`` names what each model creates: its modules, params and exposures."""
+  for name, kwargs, x in (('vgg_tiny', {}, jnp.zeros((2, 32, 32, 3))),
+                          ('mlp', {'hidden': (6, 5)}, jnp.zeros((2, 3))),
+                          ('dln', {'depth': 3}, jnp.zeros((2, 10)))):
+    model = models.get_model(name, 'batch', **kwargs)
+    shapes = jax.eval_shape(lambda x, model=model: _init(model, x), x)
+    for k in range(1, models.num_layers(model) + 1):
+      names = models.layer(model, k)
+      assert shapes['params'][names.linear]['kernel'] is not None
+      assert models.kernel_path(model, k) == (names.linear, 'kernel')
+      if k < models.num_layers(model) or name != 'dln':  # none after the DLN's output layer
+        assert {names.linear_out, names.norm_out} <= set(shapes['perturbations'])
+        assert names.norm in shapes['params']
+  assert models.layer(models.get_model('vgg16', 'none'), 3) == common.Layer(
+      'conv3', 'norm3', 'conv3_out', 'norm3_out')
+
+
+def test_the_registry_gives_num_classes_to_classifiers_only():
+  assert models.get_model('mlp', 'none', num_classes=3).num_classes == 3
+  assert models.get_model('vgg_tiny', 'none', num_classes=7).num_classes == 7
+  assert not hasattr(models.get_model('dln', 'none', num_classes=3), 'num_classes')
+  assert set(models.MODELS) == {'vgg11', 'vgg16', 'vgg_tiny', 'dln', 'mlp'}
+
+
+def test_the_cpu_convolution_threshold_is_one_number_for_models_and_probes():
+  """The probe library keeps its own copy (it imports nothing else of bnjax): they agree."""
+  from bnjax.probes import convolutions  # pylint: disable=g-import-not-at-top
+  assert common.CPU_IM2COL_MAX_PIXELS == convolutions.CPU_MATMUL_MAX_PIXELS

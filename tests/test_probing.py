@@ -1,14 +1,16 @@
-"""In-training probes against independent answers: whole-block ICS, BN mode, weight distance."""
+"""Scheduled probes against independent answers: whole-block ICS, BN mode, weight distance.
+
+(Their config checks are in test_config.py.)
+"""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import pytest
 from jax.flatten_util import ravel_pytree
 
-from bnjax import config_lib, models, objective, probing, train
+from bnjax import experiments, models, objective, scheduled_probes, train
 from bnjax.models import norms
 
 LR = 0.5
@@ -16,7 +18,7 @@ LR = 0.5
 
 def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   """A two-layer MLP with a normaliser, one SGD step's state, and the probes asked for."""
-  config = config_lib.vgg(norm)
+  config = experiments.vgg(norm)
   config.model = 'mlp'
   config.learning_rate = LR
   config.probes = ml_collections.ConfigDict(probe_configs)
@@ -29,11 +31,12 @@ def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   # Move BN's scale and offset off 1 and 0 so that every parameter matters.
   params = jax.tree.map(lambda a: a + 0.3 * jnp.asarray(rng.standard_normal(a.shape), a.dtype),
                         v['params'])
-  stats = jax.tree.map(lambda a: a + 0.5 * jnp.abs(jnp.asarray(rng.standard_normal(a.shape), a.dtype)),
-                       v.get('batch_stats', {}))
+  stats = jax.tree.map(
+      lambda a: a + 0.5 * jnp.abs(jnp.asarray(rng.standard_normal(a.shape), a.dtype)),
+      v.get('batch_stats', {}))
   tx = optax.sgd(LR)
   state = train.TrainState.create({'params': params, 'batch_stats': stats}, tx)
-  fns = probing.build(config, model, tx)
+  fns = scheduled_probes.build(config, model, tx)
   objective_fn = objective.make_objective(model, config.loss)
   key = jax.random.key(3)
   (loss, _), grads = jax.value_and_grad(objective_fn, has_aux=True)(params, stats, batch, key)
@@ -95,7 +98,8 @@ def test_hessian_probes_in_train_and_eval_bn_mode():
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
   x, y = batch['inputs'], batch['targets']
   ce = lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  eval_loss = lambda p: ce(model.apply({'params': p, 'batch_stats': state.batch_stats}, x, train=False))
+  eval_loss = lambda p: ce(model.apply({'params': p, 'batch_stats': state.batch_stats}, x,
+                                       train=False))
   train_loss = lambda p: hand_written_loss(p, x, y)
   lam_train = dense_top_eigenvalue(train_loss, state.params)
   lam_eval = dense_top_eigenvalue(eval_loss, state.params)
@@ -135,16 +139,3 @@ def test_a_probe_runs_at_its_listed_steps():
   _, (_, out) = jax.jit(train.make_train_chunk(step, fns, jax.random.key(1)))(state, batches)
   ran = np.isfinite(np.asarray(out['landscape']['loss_at_start']))
   assert ran.tolist() == [False, False, True, False]
-
-
-@pytest.mark.parametrize('probe,field,value,message', [
-    ('ics', 'shift', 'layer', 'shift must be one of'),
-    ('top_eigenvalues', 'bn_mode', 'running', 'bn_mode must be one of'),
-    ('top_eigenvalues', 'steps', (1, -2), 'steps must be a tuple of step numbers'),
-])
-def test_bad_probe_settings_are_refused(probe, field, value, message):
-  config = config_lib.dln('batch')
-  config.probes.top_eigenvalues = {'every': 1, 'k': 1, 'num_iterations': 4, 'seed': 0}
-  config.probes[probe][field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(config, 1)

@@ -135,20 +135,6 @@ def test_impossible_configs_are_refused(tmp_path, override, message):
   assert not (tmp_path / 'w').exists()
 
 
-@pytest.mark.parametrize('probes,message', [
-    ({'landscape': {'every': 1, 'step_size_multipliers': (1.0, -2.0)}}, 'must be numbers > 0'),
-    ({'landscape': {'every': 1, 'step_sizes': (1.0,)}}, "has no field\\(s\\) \\['step_sizes'\\]"),
-    ({'hessian': {'every': 1}}, "unknown probe 'hessian'"),
-    ({'ics': {'every': -5, 'layers': (1,)}}, 'every must be an integer >= 0'),
-])
-def test_bad_probe_settings_are_refused(tmp_path, probes, message):
-  config = small_dln()
-  config.probes = probes
-  with pytest.raises(config_lib.ConfigError, match=message):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert not (tmp_path / 'w').exists()
-
-
 def test_a_workdir_from_before_a_new_config_field_still_resumes(tmp_path):
   """A field bnjax added since the run started, at its default, is not a config change."""
   assert train.train_and_evaluate(small_dln(num_steps=20), str(tmp_path)) == 'done'

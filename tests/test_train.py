@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax import config_lib, data, models, objective, probes, probing, train
+from bnjax import config_lib, data, models, objective, probes, scheduled_probes, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def test_probes_do_not_change_training():
   noise_base = jax.random.key(1)
   step = train.make_train_step(objective_fn, tx, noise_base, config.learning_rate)
   results = []
-  for probe_fns in ({}, probing.build(config, model, tx)):
+  for probe_fns in ({}, scheduled_probes.build(config, model, tx)):
     chunk = jax.jit(train.make_train_chunk(step, probe_fns, noise_base))
     results.append(chunk(state, batches))
   (plain, _), (probed, (_, probe_out)) = results

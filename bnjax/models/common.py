@@ -1,10 +1,39 @@
-"""Pieces every model shares: initialisers, the conv layer, and activation exposure."""
+"""Pieces every model shares: layer names, initialisers, the conv layer, activation exposure."""
+
+import dataclasses
+import functools
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bnjax.probes import convolutions
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """The names of the paper's layer #k (1-based) inside a model; the one place they are spelt.
+
+  ``linear``: the conv / dense module, ``params[linear]['kernel']`` its weight.
+  ``norm``: its normaliser (a parameter-free normaliser has no ``params[norm]``).
+  ``linear_out``, ``norm_out``: y (the linear output) and z (after the normaliser and any
+  noise, before the ReLU), exposed as perturbations and intermediates (see ``expose``).
+  """
+
+  linear: str
+  norm: str
+  linear_out: str
+  norm_out: str
+
+
+def layer(prefix: str, k: int) -> Layer:
+  """Layer #k of a model whose linear modules are ``{prefix}1``, ``{prefix}2``, ..."""
+  return Layer(f'{prefix}{k}', f'norm{k}', f'{prefix}{k}_out', f'norm{k}_out')
+
+
+def module_fields(factory: Callable[..., nn.Module]) -> set[str]:
+  """The fields a module factory (a linen class or a ``functools.partial`` of one) takes."""
+  cls = factory.func if isinstance(factory, functools.partial) else factory
+  return {f for f in cls.__dataclass_fields__ if f not in ('parent', 'name')}
+
 
 # The paper initialises with Glorot (Xavier) uniform; biases start at zero.
 GLOROT = nn.initializers.glorot_uniform()
@@ -22,7 +51,10 @@ GLOROT = nn.initializers.glorot_uniform()
 # 'auto' therefore means im2col for 2x2 inputs on CPU; code that differentiates a model
 # inside control flow asks for 'im2col' (``bnjax.models.for_control_flow``). This is
 # the one place where the choice is made.
-CPU_IM2COL_MAX_PIXELS = convolutions.CPU_MATMUL_MAX_PIXELS  # one number for both places
+# bnjax.probes.convolutions.CPU_MATMUL_MAX_PIXELS is the same number for the probes'
+# convolution rewrite (the probe library imports nothing else of bnjax, so it keeps its
+# own); tests/test_models.py checks that the two agree.
+CPU_IM2COL_MAX_PIXELS = 4
 CONV_IMPLS = ('auto', 'xla', 'im2col')
 
 

@@ -1,6 +1,6 @@
 """A small MLP: Dense -> normaliser -> ReLU per hidden layer, then a Dense head.
 
-Layer k is ``dense{k}``; it exposes ``dense{k}_out`` and ``norm{k}_out``.
+Layer k is named by ``common.layer('dense', k)``; it exposes y and z.
 """
 
 from typing import Callable, Sequence
@@ -20,13 +20,18 @@ class MLP(nn.Module):
 
   layer_prefix = 'dense'
 
+  @property
+  def num_layers(self) -> int:
+    return len(self.hidden)
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = x.reshape((x.shape[0], -1))
     for k, features in enumerate(self.hidden, start=1):
-      y = nn.Dense(features, kernel_init=common.GLOROT, name=f'dense{k}')(x)
-      y = common.expose(self, f'dense{k}_out', y)
-      z = self.norm(name=f'norm{k}')(y, train)
-      z = common.expose(self, f'norm{k}_out', z)
+      names = common.layer(self.layer_prefix, k)
+      y = nn.Dense(features, kernel_init=common.GLOROT, name=names.linear)(x)
+      y = common.expose(self, names.linear_out, y)
+      z = self.norm(name=names.norm)(y, train)
+      z = common.expose(self, names.norm_out, z)
       x = nn.relu(z)
     return nn.Dense(self.num_classes, kernel_init=common.GLOROT, name='head')(x)

@@ -213,8 +213,7 @@ def get_normalizer(name: str, **kwargs: Any) -> Callable[..., nn.Module]:
   if name not in NORMALIZERS:
     raise ValueError(f'unknown normaliser {name!r}; valid names: {", ".join(NORMALIZERS)}')
   factory = NORMALIZERS[name]
-  cls = factory.func if isinstance(factory, functools.partial) else factory
-  fields = {f for f in cls.__dataclass_fields__ if f not in ('parent', 'name')}
+  fields = common.module_fields(factory)
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise ValueError(f'normaliser {name!r} has no field(s) {unknown}; its fields: {sorted(fields)}')

@@ -1,7 +1,7 @@
 """VGG for 32x32 inputs (CIFAR): 3x3 convolutions, normaliser before the ReLU, 2x2 max-pools.
 
-Layer #k of the paper is ``conv{k}``, counted from the input (1-based). Per layer it
-exposes ``conv{k}_out`` (y, the convolution's output) and ``norm{k}_out`` (z, after the
+Layer #k of the paper is the k-th convolution counted from the input (1-based), named by
+``common.layer('conv', k)``: it exposes y (the convolution's output) and z (after the
 normaliser and any noise, before the ReLU) as perturbations and intermediates.
 """
 
@@ -34,6 +34,10 @@ class VGG(nn.Module):
 
   layer_prefix = 'conv'
 
+  @property
+  def num_layers(self) -> int:
+    return sum(1 for entry in self.layout if entry != 'M')
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     k = 0
@@ -42,15 +46,12 @@ class VGG(nn.Module):
         x = common.max_pool_2x2(x)
         continue
       k += 1
+      names = common.layer(self.layer_prefix, k)
       features = max(1, int(round(entry * self.width)))
-      y = common.conv3x3(features, f'conv{k}', self.conv_impl)(x)
-      y = common.expose(self, f'conv{k}_out', y)
-      z = self.norm(name=f'norm{k}')(y, train)
-      z = common.expose(self, f'norm{k}_out', z)
+      y = common.conv3x3(features, names.linear, self.conv_impl)(x)
+      y = common.expose(self, names.linear_out, y)
+      z = self.norm(name=names.norm)(y, train)
+      z = common.expose(self, names.norm_out, z)
       x = nn.relu(z)
     x = x.reshape((x.shape[0], -1))
     return nn.Dense(self.num_classes, kernel_init=common.GLOROT, name='head')(x)
-
-
-def num_layers(layout: Sequence) -> int:
-  return sum(1 for entry in layout if entry != 'M')
