@@ -24,6 +24,7 @@ from bnjax.probes.hessian import (DiagonalEstimate, Eigenpairs, SpectralDensity,
                                   smooth_density, spectral_density, top_eigenvalues)
 from bnjax.probes.ics import ICS, ics
 from bnjax.probes.landscape import Landscape, gradient_landscape
+from bnjax.probes.sharpness import Sharpness, adaptive_sharpness, epsilon_sharpness
 from bnjax.probes.surface import (Surface, eigen_directions, gradient_direction,
                                   interpolation_direction, loss_surface, normalize_direction,
                                   random_directions)
@@ -38,4 +39,5 @@ __all__ = [
     'ActivationCurvature', 'BatchNormTheorems', 'ActivationStatistics',
     'loss_surface', 'random_directions', 'eigen_directions', 'gradient_direction',
     'interpolation_direction', 'normalize_direction', 'Surface',
+    'adaptive_sharpness', 'epsilon_sharpness', 'Sharpness',
 ]
