@@ -160,9 +160,12 @@ def adaptive_sharpness(loss_fn: LossFn, params: Params, key: jax.Array, rho: flo
   E[L(w + delta)] - L(w) over delta = rho T z, z ~ N(0, I) (p=2) or U[-1, 1] (p=inf),
   from ``num_samples`` samples (``batch_size`` vmapped at a time), with its standard error.
   eta: ASAM's offset (they use 0.01); 0, as Andriushchenko et al., keeps exact invariance.
-  Which leaves move: all, as in both papers' code (BN scale and offset, biases too);
-  ``ignore`` (key-path substrings, e.g. ('bias', 'norm')) or ``block`` (as in
-  ``restrict``: only that block moves) narrow it.
+  Which leaves move: all, as in Andriushchenko et al.'s code (BN scale and offset and
+  biases too, each scaled by its own |w|; ASAM's code moves biases unscaled, T = 1);
+  ``ignore`` (key-path substrings, case-insensitive, e.g. ('bias', 'norm')) or ``block``
+  (as in ``restrict``: only that block moves) narrow it. BN mode is ``loss_fn``'s (train
+  mode: batch statistics; eval mode: running averages, which must then be rescaled with
+  the weights for the invariance, as training them at that scale would have done).
   """
   if kind not in ('worst', 'average'):
     raise ValueError(f"kind must be 'worst' or 'average', got {kind!r}")
@@ -170,11 +173,11 @@ def adaptive_sharpness(loss_fn: LossFn, params: Params, key: jax.Array, rho: flo
     raise ValueError(f'num_samples must be >= 2 for a standard error, got {num_samples}')
   if not rho > 0 or num_steps < 1:
     raise ValueError(f'need rho > 0 and num_steps >= 1, got {rho}, {num_steps}')
+  p = _check_p(p)
   loss_fn, params = _prepare(loss_fn, params, block)
   scale = _scale(params, eta, ignore)
   objective = _objective(loss_fn, params, scale)
   loss = objective(jax.tree.map(jnp.zeros_like, params))
-  p = _check_p(p)
   if kind == 'average':
     keys = jax.random.split(key, num_samples)
     values = _average(objective, scale, keys, _Ball(rho, p, 0, 0.0, True), batch_size) - loss
