@@ -24,6 +24,10 @@ from bnjax.probes.hessian import (DiagonalEstimate, Eigenpairs, SpectralDensity,
                                   smooth_density, spectral_density, top_eigenvalues)
 from bnjax.probes.ics import ICS, ics
 from bnjax.probes.landscape import Landscape, gradient_landscape
+from bnjax.probes.sharpness import Sharpness, adaptive_sharpness, epsilon_sharpness
+from bnjax.probes.surface import (Surface, eigen_directions, gradient_direction,
+                                  interpolation_direction, loss_surface, normalize_direction,
+                                  random_directions)
 
 __all__ = [
     'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
@@ -33,4 +37,7 @@ __all__ = [
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',
     'ActivationCurvature', 'BatchNormTheorems', 'ActivationStatistics',
+    'loss_surface', 'random_directions', 'eigen_directions', 'gradient_direction',
+    'interpolation_direction', 'normalize_direction', 'Surface',
+    'adaptive_sharpness', 'epsilon_sharpness', 'Sharpness',
 ]
