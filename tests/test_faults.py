@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import config_lib, data, train
+from bnjax import checkpoints, config_lib, data, interruptions, train, workdir
 from test_reliability import small_dln, status, steps_in
 from test_train import ROOT, subprocess_env
 
@@ -55,7 +55,7 @@ def launcher_failure(stderr: str) -> str:
 
 
 def has_checkpoint(workdir):
-  return lambda: any(pathlib.Path(workdir).glob(f'checkpoints/*/{train.COMMIT_MARKER}'))
+  return lambda: any(pathlib.Path(workdir).glob(f'checkpoints/*/{checkpoints.COMMIT_MARKER}'))
 
 
 # 1 ------------------------------------------------------------------ two runs, one workdir
@@ -70,13 +70,13 @@ def test_a_second_run_in_a_busy_workdir_refuses_and_a_dead_holders_lock_is_taken
       f'bnjax: {tmp_path} is in use by process {first.pid} on ')
   first.send_signal(signal.SIGKILL)
   first.wait()
-  end = max(int(p.parent.name) for p in tmp_path.glob(f'checkpoints/*/{train.COMMIT_MARKER}')) + 100
+  end = max(int(p.parent.name) for p in tmp_path.glob(f'checkpoints/*/{checkpoints.COMMIT_MARKER}')) + 100
   third = start(main_args(tmp_path, num_steps=end))
   _, err = third.communicate(timeout=300)
   assert third.returncode == 0, err[-3000:]
   assert 'which no longer runs' in err and 'resumed from checkpoint' in err
   assert steps_in(tmp_path) == list(range(end))  # every step once
-  assert not (tmp_path / train.LOCK_FILE).exists()  # released at the end
+  assert not (tmp_path / workdir.LOCK_FILE).exists()  # released at the end
 
 
 # 2 ------------------------------------------------------------------------------ Ctrl-C
@@ -86,7 +86,7 @@ def test_ctrl_c_checkpoints_says_interrupted_and_a_rerun_resumes(tmp_path):
   wait_for(has_checkpoint(tmp_path), run)
   run.send_signal(signal.SIGINT)
   _, err = run.communicate(timeout=120)
-  assert run.returncode == train.EXIT_INTERRUPTED, err[-3000:]
+  assert run.returncode == interruptions.EXIT_INTERRUPTED, err[-3000:]
   assert 'Traceback' not in err
   s = status(tmp_path)
   assert s['state'] == 'interrupted' and (tmp_path / 'checkpoints' / str(s['step'])).exists()
@@ -100,7 +100,7 @@ def test_ctrl_c_checkpoints_says_interrupted_and_a_rerun_resumes(tmp_path):
 
 
 def test_a_second_ctrl_c_stops_at_once_and_status_does_not_say_running(tmp_path, monkeypatch):
-  original, calls = train.Workdir.append_metrics, {'n': 0}
+  original, calls = workdir.Workdir.append_metrics, {'n': 0}
 
   def press_ctrl_c_twice(self, lines):
     calls['n'] += 1
@@ -109,7 +109,7 @@ def test_a_second_ctrl_c_stops_at_once_and_status_does_not_say_running(tmp_path,
       os.kill(os.getpid(), signal.SIGINT)  # the second: at once
     return original(self, lines)
 
-  monkeypatch.setattr(train.Workdir, 'append_metrics', press_ctrl_c_twice)
+  monkeypatch.setattr(workdir.Workdir, 'append_metrics', press_ctrl_c_twice)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(small_dln(), str(tmp_path))
   s = status(tmp_path)
@@ -185,7 +185,7 @@ def test_a_full_disk_fails_the_run_keeps_the_checkpoint_and_a_rerun_resumes(tmp_
   assert train.train_and_evaluate(small_dln(), str(full)) == 'done'
   run = tmp_path / 'run'
   calls = {'n': 0}
-  target = (train.Workdir, 'append_metrics') if where == 'metrics' else (ocp.CheckpointManager, 'save')
+  target = (workdir.Workdir, 'append_metrics') if where == 'metrics' else (ocp.CheckpointManager, 'save')
   original = getattr(*target)
 
   def fail_later(self, *args, **kwargs):
@@ -201,7 +201,7 @@ def test_a_full_disk_fails_the_run_keeps_the_checkpoint_and_a_rerun_resumes(tmp_
   s = status(run)
   assert s['state'] == 'failed' and 'No space left on device' in s['error']
   assert s['last_checkpoint'] is not None
-  assert not (run / train.LOCK_FILE).exists()
+  assert not (run / workdir.LOCK_FILE).exists()
   monkeypatch.setattr(*target, original)  # space is back
   assert train.train_and_evaluate(small_dln(), str(run)) == 'done'
   a, b = metrics(full), metrics(run)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bnjax import config_lib, train
+from bnjax import config_lib, train, workdir
 
 
 def small_dln(**overrides):
@@ -101,14 +101,14 @@ def test_other_hosts_never_read_a_half_written_config_json(tmp_path):
   # out in its first collective. Here a reader thread checks it while it is rewritten.
   config = small_dln()
   text = config.to_json(indent=1) + '\n'
-  wd = train.Workdir(str(tmp_path))
+  wd = workdir.Workdir(str(tmp_path))
   wd.write_text('config.json', text)
   stop, errors = threading.Event(), []
 
   def check_until_stopped():
     while not stop.is_set():
       try:
-        train.check_workdir(str(tmp_path), config)
+        workdir.check_workdir(str(tmp_path), config)
       except Exception as e:  # pylint: disable=broad-except
         errors.append(e)
 

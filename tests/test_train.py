@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax import config_lib, data, models, objective, probes, probing, train
+from bnjax import config_lib, data, interruptions, models, objective, probes, probing, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -243,7 +243,7 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
   preempted = start_and_wait_for_checkpoint(300)
   preempted.send_signal(signal.SIGTERM)
   _, err = preempted.communicate(timeout=300)
-  assert preempted.returncode == train.EXIT_PREEMPTED, err
+  assert preempted.returncode == interruptions.EXIT_PREEMPTED, err
   assert 'resumed from checkpoint at step 200' in err
   status = json.loads((run / 'status.json').read_text())
   assert status['state'] == 'preempted' and (run / f'checkpoints/{status["step"]}').exists()
