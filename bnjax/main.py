@@ -87,7 +87,8 @@ def main(argv):
   if _MULTIHOST.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
-  from bnjax import config_lib, data, train  # pylint: disable=g-import-not-at-top
+  from bnjax import config_lib, data, interruptions, train  # pylint: disable=g-import-not-at-top
+  from bnjax import workdir  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:
@@ -98,13 +99,13 @@ def main(argv):
   except data.DataError as e:
     print(f'bnjax: {e}', file=sys.stderr)
     sys.exit(1)
-  except train.WorkdirInUse as e:
+  except workdir.WorkdirInUse as e:
     print(f'bnjax: {e}', file=sys.stderr)
     sys.exit(EXIT_WORKDIR_IN_USE)
   except KeyboardInterrupt:
     print('bnjax: stopped at once by a second Ctrl-C; rerun to resume from the last '
           'checkpoint', file=sys.stderr)
-    sys.exit(train.EXIT_INTERRUPTED)
+    sys.exit(interruptions.EXIT_INTERRUPTED)
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise
@@ -113,9 +114,9 @@ def main(argv):
     sys.exit(1)
   logging.info('run %s; metrics in %s/metrics.jsonl', state, _WORKDIR.value)
   if state == 'preempted':
-    sys.exit(train.EXIT_PREEMPTED)
+    sys.exit(interruptions.EXIT_PREEMPTED)
   if state == 'interrupted':
-    sys.exit(train.EXIT_INTERRUPTED)
+    sys.exit(interruptions.EXIT_INTERRUPTED)
 
 
 if __name__ == '__main__':

@@ -45,6 +45,8 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
+from bnjax import workdir
+
 FINISHED = ('done', 'diverged')
 
 
@@ -184,7 +186,7 @@ def command(sweep_file: str, run: Run, extra_flags: Sequence[str] = ()) -> list[
 
 # ------------------------------------------------------------------ running sweeps
 def _status(run: Run) -> dict:
-  f = run.workdir / 'status.json'
+  f = run.workdir / workdir.STATUS_FILE
   try:
     return json.loads(f.read_text())
   except (OSError, ValueError):
@@ -203,8 +205,9 @@ def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: S
   (one process group), checkpoint and stop; they are waited for, and a rerun resumes.
   """
   in_flight: list[subprocess.Popen] = []
+  commands = [(r, command(sweep_file, r, extra_flags)) for r in runs]
   try:
-    _start_and_wait(sweep_file, root, runs, extra_flags, parallel, in_flight)
+    _start_and_wait(root, commands, parallel, in_flight)
     return True
   except KeyboardInterrupt:
     print('[sweep] Ctrl-C: waiting for the runs in flight to checkpoint; rerun to resume',
@@ -217,19 +220,24 @@ def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: S
     return False
 
 
-def _start_and_wait(sweep_file, root, runs, extra_flags, parallel, in_flight: list) -> None:
+def _start_and_wait(root: pathlib.Path, commands: list[tuple[Run, list[str]]], parallel: int,
+                    in_flight: list[subprocess.Popen]) -> None:
+  """Runs the command of every unfinished run, ``parallel`` at a time; ``in_flight``
+  holds the processes running (for the caller, on Ctrl-C)."""
   (root / 'logs').mkdir(parents=True, exist_ok=True)
-  todo = [r for r in runs if _status(r).get('state') not in FINISHED]
-  for r in runs:
-    if r not in todo:
-      print(f'[sweep] {r.name}: {_status(r)["state"]} already, skipped', flush=True)
+  todo = []
+  for r, cmd in commands:
+    state = _status(r).get('state')
+    if state in FINISHED:
+      print(f'[sweep] {r.name}: {state} already, skipped', flush=True)
+    else:
+      todo.append((r, cmd))
   running: list[tuple[Run, subprocess.Popen, float, Any]] = []
   started, total = 0, len(todo)
   while todo or running:
     while todo and len(running) < parallel:
-      r = todo.pop(0)
+      r, cmd = todo.pop(0)
       started += 1
-      cmd = command(sweep_file, r, extra_flags)
       log = open(root / 'logs' / f'{r.name}.log', 'a')
       log.write(f'\n$ {shlex.join(cmd)}\n')
       log.flush()
@@ -263,17 +271,13 @@ def summarize(root: pathlib.Path, runs: list[Run]) -> list[dict]:
   rows = []
   for r in runs:
     status = _status(r)
-    row = {'name': r.name,
-           'overrides': ' '.join(f'{k}={_format(v)}' for k, v in r.overrides.items() if k != 'name'),
-           'state': status.get('state', 'not started'), 'steps': status.get('step', '')}
+    overrides = ' '.join(f'{k}={_format(v)}' for k, v in r.overrides.items() if k != 'name')
+    row = {'name': r.name, 'overrides': overrides, 'state': status.get('state', 'not started'),
+           'steps': status.get('step', '')}
     last = {}
-    metrics = r.workdir / 'metrics.jsonl'
-    if metrics.exists():
-      for line in metrics.read_text().splitlines():
-        try:
-          last.update({k: v for k, v in json.loads(line).items() if k in SUMMARY_METRICS})
-        except ValueError:
-          pass  # a line cut short by a kill
+    if (r.workdir / workdir.METRICS_FILE).exists():
+      for line in workdir.read_metrics(r.workdir):
+        last.update({k: v for k, v in line.items() if k in SUMMARY_METRICS})
     row.update({k: f'{last[k]:.4g}' if k in last else '' for k in SUMMARY_METRICS})
     f = _attempts_file(root, r)
     row['wall_seconds'] = (f'{sum(a["seconds"] for a in json.loads(f.read_text())):.0f}'
@@ -295,7 +299,7 @@ def write_summary(root: pathlib.Path, runs: list[Run]) -> list[dict]:
   print('  '.join(k.ljust(w) for k, w in widths.items()))
   for r in rows:
     print('  '.join(str(r[k]).ljust(w) for k, w in widths.items()))
-  started = [r.workdir for r in runs if (r.workdir / 'metrics.jsonl').exists()]
+  started = [r.workdir for r in runs if (r.workdir / workdir.METRICS_FILE).exists()]
   if started:
     plots.draw_sweep_training(started, root / 'training.png')
     drawn = plots.draw_all([plots.load_run(w) for w in started], root / 'figures')

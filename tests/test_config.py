@@ -9,7 +9,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from bnjax import config_lib, experiments, scheduled_probes
+from bnjax import config_lib, experiments, scheduled_probes, train
+from small_runs import small_dln, start, start_main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / 'configs').glob('*.py'))
@@ -162,3 +163,40 @@ def test_differing_fields_are_dotted():
   a = experiments.dln('batch').to_dict()
   b = experiments.dln('none', 'local').to_dict()
   assert config_lib.differing_fields(a, b) == ['checkpoint_every', 'norm', 'num_steps']
+
+
+@pytest.mark.parametrize('override,message', [
+    ({'learning_rate': float('nan')}, 'learning_rate must be a finite number > 0'),
+    ({'batch_size': 0}, 'batch_size must be an integer > 0'),
+    ({'momentum': 1.0}, 'momentum must be in'),
+    ({'dataset': 'cifar10'}, 'model dln needs dataset dln_gaussian'),
+    ({'loss': 'cross_entropy'}, 'does not fit dataset'),
+    ({'bn_stats': 'local'}, "unknown bn_stats 'local'"),
+])
+def test_impossible_configs_are_refused(tmp_path, override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    train.train_and_evaluate(small_dln(**override), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--config.no_such_field=1', "bnjax: config has no field 'no_such_field'; valid: batch_size, "),
+    ('--config.probes.landscape.evry=5',
+     "bnjax: config has no field 'probes.landscape.evry'; closest: probes.landscape.every"),
+    ('--config.learnin_rate=0.1', "bnjax: config has no field 'learnin_rate'; closest: learning_rate"),
+])
+def test_a_misspelt_override_is_one_line_with_the_closest_names(tmp_path, flag, message):
+  p = start([sys.executable, '-m', 'bnjax.main', f'--config={ROOT}/configs/dln_bn.py',
+             f'--workdir={tmp_path / "w"}', flag])
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 2
+  assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / 'w').exists()
+
+
+def test_main_reports_a_bad_value_in_one_line(tmp_path):
+  p = start_main([f'--config={ROOT}/configs/dln_bn.py', '--config.norm=bogus'], tmp_path / 'w')
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 2 and err.strip().splitlines()[-1].startswith(
+      "bnjax: config error: unknown normaliser 'bogus'")
+  assert not (tmp_path / 'w').exists()

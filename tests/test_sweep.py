@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bnjax import sweep
-from test_train import ROOT, subprocess_env
+from small_runs import ROOT, subprocess_env
 
 TINY_SWEEP = '''
 from bnjax import config_lib, sweep

@@ -1,13 +1,8 @@
-"""The trainer: end to end, data parallelism, probes leave training alone, bad input, resume."""
+"""The trainer: the step and the scan chunk, end to end, data parallelism over devices and
+processes, probes leave training alone, bad input."""
 
 import json
-import os
-import pathlib
-import signal
 import subprocess
-import sys
-import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,23 +13,8 @@ import tensorflow_datasets as tfds
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from bnjax import config_lib, data, models, objective, probes, scheduled_probes, train
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
-  """The environment of a bnjax.main run in a subprocess (CPU, fake devices).
-
-  The runs share JAX's persistent compilation cache: a rerun of the same config (resume
-  after kill, preemption) then skips most of its compile, as on a TPU VM with
-  jax_compilation_cache_dir set. Entries are keyed by program, flags and versions.
-  """
-  return dict(
-      os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
-      JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true', PYTHON=sys.executable,
-      JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-
+# ROOT and subprocess_env: other test files import them from here.
+from small_runs import ROOT, metric_lines, start_main, subprocess_env
 
 def tiny_vgg_config(**overrides):
   c = config_lib.vgg('noisy_batch')
@@ -52,15 +32,11 @@ def tiny_vgg_config(**overrides):
   return c
 
 
-def read_metrics(workdir) -> list[dict]:
-  return [json.loads(l) for l in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
-
-
 def test_end_to_end_on_mock_cifar10_over_8_devices(tmp_path):
   config = tiny_vgg_config()
   with tfds.testing.mock_data(num_examples=64):
     assert train.train_and_evaluate(config, str(tmp_path)) == 'done'
-  lines = read_metrics(tmp_path)
+  lines = metric_lines(tmp_path)
   train_lines = [l for l in lines if 'train_loss' in l]
   assert [l['step'] for l in train_lines] == [0, 1, 2, 3]
   for l in train_lines:
@@ -193,72 +169,43 @@ def test_probe_layers_are_checked_against_the_model(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def _main(args, workdir, devices=1, **kwargs):
-  return subprocess.Popen(
-      [sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], cwd=ROOT,
-      env=subprocess_env(devices),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def test_an_unreadable_image_is_named_before_training_or_skipped_and_counted(tmp_path):
+  from PIL import Image
+  root = tmp_path / 'imgs'
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 6), ('test', 3)):
+    for c in ('cat', 'dog'):
+      (root / split / c).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(root / split / c / f'{i}.jpg')
+  for bad in (root / 'train' / 'dog' / '3.jpg', root / 'test' / 'cat' / '1.jpg'):
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated, as a half-copied file is
+  cache = tmp_path / 'cache'
+  with pytest.raises(data.DataError) as e:
+    data.load(f'imagefolder:{root}', cache_dir=str(cache))
+  message = str(e.value)
+  assert '\n' not in message and '1 other image(s) unreadable too' in message
+  assert ('train/dog/3.jpg' in message) != ('test/cat/1.jpg' in message)  # names the first
+  assert 'skip_unreadable_images' in message
+  ds = data.load(f'imagefolder:{root}', cache_dir=str(cache), skip_unreadable_images=True)
+  assert ds.skipped_images == 2
+  assert len(ds.train.inputs) == 11 and len(ds.test.inputs) == 5
+  assert not list(cache.glob('*.npz'))  # never cached from a partial decode
 
-
-def test_main_reports_unknown_field_in_one_line(tmp_path):
-  p = _main([f'--config={ROOT}/configs/dln_bn.py', '--config.no_such_field=1'], tmp_path / 'w')
-  _, err = p.communicate(timeout=120)
-  assert p.returncode != 0
-  assert any('no_such_field' in line for line in err.splitlines())
-  assert not (tmp_path / 'w').exists()
-  p = _main([f'--config={ROOT}/configs/dln_bn.py', '--config.norm=bogus'], tmp_path / 'w')
-  _, err = p.communicate(timeout=120)
-  assert p.returncode == 2 and err.strip().splitlines()[-1].startswith(
-      "bnjax: config error: unknown normaliser 'bogus'")
-  assert not (tmp_path / 'w').exists()
-
-
-@pytest.mark.slow
-def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_path):
-  """SIGKILL loses at most a checkpoint interval; SIGTERM saves and exits 'preempted';
-  rerunning the same command resumes; the end matches an uninterrupted run exactly."""
-  args = [f'--config={ROOT}/configs/dln_bn.py', '--config.norm=noisy_batch',
-          '--config.model_kwargs.depth=8', '--config.probes.ics.layers=(2, 4)',
-          '--config.num_steps=500', '--config.checkpoint_every=100',
-          '--config.steps_per_call=20', '--config.probes.activations.every=0',
-          '--config.probes.ics.every=150', '--config.probes.landscape.every=150']
-  full = _main(args, tmp_path / 'full')
-  assert full.wait(timeout=600) == 0, full.stderr.read()
-  run = tmp_path / 'interrupted'
-
-  def start_and_wait_for_checkpoint(step):
-    p = _main(args, run)
-    deadline = time.time() + 300
-    while not (run / f'checkpoints/{step}').exists():
-      assert p.poll() is None, 'finished before it could be interrupted: make the run longer'
-      assert time.time() < deadline
-      time.sleep(0.05)
-    return p
-
-  killed = start_and_wait_for_checkpoint(200)
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
-  assert json.loads((run / 'status.json').read_text())['state'] == 'running'
-
-  preempted = start_and_wait_for_checkpoint(300)
-  preempted.send_signal(signal.SIGTERM)
-  _, err = preempted.communicate(timeout=300)
-  assert preempted.returncode == train.EXIT_PREEMPTED, err
-  assert 'resumed from checkpoint at step 200' in err
-  status = json.loads((run / 'status.json').read_text())
-  assert status['state'] == 'preempted' and (run / f'checkpoints/{status["step"]}').exists()
-
-  resumed = _main(args, run)
-  _, err = resumed.communicate(timeout=600)
-  assert resumed.returncode == 0, err
-  assert f'resumed from checkpoint at step {status["step"]}' in err
-  a, b = read_metrics(tmp_path / 'full'), read_metrics(run)
-  assert [l['step'] for l in b] == list(range(500))  # no duplicated, no missing steps
-  for la, lb in zip(a, b):
-    assert la['train_loss'] == lb['train_loss'], la['step']
-    assert la.get('probe/landscape/beta') == lb.get('probe/landscape/beta')
-    assert la.get('probe/ics/l2') == lb.get('probe/ics/l2')
-  assert json.loads((run / 'status.json').read_text())['state'] == 'done'
+  config = config_lib.vgg('batch')
+  config.update(model='vgg_tiny', batch_size=8, eval_batch_size=8, num_steps=2, eval_every=0,
+                checkpoint_every=0, dataset=f'imagefolder:{root}')
+  for probe in config.probes.values():
+    probe.every = 0
+  config.data.cache_dir = str(cache)
+  with pytest.raises(data.DataError, match='1 other image'):
+    train.train_and_evaluate(config, str(tmp_path / 'refused'))
+  assert not (tmp_path / 'refused').exists()  # before any training
+  config.data.skip_unreadable_images = True
+  assert train.train_and_evaluate(config, str(tmp_path / 'run')) == 'done'
+  lines = metric_lines(tmp_path / 'run')
+  assert lines[0]['data/skipped_images'] == 2 and lines[0]['step'] == 0
+  assert [l['step'] for l in lines] == [0, 1, 2]  # every step once (2: the final eval)
 
 
 @pytest.mark.slow
@@ -274,7 +221,7 @@ def test_two_processes_train_exactly_as_one(tmp_path):
           '--config.probes.activations.layers=(1, 7)', '--config.probes.bn_theorems.layers=(1, 7)',
           '--config.probes.bn_theorems.every=20', '--config.probes.top_eigenvalues.every=20',
           '--config.probes.spectral_density.steps=(30,)', '--config.probes.weight_distance.every=20']
-  one = _main([*args, '--config.num_steps=40'], tmp_path / 'one', devices=4)
+  one = start_main([*args, '--config.num_steps=40'], tmp_path / 'one', devices=4)
   _, err = one.communicate(timeout=600)
   assert one.returncode == 0, err
   for num_steps in (30, 40):  # the second run resumes from step 30
@@ -285,7 +232,7 @@ def test_two_processes_train_exactly_as_one(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert 'JAX process 1/2' in two.stderr
   assert 'resumed from checkpoint at step 30' in two.stderr
-  a, b = read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'two')
+  a, b = metric_lines(tmp_path / 'one'), metric_lines(tmp_path / 'two')
   assert [l['step'] for l in b] == list(range(40))  # written once, by process 0
   for la, lb in zip(a, b):
     np.testing.assert_allclose(lb['train_loss'], la['train_loss'], rtol=1e-5)

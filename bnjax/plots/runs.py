@@ -12,6 +12,8 @@ import pathlib
 
 import numpy as np
 
+from bnjax import workdir as workdir_lib
+
 NORM_LABELS = {
     'none': 'Standard', 'batch': 'Standard + BatchNorm', 'noisy_batch': 'Standard + "Noisy" BN',
     'noise': 'Standard + noise (no BN)', 'lp1': r'Standard + $\ell_1$',
@@ -80,12 +82,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   for name in ('config.json', 'metrics.jsonl'):
     if not (workdir / name).exists():
       raise FileNotFoundError(f'{workdir} has no {name}: not a bnjax workdir, or never started')
-  lines = []
-  for text in (workdir / 'metrics.jsonl').read_text().splitlines():
-    try:
-      lines.append(json.loads(text))
-    except ValueError:
-      pass  # a line cut short by a kill
+  lines = workdir_lib.read_metrics(workdir)  # without a last line cut short by a kill
   status_file = workdir / 'status.json'
   status = json.loads(status_file.read_text()) if status_file.exists() else {}
   return Run(workdir, json.loads((workdir / 'config.json').read_text()), status, lines)

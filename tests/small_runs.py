@@ -1,0 +1,108 @@
+"""Small runs for the trainer's tests: configs, bnjax.main in a subprocess, what a workdir holds.
+
+The readers here are strict (every metrics.jsonl line must parse), unlike
+``bnjax.workdir.read_metrics``, which leaves out a line cut short by a kill.
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from bnjax import checkpoints, config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
+  """The environment of a bnjax.main run in a subprocess (CPU, fake devices).
+
+  The runs share JAX's persistent compilation cache: a rerun of the same config (resume
+  after kill, preemption) then skips most of its compile, as on a TPU VM with
+  jax_compilation_cache_dir set. Entries are keyed by program, flags and versions.
+  """
+  return dict(
+      os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+      JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true', PYTHON=sys.executable,
+      JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
+# ------------------------------------------------------------------------ configs
+def small_dln(**overrides):
+  """A 4-layer DLN, 40 steps, checkpoints every 10, every probe every 10 steps."""
+  c = config_lib.dln('batch')
+  c.model_kwargs.depth = 4
+  c.num_steps = 40
+  c.checkpoint_every = 10
+  c.steps_per_call = 5
+  c.probes.ics.layers = (2, 3)
+  c.probes.activations.layers = (1, 2)
+  for p in c.probes.values():
+    p.every = 10
+  c.update(overrides)
+  return c
+
+
+def main_args(workdir, num_steps=3000, **overrides):
+  """bnjax.main on a small DLN that runs long enough to be interrupted."""
+  args = [f'--config={ROOT}/configs/dln_bn.py', f'--workdir={workdir}',
+          '--config.model_kwargs.depth=4', f'--config.num_steps={num_steps}',
+          '--config.steps_per_call=10', '--config.checkpoint_every=100',
+          '--config.probes.ics.every=0', '--config.probes.activations.every=0',
+          '--config.probes.landscape.every=0']
+  return [sys.executable, '-m', 'bnjax.main', *args,
+          *(f'--config.{k}={v}' for k, v in overrides.items())]
+
+
+# ---------------------------------------------------------------------- processes
+def start(args, devices=1, **kwargs):
+  return subprocess.Popen(args, cwd=ROOT, env=subprocess_env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def start_main(args, workdir, devices=1, **kwargs):
+  """``python -m bnjax.main --workdir=workdir *args``."""
+  return start([sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], devices,
+               **kwargs)
+
+
+def wait_for(predicate, proc=None, timeout=300):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc is None or proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline
+    time.sleep(0.1)
+
+
+def launcher_failure(stderr: str) -> str:
+  """A failed multi-process launch, readable: every process's error lines (the first
+  process to fail is often not the last to print), then the tail."""
+  errors = [l for l in stderr.splitlines() if re.search(r'Error|Traceback', l)]
+  return '\n'.join(errors[:40]) + '\n...\n' + stderr[-3000:]
+
+
+# --------------------------------------------------------------- what a workdir holds
+def has_checkpoint(workdir):
+  return lambda: any(pathlib.Path(workdir).glob(f'checkpoints/*/{checkpoints.COMMIT_MARKER}'))
+
+
+def status(workdir) -> dict:
+  return json.loads((pathlib.Path(workdir) / 'status.json').read_text())
+
+
+def metric_lines(workdir) -> list[dict]:
+  return [json.loads(l) for l in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+
+
+def steps_in(workdir) -> list[int]:
+  return [l['step'] for l in metric_lines(workdir)]
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
+                if p.name.isdigit())
