@@ -17,11 +17,12 @@ from bnjax.probes.dataset import dataset_loss
 from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
                                       BatchNormTheorems, activation_curvature,
                                       activation_statistics, batchnorm_theorems)
-from bnjax.probes.hessian import (DiagonalEstimate, Eigenpairs, SpectralDensity, SplitLoss,
-                                  TraceEstimate, directional_curvature, ggn_loss, gnvp,
-                                  hessian_diagonal,
-                                  hessian_trace, hessian_trace_hutchpp, hvp, hvp_operator,
-                                  smooth_density, spectral_density, top_eigenvalues)
+from bnjax.probes.estimators import (DiagonalEstimate, TraceEstimate, hessian_diagonal,
+                                     hessian_trace, hessian_trace_hutchpp)
+from bnjax.probes.lanczos import (Eigenpairs, SpectralDensity, smooth_density, spectral_density,
+                                  top_eigenvalues)
+from bnjax.probes.operators import (SplitLoss, directional_curvature, ggn_loss, gnvp, hvp,
+                                    hvp_operator)
 from bnjax.probes.ics import ICS, ics
 from bnjax.probes.landscape import Landscape, gradient_landscape
 from bnjax.probes.sharpness import Sharpness, adaptive_sharpness, epsilon_sharpness

@@ -59,6 +59,12 @@ def check_inputs(loss_fn: LossFn, params: Params, name: str = 'loss_fn') -> None
     raise TypeError(f'{name} must return a floating scalar, got {out.dtype}')
 
 
+def check_num_samples(num_samples: int) -> None:
+  """At least 2 random samples, for a standard error (Hutchinson, SLQ's probes)."""
+  if num_samples < 2:
+    raise ValueError(f'num_samples must be >= 2 for a standard error, got {num_samples}')
+
+
 def tree_vdot(a, b) -> jax.Array:
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 

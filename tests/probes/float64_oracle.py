@@ -1,8 +1,9 @@
 """The probes against dense float64 Hessians, with tolerances only float64 can meet.
 
-Run by test_probes.py in a subprocess (x64 is a process-wide switch). Prints one line
-per check and exits non-zero on the first that fails. The tolerances (1e-9 relative)
-are far below what a wrong factor of 2, a wrong sign or a transposed block would give.
+Run by test_precision_and_inputs.py in a subprocess (x64 is a process-wide switch). Prints
+one line per check and exits non-zero on the first that fails. The tolerances (1e-9
+relative) are far below what a wrong factor of 2, a wrong sign or a transposed block
+would give.
 """
 
 import jax

@@ -1,9 +1,9 @@
 """Runs every probe on a batch sharded over all devices of all processes; process 0 saves.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=D python tests/multihost_probes.py \
+  XLA_FLAGS=--xla_force_host_platform_device_count=D python tests/probes/multihost_probes.py \
       OUT.npz [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-Launched by test_probes_multidevice.py as 1 process x 4 devices and 2 processes x 2
+Launched by test_multidevice.py as 1 process x 4 devices and 2 processes x 2
 devices (jax.distributed on localhost); each process supplies only its slice of the batch.
 """
 
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from bnjax import models  # noqa: E402
-from test_probes_multidevice import all_probes  # noqa: E402
+from cases import all_probes  # noqa: E402  (the directory of this script)
 
 
 def main(out: str) -> None:
