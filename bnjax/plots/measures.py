@@ -157,24 +157,29 @@ class Spread:
   mean: float
   lo: float
   hi: float
-  n: int
+  n: int  # seeds with a finite value
+  total: int  # seeds in the group
 
   def text(self, digits: int = 3) -> str:
-    """'mean [min, max]' (or the value alone for one seed); '' when no seed has it."""
+    """'mean [min, max]' (the value alone for one seed), with '(n of total seeds)' when
+    some seeds have no value (never reached it, diverged); '' when none has it."""
     if not self.n:
       return ''
-    if self.n == 1:
-      return fmt(self.mean, digits)
-    return f'{fmt(self.mean, digits)} [{fmt(self.lo, digits)}, {fmt(self.hi, digits)}]'
+    text = fmt(self.mean, digits)
+    if self.n > 1:
+      text += f' [{fmt(self.lo, digits)}, {fmt(self.hi, digits)}]'
+    return text + (f' ({self.n} of {self.total} seeds)' if self.n < self.total else '')
 
 
 def over_seeds(group: Group, measure) -> Spread:
   """``measure(run)`` for every seed of ``group``, summarised."""
   values = np.asarray([measure(r) for r in group.runs], np.float64)
+  total = len(values)
   values = values[np.isfinite(values)]
   if not values.size:
-    return Spread(NAN, NAN, NAN, 0)
-  return Spread(float(values.mean()), float(values.min()), float(values.max()), int(values.size))
+    return Spread(NAN, NAN, NAN, 0, total)
+  return Spread(float(values.mean()), float(values.min()), float(values.max()), int(values.size),
+                total)
 
 
 def fmt(x: float, digits: int = 3) -> str:

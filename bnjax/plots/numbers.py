@@ -12,7 +12,7 @@ import numpy as np
 
 from bnjax.plots import measures
 from bnjax.plots.measures import over_seeds
-from bnjax.plots.runs import NORM_LABELS, Group, Run, group_runs
+from bnjax.plots.runs import Group, Run, group_runs
 
 DLN_LOSS_THRESHOLDS = (20_000, 10_000, 6_500)  # first step below each (DLN, Fig. 5)
 
@@ -153,11 +153,10 @@ def matched_loss(groups: list[Group]) -> list[str]:
     for target in (np.sqrt(end * min(highs)), end):
       for norm in ('none', 'batch'):
         g = pair[norm]
-        cells = [over_seeds(g, lambda r: measures.at_matched_loss(r, target, 'step')).text(4),
-                 over_seeds(g, lambda r: measures.at_matched_loss(r, target, 'grad_pred')).text(),
-                 over_seeds(g, lambda r: measures.at_matched_loss(r, target, 'beta')).text()]
+        cells = [over_seeds(g, lambda r, t=target, f=field: measures.at_matched_loss(r, t, f))
+                 .text(d) for field, d in (('step', 4), ('grad_pred', 3), ('beta', 3))]
         lines.append(f'| {family.upper()}, {lr:g} | {target:.4g} | '
-                     f'{NORM_LABELS[norm]} ({len(g.runs)} seeds) | ' + ' | '.join(cells) + ' |')
+                     f'{g.label(False)} | ' + ' | '.join(cells) + ' |')
   return lines + ['']
 
 
