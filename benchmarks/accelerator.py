@@ -51,22 +51,22 @@ from bnjax import xla_flags
 if __name__ == '__main__':
   xla_flags.apply()  # as bnjax.main runs a VGG config; before jax is imported
 
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax.config_lib import dln as dln_config, vgg as vgg_config  # noqa: E402
-from bnjax.data import dln_gaussian  # noqa: E402
-from bnjax.models import for_control_flow  # noqa: E402
-from bnjax.models.norms import NOISY  # noqa: E402
-from bnjax.objective import init_variables, make_objective, noise_base_key  # noqa: E402
-from bnjax.probing import Probe, build as build_probes  # noqa: E402
-from bnjax.sweep import load as load_sweep  # noqa: E402
-from bnjax.train import TrainState, build_model, make_train_chunk, make_train_step  # noqa: E402
-from timing import median_time  # noqa: E402
+from bnjax.config_lib import dln as dln_config, vgg as vgg_config
+from bnjax.data import dln_gaussian
+from bnjax.models import for_control_flow
+from bnjax.models.norms import NOISY
+from bnjax.objective import init_variables, make_objective, noise_base_key
+from bnjax.probing import Probe, build as build_probes
+from bnjax.sweep import load as load_sweep
+from bnjax.train import TrainState, build_model, make_train_chunk, make_train_step
+from timing import median_time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER_VGG_SWEEP = ROOT / 'configs' / 'sweeps' / 'paper_vgg.py'
@@ -426,7 +426,7 @@ def device_peak(mesh, reduced: bool, repeats: int) -> dict:
             'table': peak.flops}
   n = 2048 if reduced else 4096
   flops = matmul_ceiling(mesh, n, repeats)
-  return {'flops': flops, 'precision': 'fp32', 'table': None,
+  return {'flops': flops, 'precision': 'float32 at default precision', 'table': None,
           'source': f'not in the table: measured, float32 {n}x{n} matmul at default '
                     f'precision (median of {repeats}), sharded like the steps'}
 

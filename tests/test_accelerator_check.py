@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -131,18 +132,25 @@ def test_forced_accelerator_paths_keep_every_convolution_an_xla_convolution():
   assert _convolutions(force=False) == 8 + 8 + 7 - 3 * 2
 
 
+def _cpu_s_of_children() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
 def _run_check(tmp_path, *flags, devices=1):
+  """(report, stdout, wall seconds, CPU seconds) of the check in a fresh process, with
+  no compilation cache (every compile counts) and ``devices`` CPU devices."""
   out = tmp_path / 'check.json'
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
-  t = time.perf_counter()
+  t, cpu = time.perf_counter(), _cpu_s_of_children()
   run = subprocess.run([sys.executable, 'benchmarks/accelerator.py', '--reduced',
                         f'--json={out}', *flags], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=20 * BUDGET_S)
-  wall = time.perf_counter() - t
+  wall, cpu = time.perf_counter() - t, _cpu_s_of_children() - cpu
   assert run.returncode == 0, run.stderr[-3000:]
-  return json.loads(out.read_text()), run.stdout, wall
+  return json.loads(out.read_text()), run.stdout, wall, cpu
 
 
 def _check_rows(report, names):
@@ -155,8 +163,13 @@ def _check_rows(report, names):
 
 @pytest.mark.slow
 def test_the_reduced_check_runs_within_its_budget(tmp_path):
-  report, stdout, wall = _run_check(tmp_path)
-  assert wall < BUDGET_S, (f'{wall:.0f} s, load average {os.getloadavg()}', stdout)
+  busy = os.getloadavg()[0] >= os.cpu_count()
+  report, stdout, wall, cpu = _run_check(tmp_path)
+  # The check never waits, so on an otherwise idle machine its wall time is at most its
+  # CPU time: that is asserted wherever the test runs. The wall time itself only where
+  # the machine was not already busy when the test started (as in CI).
+  assert cpu < BUDGET_S, (f'{cpu:.0f} s of CPU time', stdout)
+  assert busy or wall < BUDGET_S, (f'{wall:.0f} s, load average {os.getloadavg()}', stdout)
   assert report['reduced'] and report['devices'] == 1 and report['backend'] == 'cpu'
   assert report['peak']['source'].startswith('not in the table: measured')
   _check_rows(report, ['vgg16', 'vgg11', 'dln', 'probe'])
@@ -170,8 +183,8 @@ def test_the_reduced_check_runs_within_its_budget(tmp_path):
 
 @pytest.mark.slow
 def test_forced_accelerator_paths_over_two_devices(tmp_path):
-  report, stdout, _ = _run_check(tmp_path, '--force-accelerator-paths', '--rows=vgg11,dln',
-                                 devices=2)
+  report, stdout, _, _ = _run_check(tmp_path, '--force-accelerator-paths', '--rows=vgg11,dln',
+                                    devices=2)
   assert report['devices'] == 2
   assert report['forced_accelerator_paths'] and report['not_forcible']
   _check_rows(report, ['vgg11', 'dln'])
