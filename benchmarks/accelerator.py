@@ -74,9 +74,10 @@ ROWS = ('vgg16', 'vgg11', 'dln', 'probe')
 REDUCED_WIDTH = 0.25
 CIFAR10_TEST_EXAMPLES = 10_000
 # Estimates where the check measures nothing: one Hessian-vector product costs about 2.4
-# train steps (benchmarks/probes_vgg.py: hvp 2.43x loss-and-gradient, VGG-11 BN, batch
-# 128), and an evaluation forward pass a third of a train step per example.
-HVP_IN_STEPS = 2.4
+# gradients (benchmarks/probes_vgg.py: hvp 2.43x loss-and-gradient, VGG-11 BN, batch
+# 128), at the probes' precision, i.e. as the probe step's gradients cost; a forward pass
+# (evaluation, the activations probe) a third of a train step per example.
+HVP_IN_GRADIENTS = 2.4
 FORWARD_IN_STEPS = 1 / 3
 # What --force-accelerator-paths changes on CPU, and what it cannot without a switch in
 # the library (each platform check named where it sits).
@@ -256,6 +257,7 @@ class Row:
   flops: float  # one step on one device: XLA's cost analysis of the compiled program
   lowered_flops: float  # the whole program before partitioning and optimisation
   memory_bytes: float  # XLA's compiled footprint on one device: arguments + outputs + temps
+  donated_bytes: float  # outputs written into donated arguments' buffers (the state's)
   peak_bytes_in_use: float | None  # the device's own count so far, where it keeps one
   step_s_not_due: float | None = None  # probe row: the same program where no probe is due
 
@@ -288,6 +290,7 @@ def measure(name: str, what: str, config, mesh, repeats: int) -> Row:
              xla_flops(compiled.cost_analysis()), xla_flops(lowered.cost_analysis()),
              memory.argument_size_in_bytes + memory.output_size_in_bytes +
              memory.temp_size_in_bytes if memory else math.nan,
+             memory.alias_size_in_bytes if memory else math.nan,
              stats.get('peak_bytes_in_use'), not_due and not_due / k)
 
 
@@ -306,6 +309,7 @@ class StepTimes:
   """Seconds on this device at the sweep's scale."""
   plain: float  # a train step where no probe is due
   probe: float  # a step with the every-100-steps probes due
+  hvp: float  # one Hessian-vector product of a Hessian probe
   compile: float  # one run's compilation
 
 
@@ -343,8 +347,8 @@ def project(configs: list, times: StepTimes) -> dict:
   """The sweep's wall time on this device, runs one after another: {'parts', 'total_s'}.
 
   Each part: [what, count, seconds each, seconds]. A Hessian probe step costs a probe
-  step plus its Hessian-vector products (``HVP_IN_STEPS`` train steps each); an
-  evaluation pass ``FORWARD_IN_STEPS`` of a train step per example.
+  step plus its Hessian-vector products; an evaluation pass ``FORWARD_IN_STEPS`` of a
+  train step per example.
   """
   total = {}
   for config in configs:
@@ -356,8 +360,8 @@ def project(configs: list, times: StepTimes) -> dict:
       ['plain steps', total['plain'], times.plain],
       ['probe steps (every-100 probes due)', total['probe'], times.probe],
       ['Hessian probe steps (as a probe step)', total['hessian'], times.probe],
-      [f'  + their Hessian-vector products (~{HVP_IN_STEPS:g} plain steps each)',
-       total['hvps'], HVP_IN_STEPS * times.plain],
+      [f'  + their Hessian-vector products (~{HVP_IN_GRADIENTS:g} probe gradients each)',
+       total['hvps'], times.hvp],
       [f'eval passes ({per_pass:g} train batches of examples, forward '
        f'~{FORWARD_IN_STEPS:.2g} of a step)', total['eval_passes'],
        per_pass * FORWARD_IN_STEPS * times.plain],
@@ -368,17 +372,29 @@ def project(configs: list, times: StepTimes) -> dict:
           'total_s': sum(p[3] for p in parts)}
 
 
-def paper_step_times(rows: dict, reduced: bool, force: bool, mesh) -> tuple[StepTimes, str]:
+def probe_gradients(config: ml_collections.ConfigDict) -> float:
+  """Gradients a step of ``config`` with its every-100 probes due computes beyond its own:
+  one per landscape step size and per ICS layer, a forward pass for the activations."""
+  p = config.probes
+  return (len(p.landscape.step_size_multipliers) if 'landscape' in p else 0) + (
+      len(p.ics.layers) if 'ics' in p else 0) + (FORWARD_IN_STEPS if 'activations' in p else 0)
+
+
+def paper_step_times(rows: dict, probe_config, reduced: bool, force: bool,
+                     mesh) -> tuple[StepTimes, str]:
   """The projection's step times from the measured rows, and how they were obtained.
 
   Full size: the probe row is the paper's program, timed with and without probes due.
   Reduced: the paper's VGG-16 step is the measured one scaled by XLA's FLOP ratio of the
   two programs (as if it ran at the same FLOP/s), a probe step that times the probe row's
-  probe/plain ratio.
+  probe/plain ratio. A Hessian-vector product: ``HVP_IN_GRADIENTS`` of the probe step's
+  gradients, whose cost is its time over a plain step's / ``probe_gradients``.
   """
   probe = rows['probe']
+  hvp_share = HVP_IN_GRADIENTS / probe_gradients(probe_config)
   if not reduced:
-    return (StepTimes(probe.step_s_not_due, probe.step_s, probe.compile_s),
+    plain, due = probe.step_s_not_due, probe.step_s
+    return (StepTimes(plain, due, max(due - plain, 0) * hvp_share, probe.compile_s),
             'probe row with and without probes due; compilation: the probe row\'s')
   paper = vgg_config('batch')
   paper.probes = ml_collections.ConfigDict()
@@ -388,10 +404,12 @@ def paper_step_times(rows: dict, reduced: bool, force: bool, mesh) -> tuple[Step
   plain = rows['vgg16'].step_s * scale
   ratio = probe.step_s / probe.step_s_not_due
   note = (f'reduced sizes: plain step = the measured {rows["vgg16"].what} step x {scale:.1f} '
-          "(XLA's FLOPs of the paper's program / of the measured one, at the same FLOP/s); "
-          f'probe step = plain x {ratio:.2f} (the probe row, due / not due); compilation: '
-          'the probe row\'s (reduced config)')
-  return StepTimes(plain, plain * ratio, probe.compile_s), note
+          "(XLA's FLOPs of the paper's program / of the measured one) as if at the same "
+          'FLOP/s, which small widths keep low: it errs long; probe step = plain x '
+          f'{ratio:.2f} (the probe row, due / not due); compilation: the probe row\'s '
+          '(reduced config)')
+  hvp = max(ratio - 1, 0) * plain * hvp_share
+  return StepTimes(plain, plain * ratio, hvp, probe.compile_s), note
 
 
 # ------------------------------------------------------------------------------- main
@@ -442,8 +460,8 @@ def run_check(args) -> dict:
   reduced = jax.default_backend() == 'cpu' if args.reduced is None else args.reduced
   repeats = args.repeats or (3 if reduced else 20)
   peak = device_peak(mesh, reduced, repeats)
-  rows = {}
-  for name, (what, config) in row_configs(reduced, args.force_accelerator_paths).items():
+  rows, configs = {}, row_configs(reduced, args.force_accelerator_paths)
+  for name, (what, config) in configs.items():
     if name in args.rows:
       if config.batch_size % mesh.size:
         sys.exit(f'row {name}: batch {config.batch_size} is not divisible by {mesh.size} devices')
@@ -458,9 +476,10 @@ def run_check(args) -> dict:
       'peak': peak, 'rows': [r.derived(peak['flops']) for r in rows.values()],
       'projection': None}
   if {'vgg16', 'probe'} <= rows.keys():
-    times, note = paper_step_times(rows, reduced, args.force_accelerator_paths, mesh)
-    configs = [run.config for run in load_sweep(str(PAPER_VGG_SWEEP), root='unused')]
-    report['projection'] = dict(project(configs, times), note=note,
+    times, note = paper_step_times(rows, configs['probe'][1], reduced,
+                                   args.force_accelerator_paths, mesh)
+    sweep = [run.config for run in load_sweep(str(PAPER_VGG_SWEEP), root='unused')]
+    report['projection'] = dict(project(sweep, times), note=note,
                                 times=dataclasses.asdict(times),
                                 sweep=str(PAPER_VGG_SWEEP.relative_to(ROOT)))
   report['wall_s'] = time.perf_counter() - t0

@@ -88,14 +88,28 @@ def test_schedule_counts_by_hand():
 
 
 def test_projection_arithmetic_by_hand():
-  times = accelerator.StepTimes(plain=1.0, probe=5.0, compile=7.0)
+  times = accelerator.StepTimes(plain=1.0, probe=5.0, hvp=3.0, compile=7.0)
   p = accelerator.project([_small_vgg_config()], times)
-  expected = (990 * 1.0 + 8 * 5.0 + 2 * 5.0 + 80 * 2.4 * 1.0  # steps, probes, HVPs
+  expected = (990 * 1.0 + 8 * 5.0 + 2 * 5.0 + 80 * 3.0  # steps, probes, HVPs
               + 2 * (10240 / 128) / 3 * 1.0  # two eval passes, a forward a third of a step
               + 7.0)  # one compilation
   assert p['total_s'] == pytest.approx(expected)
   assert p['runs'] == 1 and p['steps'] == 1000
   assert sum(part[3] for part in p['parts']) == pytest.approx(expected)
+
+
+def test_probe_step_gradients_and_the_hvp_estimate():
+  # The paper's probe step: 4 landscape step sizes, 2 ICS layers, one activations forward.
+  config = config_lib.vgg('batch')
+  assert accelerator.probe_gradients(config) == pytest.approx(4 + 2 + 1 / 3)
+  assert accelerator.probe_gradients(config_lib.vgg('batch', 'local')) == pytest.approx(6 + 1 / 3)
+  probe = accelerator.Row('probe', '', 128, 1, compile_s=60.0, step_s=0.8, flops=1.0,
+                          lowered_flops=1.0, memory_bytes=1.0, donated_bytes=1.0,
+                          peak_bytes_in_use=None, step_s_not_due=0.1)
+  times, _ = accelerator.paper_step_times({'probe': probe}, config, reduced=False, force=False,
+                                          mesh=None)
+  # (0.8 - 0.1) s for 19/3 gradients; an HVP 2.4 of them.
+  assert times == accelerator.StepTimes(0.1, 0.8, pytest.approx(0.7 / (19 / 3) * 2.4), 60.0)
 
 
 def test_paper_vgg_sweep_counts():
@@ -156,7 +170,9 @@ def _run_check(tmp_path, *flags, devices=1):
 def _check_rows(report, names):
   assert [r['name'] for r in report['rows']] == names
   for row in report['rows']:
-    for field in ('step_s', 'flops_per_s', 'examples_per_s', 'compile_s', 'memory_bytes'):
+    # donated_bytes > 0: the state's buffers donated and reused, as on GPU and TPU.
+    for field in ('step_s', 'flops_per_s', 'examples_per_s', 'compile_s', 'memory_bytes',
+                  'donated_bytes'):
       assert math.isfinite(row[field]) and row[field] > 0, (row['name'], field, row[field])
     assert 0 < row['peak_fraction'] <= 1.5, (row['name'], row['peak_fraction'])
 
