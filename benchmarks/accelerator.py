@@ -171,18 +171,21 @@ def row_configs(reduced: bool, force_accelerator_paths: bool) -> dict:
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
-  """'VGG-16 BN, batch 128, width 1' and the like, with the probes the config runs."""
+  """'VGG-16 BN, batch 128, width 1' and the like, '+ probes' when the config has some."""
   kw = config.model_kwargs
   if config.model == 'dln':
-    text = (f'DLN BN, {kw.depth} layers {kw.width}x{kw.width}, batch {config.batch_size}, '
+    return (f'DLN BN, {kw.depth} layers {kw.width}x{kw.width}, batch {config.batch_size}, '
             f'{config.steps_per_call} steps a call')
-  else:
-    model = config.model.upper().replace('VGG', 'VGG-')
-    text = f'{model} BN, batch {config.batch_size}, width {kw.width:g}'
-  probes = [f'{n} {tuple(p.layers)}' if 'layers' in p else
-            f'{n} ({len(p.step_size_multipliers)} step sizes)' if n == 'landscape' else n
-            for n, p in config.probes.items()]
-  return text + (f', probes due: {", ".join(probes)}' if probes else '')
+  model = config.model.upper().replace('VGG', 'VGG-')
+  probes = ' + probes' if config.probes else ''
+  return f'{model} BN, batch {config.batch_size}, width {kw.width:g}{probes}'
+
+
+def describe_probes(config: ml_collections.ConfigDict) -> str:
+  """'activations (2, 5, 8), ics (2, 5), landscape (4 step sizes)' and the like."""
+  return ', '.join(f'{n} {tuple(p.layers)}' if 'layers' in p else
+                   f'{n} ({len(p.step_size_multipliers)} step sizes)' if n == 'landscape'
+                   else n for n, p in config.probes.items())
 
 
 def trainer_chunk(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -260,11 +263,13 @@ class Row:
   donated_bytes: float  # outputs written into donated arguments' buffers (the state's)
   peak_bytes_in_use: float | None  # the device's own count so far, where it keeps one
   step_s_not_due: float | None = None  # probe row: the same program where no probe is due
+  probes: str = ''  # the probes due (describe_probes)
 
   def derived(self, peak_flops: float) -> dict:
-    """The row as JSON, with examples/s, FLOP/s (all devices) and the peak fraction."""
+    """The row as JSON, with examples/s, FLOP/s (all devices) and the fraction of the
+    peak of one device, ``peak_flops``."""
     return dict(dataclasses.asdict(self), examples_per_s=self.batch / self.step_s,
-                flops_per_s=self.flops * self.devices / self.step_s,
+                flops_per_s=self.flops * self.devices / self.step_s, peak_flops=peak_flops,
                 peak_fraction=self.flops / self.step_s / peak_flops)
 
 
@@ -291,7 +296,8 @@ def measure(name: str, what: str, config, mesh, repeats: int) -> Row:
              memory.argument_size_in_bytes + memory.output_size_in_bytes +
              memory.temp_size_in_bytes if memory else math.nan,
              memory.alias_size_in_bytes if memory else math.nan,
-             stats.get('peak_bytes_in_use'), not_due and not_due / k)
+             stats.get('peak_bytes_in_use'), not_due and not_due / k,
+             describe_probes(config))
 
 
 def lowered_flops(config, mesh) -> float:
@@ -382,7 +388,7 @@ def probe_gradients(config: ml_collections.ConfigDict) -> float:
 
 def paper_step_times(rows: dict, probe_config, reduced: bool, force: bool,
                      mesh) -> tuple[StepTimes, str]:
-  """The projection's step times from the measured rows, and how they were obtained.
+  """The projection's step times from the measured rows (``Row.derived``), and how.
 
   Full size: the probe row is the paper's program, timed with and without probes due.
   Reduced: the paper's VGG-16 step is the measured one scaled by XLA's FLOP ratio of the
@@ -393,23 +399,23 @@ def paper_step_times(rows: dict, probe_config, reduced: bool, force: bool,
   probe = rows['probe']
   hvp_share = HVP_IN_GRADIENTS / probe_gradients(probe_config)
   if not reduced:
-    plain, due = probe.step_s_not_due, probe.step_s
-    return (StepTimes(plain, due, max(due - plain, 0) * hvp_share, probe.compile_s),
+    plain, due = probe['step_s_not_due'], probe['step_s']
+    return (StepTimes(plain, due, max(due - plain, 0) * hvp_share, probe['compile_s']),
             'probe row with and without probes due; compilation: the probe row\'s')
   paper = vgg_config('batch')
   paper.probes = ml_collections.ConfigDict()
   if force:
     paper.model_kwargs.conv_impl = 'xla'
-  scale = lowered_flops(paper, mesh) / rows['vgg16'].lowered_flops
-  plain = rows['vgg16'].step_s * scale
-  ratio = probe.step_s / probe.step_s_not_due
-  note = (f'reduced sizes: plain step = the measured {rows["vgg16"].what} step x {scale:.1f} '
+  scale = lowered_flops(paper, mesh) / rows['vgg16']['lowered_flops']
+  plain = rows['vgg16']['step_s'] * scale
+  ratio = probe['step_s'] / probe['step_s_not_due']
+  note = (f'reduced sizes: plain step = the measured {rows["vgg16"]["what"]} step x {scale:.1f} '
           "(XLA's FLOPs of the paper's program / of the measured one) as if at the same "
           'FLOP/s, which small widths keep low: it errs long; probe step = plain x '
           f'{ratio:.2f} (the probe row, due / not due); compilation: the probe row\'s '
           '(reduced config)')
   hvp = max(ratio - 1, 0) * plain * hvp_share
-  return StepTimes(plain, plain * ratio, hvp, probe.compile_s), note
+  return StepTimes(plain, plain * ratio, hvp, probe['compile_s']), note
 
 
 # ------------------------------------------------------------------------------- main
@@ -433,20 +439,34 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-def device_peak(mesh, reduced: bool, repeats: int) -> dict:
-  """The peak the fractions compare with: the table's, else a measured matmul's."""
-  kind = mesh.devices.flat[0].device_kind
-  peak = lookup_peak(kind)
-  if peak is not None:
-    return {'flops': peak.step_flops, 'precision': peak.step_precision,
-            'source': f'{peak.chip}, vendor dense peak at {peak.step_precision} '
-                      f'(the precision of a float32 matmul at JAX\'s default on it)',
-            'table': peak.flops}
+def measure_rows(args, mesh, reduced: bool, repeats: int) -> tuple[dict, dict, dict]:
+  """(rows, their configs {row: (what, config)}, the peak the fractions compare with).
+
+  The peak: the table's for this device kind; else the float32 matmul rate, measured
+  beside each row (right after it), as a shared machine's speed drifts between rows.
+  """
+  table = lookup_peak(mesh.devices.flat[0].device_kind)
   n = 2048 if reduced else 4096
-  flops = matmul_ceiling(mesh, n, repeats)
-  return {'flops': flops, 'precision': 'float32 at default precision', 'table': None,
-          'source': f'not in the table: measured, float32 {n}x{n} matmul at default '
-                    f'precision (median of {repeats}), sharded like the steps'}
+  rows, peaks, configs = {}, {}, row_configs(reduced, args.force_accelerator_paths)
+  for name, (what, config) in configs.items():
+    if name not in args.rows:
+      continue
+    if config.batch_size % mesh.size:
+      sys.exit(f'row {name}: batch {config.batch_size} is not divisible by {mesh.size} devices')
+    rows[name] = measure(name, what, config, mesh, repeats)
+    peaks[name] = table.step_flops if table else matmul_ceiling(mesh, n, repeats)
+    print(f'  {name}: {rows[name].step_s * 1e3:.1f} ms a step', file=sys.stderr, flush=True)
+  if table:
+    peak = {'flops': table.step_flops, 'precision': table.step_precision, 'table': table.flops,
+            'source': f'{table.chip}, vendor dense peak at {table.step_precision} (the '
+                      "precision of a float32 matmul at JAX's default on it)"}
+  else:
+    peak = {'flops': statistics.median(peaks.values()) if peaks else math.nan, 'table': None,
+            'precision': 'float32 at default precision',
+            'source': f'not in the table: measured, a float32 {n}x{n} matmul at default '
+                      f'precision sharded like the steps, median of {repeats}, beside each '
+                      'row (the median of those)'}
+  return {name: row.derived(peaks[name]) for name, row in rows.items()}, configs, peak
 
 
 def run_check(args) -> dict:
@@ -459,22 +479,14 @@ def run_check(args) -> dict:
                        devices=devices)
   reduced = jax.default_backend() == 'cpu' if args.reduced is None else args.reduced
   repeats = args.repeats or (3 if reduced else 20)
-  peak = device_peak(mesh, reduced, repeats)
-  rows, configs = {}, row_configs(reduced, args.force_accelerator_paths)
-  for name, (what, config) in configs.items():
-    if name in args.rows:
-      if config.batch_size % mesh.size:
-        sys.exit(f'row {name}: batch {config.batch_size} is not divisible by {mesh.size} devices')
-      rows[name] = measure(name, what, config, mesh, repeats)
-      print(f'  {name}: {rows[name].step_s * 1e3:.1f} ms a step', file=sys.stderr, flush=True)
+  rows, configs, peak = measure_rows(args, mesh, reduced, repeats)
   report = {
       'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
       'devices': mesh.size, 'reduced': reduced, 'repeats': repeats,
       'forced_accelerator_paths': list(FORCED) if args.force_accelerator_paths else [],
       'not_forcible': list(NOT_FORCIBLE) if args.force_accelerator_paths else [],
       'compilation_cache': jax.config.jax_compilation_cache_dir or None,
-      'peak': peak, 'rows': [r.derived(peak['flops']) for r in rows.values()],
-      'projection': None}
+      'peak': peak, 'rows': list(rows.values()), 'projection': None}
   if {'vgg16', 'probe'} <= rows.keys():
     times, note = paper_step_times(rows, configs['probe'][1], reduced,
                                    args.force_accelerator_paths, mesh)
@@ -539,8 +551,8 @@ def format_report(r: dict) -> str:
                "the device's own count so far (n/a: this backend keeps none)")
   for row in r['rows']:
     if row['step_s_not_due'] is not None:
-      lines.append(f'{row["name"]}: the same program at a step where no probe is due '
-                   f'(the other 99 of 100 steps): {duration(row["step_s_not_due"])}')
+      lines.append(f'{row["name"]}: probes due: {row["probes"]}; the same program at a step '
+                   f'where none is due (99 steps in 100): {duration(row["step_s_not_due"])}')
   lines += format_projection(r['projection'], r['devices'])
   lines.append(f'check wall time: {r["wall_s"]:.0f} s (after imports)')
   return '\n'.join(lines)

@@ -105,7 +105,7 @@ def test_probe_step_gradients_and_the_hvp_estimate():
   assert accelerator.probe_gradients(config_lib.vgg('batch', 'local')) == pytest.approx(6 + 1 / 3)
   probe = accelerator.Row('probe', '', 128, 1, compile_s=60.0, step_s=0.8, flops=1.0,
                           lowered_flops=1.0, memory_bytes=1.0, donated_bytes=1.0,
-                          peak_bytes_in_use=None, step_s_not_due=0.1)
+                          peak_bytes_in_use=None, step_s_not_due=0.1).derived(1e9)
   times, _ = accelerator.paper_step_times({'probe': probe}, config, reduced=False, force=False,
                                           mesh=None)
   # (0.8 - 0.1) s for 19/3 gradients; an HVP 2.4 of them.
