@@ -122,6 +122,7 @@ PEAKS = (
     Peak('TPU v5p', r'^tpu v5p?$', {'bf16': 459 * T}),
     Peak('TPU v6e (Trillium)', r'^tpu (v6|trillium)', {'bf16': 918 * T}),
     Peak('H100 PCIe', r'h100.*pcie', {'bf16': 756 * T, 'tf32': 378 * T, 'fp32': 51.2 * T}),
+    Peak('H100 NVL', r'h100 nvl', {'bf16': 835 * T, 'tf32': 417.5 * T, 'fp32': 60 * T}),
     Peak('H100 SXM', r'h100', {'bf16': 989 * T, 'tf32': 494.5 * T, 'fp32': 66.9 * T}),
     Peak('H200', r'h200', {'bf16': 989 * T, 'tf32': 494.5 * T, 'fp32': 66.9 * T}),
     Peak('A100', r'a100', {'bf16': 312 * T, 'tf32': 156 * T, 'fp32': 19.5 * T}),

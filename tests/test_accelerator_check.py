@@ -42,6 +42,7 @@ accelerator = _load_benchmark()
     ('TPU v6 lite', 'TPU v6e (Trillium)', 'bf16', 918e12),
     ('NVIDIA H100 80GB HBM3', 'H100 SXM', 'tf32', 494.5e12),
     ('NVIDIA H100 PCIe', 'H100 PCIe', 'tf32', 378e12),
+    ('NVIDIA H100 NVL', 'H100 NVL', 'tf32', 417.5e12),
     ('NVIDIA A100-SXM4-40GB', 'A100', 'tf32', 156e12),
     ('NVIDIA A100 80GB PCIe', 'A100', 'tf32', 156e12),
     ('NVIDIA L4', 'L4', 'tf32', 60e12),
