@@ -58,14 +58,14 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax.config_lib import dln as dln_config, vgg as vgg_config
 from bnjax.data import dln_gaussian
-from bnjax.models import for_control_flow
+from bnjax.experiments import dln as dln_config, vgg as vgg_config
+from bnjax.models import for_control_flow, from_config as model_from_config
 from bnjax.models.norms import NOISY
 from bnjax.objective import init_variables, make_objective, noise_base_key
-from bnjax.probing import Probe, build as build_probes
+from bnjax.scheduled_probes import Probe, build as build_probes
 from bnjax.sweep import load as load_sweep
-from bnjax.train import TrainState, build_model, make_train_chunk, make_train_step
+from bnjax.train import TrainState, make_train_chunk, make_train_step
 from timing import median_time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,6 +89,7 @@ NOT_FORCIBLE = (
     '(no config field reaches its batch_size argument)',
     'XLA convolutions inside loops: probes.convolutions.for_loops rewrites them on CPU',
     'models.common.materialized stores activations once on CPU only',
+    'probes.surface (not in the paper schedule): loss-surface points one at a time on CPU',
 )
 
 
@@ -197,7 +198,7 @@ def trainer_chunk(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   over the mesh's 'data' axis. init(sample) -> the state at step 0, replicated.
   batches: random host arrays of the dataset's shapes, [steps_per_call, batch, ...].
   """
-  model = build_model(config, num_classes=10)
+  model = model_from_config(config, num_classes=None if config.model == 'dln' else 10)
   tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
   key = noise_base_key(config.seed)
   train_step, scan_step = (

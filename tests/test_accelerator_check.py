@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import pytest
 
-from bnjax import config_lib
+from bnjax import experiments
 from conftest import ROOT
 
 BUDGET_S = 120  # the reduced check on a 2-core CPU (issue 25)
@@ -70,7 +70,7 @@ def test_flops_of_a_cost_analysis_as_dict_or_list():
 
 
 def _small_vgg_config(norm='batch'):
-  c = config_lib.vgg(norm)
+  c = experiments.vgg(norm)
   c.num_steps = 1000
   c.probes.top_eigenvalues = ml_collections.ConfigDict(
       {'every': 500, 'k': 1, 'num_iterations': 20, 'seed': 0, 'bn_mode': 'both'})
@@ -101,9 +101,9 @@ def test_projection_arithmetic_by_hand():
 
 def test_probe_step_gradients_and_the_hvp_estimate():
   # The paper's probe step: 4 landscape step sizes, 2 ICS layers, one activations forward.
-  config = config_lib.vgg('batch')
+  config = experiments.vgg('batch')
   assert accelerator.probe_gradients(config) == pytest.approx(4 + 2 + 1 / 3)
-  assert accelerator.probe_gradients(config_lib.vgg('batch', 'local')) == pytest.approx(6 + 1 / 3)
+  assert accelerator.probe_gradients(experiments.vgg('batch', 'local')) == pytest.approx(6 + 1 / 3)
   probe = accelerator.Row('probe', '', 128, 1, compile_s=60.0, step_s=0.8, flops=1.0,
                           lowered_flops=1.0, memory_bytes=1.0, donated_bytes=1.0,
                           peak_bytes_in_use=None, step_s_not_due=0.1).derived(1e9)
