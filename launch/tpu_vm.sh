@@ -27,7 +27,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-usage() { sed -n '2,30p' "$0"; exit 2; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2; }  # the comment above
 
 parse_args() {
   dry_run=0 detach=0 stop=0 poll=60 data_dir=""
@@ -132,22 +132,21 @@ all_finished() {  # every run of the sweep done or diverged (needs worker 0's ru
   done
 }
 
-progress() {  # one line: the runs' states, the current run's step, workers not running
+progress() {  # one line: runs finished, the others' states and steps, workers not running
   local line name state step n_done=0 now="" others="" w k s
   for line in "${run_lines[@]}"; do
     read -r name state step <<<"$line"
     case $state in
       done|diverged) n_done=$((n_done + 1)) ;;
-      running) now+=" $name at step $step;" ;;
       pending) ;;
-      *) now+=" $name $state at step $step;" ;;
+      *) now+="; $name $state at step $step" ;;
     esac
   done
   for w in "${worker_states[@]}"; do
     read -r k s _ <<<"$w"
-    if [ "$s" != running ]; then others+=" $k:$s"; fi
+    if [ "$s" != running ]; then others+=" $k ($s)"; fi
   done
-  echo "$n_done of ${#run_lines[@]} runs finished;${now:- }${others:+ workers not running:$others}"
+  echo "$n_done of ${#run_lines[@]} runs finished$now${others:+; workers not running:$others}"
 }
 
 report() {  # the runs' table; 0 when every run is done or diverged
@@ -161,8 +160,9 @@ report() {  # the runs' table; 0 when every run is done or diverged
   for w in "${worker_states[@]}"; do
     read -r k s rest <<<"$w"
     case $s in
-      exited) [[ $rest == *code=0* ]] || echo "[tpu_vm] worker $k: driver $rest" >&2 ;;
-      lost) echo "[tpu_vm] worker $k: its driver died without finishing (killed, or the VM" \
+      exited) [[ $rest == *code=0* ]] || echo "[tpu_vm] worker $k: the driver ended with status" \
+        "${rest##*code=}; its log: $root/.tpu_vm/worker$k.log" >&2 ;;
+      lost) echo "[tpu_vm] worker $k: the driver died without finishing (killed, or the VM" \
         "restarted); rerun this command to resume" >&2 ;;
     esac
   done
@@ -183,8 +183,8 @@ follow() {
       if [ "$running" = 0 ]; then break; fi
     else
       failures=$((failures + 1))
-      echo "[tpu_vm] no answer from every worker ($contact_error); the runs go on;" \
-        "try $failures of $max_failures" >&2
+      echo "[tpu_vm] no answer from the workers ($contact_error); the runs go on; try" \
+        "$failures of $max_failures" >&2
       if [ "$failures" -ge "$max_failures" ]; then
         echo "[tpu_vm] stopped following; the runs go on on the workers; rerun this command" \
           "to follow them again" >&2

@@ -28,7 +28,7 @@
 # Worker index: $TPU_WORKER_ID, else the TPU VM metadata server (as JAX finds it).
 set -euo pipefail
 
-usage() { sed -n '2,29p' "$0"; exit 2; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 2; }  # the comment above
 
 # ------------------------------------------------------------------------ arguments
 parse_args() {

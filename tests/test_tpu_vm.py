@@ -57,8 +57,11 @@ class Tpu:
         FAKE_GCLOUD_NETWORK_DOWN=str(self.network_down), FAKE_GCLOUD_PYTHON=sys.executable)
 
   def args(self, *options):
-    return [str(ROOT / 'launch' / 'tpu_vm.sh'), '--poll=1', *options, 'fake-v4-16',
-            'us-central2-b', str(self.sweep), str(self.root)]
+    """The launcher's command line; --only= and --config. options go after ROOT."""
+    tail = [o for o in options if o.startswith(('--only=', '--config.'))]
+    head = [o for o in options if o not in tail]
+    return [str(ROOT / 'launch' / 'tpu_vm.sh'), '--poll=1', *head, 'fake-v4-16',
+            'us-central2-b', str(self.sweep), str(self.root), *tail]
 
   def run(self, *options, timeout=600, **env):
     return subprocess.run(self.args(*options), env=dict(self.env, **env), capture_output=True,
@@ -170,7 +173,7 @@ def assert_every_run_done_with_every_step_once(t, num_steps):
   for run in t.runs:
     assert status(t.root / run)['state'] == 'done', run
     steps = [l['step'] for l in metric_lines(t.root / run)]
-    assert steps == list(range(num_steps + 1)), (run, steps[:5], len(steps))
+    assert steps == list(range(num_steps)), (run, steps[:5], len(steps))
 
 
 def marked_done(t):
@@ -262,3 +265,71 @@ def test_a_start_that_fails_on_one_worker_stops_the_others(tpu):
   wait_for(lambda: not t.drivers(), 'worker 0\'s driver to stop', timeout=60)
   assert (t.root / '.tpu_vm' / 'worker0.exit').read_text().split()[1] == '143'
   assert 'stop requested' in (t.root / '.tpu_vm' / 'worker0.log').read_text()
+
+
+# ------------------------------------------------------------- slow: 2 workers training
+@pytest.mark.slow
+def test_runs_survive_a_closed_laptop_and_a_lost_network_and_a_rerun_attaches(tpu):
+  num_steps = 600
+  t = tpu(num_steps=num_steps)
+  # --detach: set-up, start, return; the drivers go on without any connection
+  t0 = time.time()
+  out = t.run('--detach')
+  assert out.returncode == 0, out.stderr
+  assert 'detached: the runs go on' in out.stderr
+  assert time.time() - t0 < 60
+  assert len(t.drivers()) == 2
+  assert len(t.calls('tpu_worker.sh start')) == 1
+
+  # a later launcher follows them; then the laptop closes: SIGHUP to the launcher's
+  # process group, the stand-in's ssh sessions get SIGHUP as from sshd
+  follower = t.start()
+  wait_for(lambda: 'attaching, nothing started' in output(follower), 'attaching', 120, follower)
+  wait_for(lambda: t.steps('seed=0') > 30, 'seed=0 to be training', proc=follower)
+  os.killpg(follower.pid, signal.SIGHUP)
+  assert follower.wait(timeout=30) == 129
+  assert 'stopped following; the runs go on' in output(follower)
+  steps = t.steps('seed=0')
+  wait_for(lambda: t.steps('seed=0') > steps + 20 or t.steps('seed=1'), 'the runs to go on', 120)
+  assert len(t.drivers()) == 2
+
+  # another follower; the network goes down: its ssh calls fail, it retries, gives up
+  follower = t.start()
+  wait_for(lambda: 'attaching, nothing started' in output(follower), 'attaching', 120, follower)
+  t.network_down.touch()
+  assert follower.wait(timeout=120) == 255
+  assert 'stopped following; the runs go on on the workers; rerun' in output(follower)
+  assert len(t.drivers()) == 2, 'the runs ended before the rerun could attach: make them longer'
+
+  # the network is back: a rerun attaches (starts nothing), follows to the end, returns 0
+  t.network_down.unlink()
+  out = t.run()
+  assert out.returncode == 0, out.stderr
+  assert 'attaching, nothing started' in out.stderr
+  assert len(t.calls('tpu_worker.sh start')) == 1 and len(t.calls('git clone')) == 1
+  assert not t.drivers()
+  assert_every_run_done_with_every_step_once(t, num_steps)
+  for run in t.runs:  # a log per run and worker, each run started once on each
+    for k in (0, 1):
+      log = (t.root / run / 'logs' / f'worker{k}.log').read_text()
+      assert log.count('=== ') == 1 and 'bnjax.main --multihost' in log
+      assert (t.root / run / 'logs' / f'worker{k}.exit').read_text().split()[1] == '0'
+
+
+@pytest.mark.slow
+def test_stop_checkpoints_the_run_and_a_rerun_resumes_it(tpu):
+  num_steps = 400
+  t = tpu(num_steps=num_steps, runs=('seed=0',))
+  follower = t.start('--only=seed=0')
+  wait_for(lambda: t.steps('seed=0') > 120, 'seed=0 past a checkpoint', proc=follower)
+  out = t.run('--stop', '--only=seed=0')
+  assert out.returncode == 0, out.stderr
+  assert follower.wait(timeout=120) == 1  # the runs it followed ended unfinished
+  assert not t.drivers()
+  state = status(t.root / 'seed=0')
+  assert state['state'] == 'preempted' and state['step'] < num_steps, state
+  out = t.run('--only=seed=0')  # nothing runs: a new start, which resumes
+  assert out.returncode == 0, out.stderr
+  assert 'starting the drivers' in out.stderr
+  assert len(t.calls('tpu_worker.sh start')) == 2
+  assert_every_run_done_with_every_step_once(t, num_steps)
