@@ -53,7 +53,9 @@ parse_args() {
       *) extra+=("$arg") ;;
     esac
   done
-  if [ -z "$data_dir" ]; then data_dir=$([ -n "${TFDS_DATA_DIR:-}" ] && echo shared || echo per-worker); fi
+  if [ -z "$data_dir" ]; then
+    data_dir=$([ -n "${TFDS_DATA_DIR:-}" ] && echo shared || echo per-worker)
+  fi
   if [ "$data_dir" = shared ] && [ -z "${TFDS_DATA_DIR:-}" ]; then
     echo "tpu_vm.sh: --shared-data-dir needs TFDS_DATA_DIR, a directory every worker sees" >&2
     exit 2
@@ -79,25 +81,30 @@ check_local_install() {
 
 gcloud_all() {  # gcloud ssh on every worker; printed instead under --dry-run
   local cmd=(gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command="$1")
-  if [ "$dry_run" = 1 ]; then printf '%q' "${cmd[0]}"; printf ' %q' "${cmd[@]:1}"; echo; else "${cmd[@]}"; fi
+  if [ "$dry_run" = 0 ]; then "${cmd[@]}"; return; fi
+  printf '%q' "${cmd[0]}"; printf ' %q' "${cmd[@]:1}"; echo
 }
 
 # ----------------------------------------------------------- commands for the workers
 worker_commands() {
   local env_prefix="" q_extra="" arg repo common
-  if [ -n "${TFDS_DATA_DIR:-}" ]; then env_prefix="export TFDS_DATA_DIR=$(printf '%q' "$TFDS_DATA_DIR") && "; fi
+  if [ -n "${TFDS_DATA_DIR:-}" ]; then
+    env_prefix="export TFDS_DATA_DIR=$(printf '%q' "$TFDS_DATA_DIR") && "
+  fi
   for arg in "${extra[@]}"; do q_extra+=" $(printf '%q' "$arg")"; done
   local runs=${names//$'\n'/,} dss=${datasets//$'\n'/,}
   common=" --root=$(printf '%q' "$root")"
-  status_cmd="cd bnjax 2>/dev/null && test -x launch/tpu_worker.sh && launch/tpu_worker.sh status$common"
-  status_cmd+=" --runs=$runs || echo tpu_worker - none"
+  # a worker without the clone (or the script) has run nothing: it says 'none'
+  status_cmd="cd bnjax 2>/dev/null && test -x launch/tpu_worker.sh"
+  status_cmd+=" && launch/tpu_worker.sh status$common --runs=$runs || echo tpu_worker - none"
   stop_cmd="cd bnjax && launch/tpu_worker.sh stop$common"
   start_cmd="${env_prefix}cd bnjax && . .venv/bin/activate && launch/tpu_worker.sh start$common"
   start_cmd+=" --sweep=$(printf '%q' "$sweep") --launch=$launch --runs=$runs"
   if [ -n "$dss" ]; then start_cmd+=" --datasets=$dss --data-dir=$data_dir"; fi
   if [ -n "$q_extra" ]; then start_cmd+=" --$q_extra"; fi
   repo=${BNJAX_REPO:-$(git -C "$here/.." remote get-url origin 2>/dev/null || true)}
-  setup_cmd="${env_prefix}(test -d bnjax || git clone -q $(printf '%q' "$repo") bnjax) && cd bnjax && git pull -q"
+  setup_cmd="${env_prefix}(test -d bnjax || git clone -q $(printf '%q' "$repo") bnjax)"
+  setup_cmd+=" && cd bnjax && git pull -q"
   setup_cmd+=" && (test -d .venv || python3 -m venv .venv) && . .venv/bin/activate"
   setup_cmd+=" && pip install -q -e '.[prepare]' 'jax[tpu]'"
   if [ -z "$repo" ]; then setup_cmd=""; fi
@@ -166,7 +173,8 @@ report() {  # the runs' table; 0 when every run is done or diverged
         "restarted); rerun this command to resume" >&2 ;;
     esac
   done
-  echo "[tpu_vm] logs on the workers: $root/<run>/logs/worker<k>.log, $root/.tpu_vm/worker<k>.log" >&2
+  echo "[tpu_vm] logs on the workers: $root/<run>/logs/worker<k>.log," \
+    "$root/.tpu_vm/worker<k>.log" >&2
   all_finished
 }
 
@@ -225,8 +233,9 @@ main() {
   parse_args "$@"
   python=${PYTHON:-python3}
   check_local_install
-  names=$("$python" -m bnjax.sweep "$sweep" --root="$root" --list "${only[@]}" "${extra[@]}")
-  datasets=$("$python" -m bnjax.sweep "$sweep" --root="$root" --tfds-datasets "${only[@]}" "${extra[@]}")
+  local sweep_args=("$sweep" --root="$root" "${only[@]}" "${extra[@]}")
+  names=$("$python" -m bnjax.sweep "${sweep_args[@]}" --list)
+  datasets=$("$python" -m bnjax.sweep "${sweep_args[@]}" --tfds-datasets)
   launch=$(date -u +%Y%m%dT%H%M%SZ)-$RANDOM
   worker_commands
   if [ "$dry_run" = 1 ]; then

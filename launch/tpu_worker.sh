@@ -54,7 +54,8 @@ worker_index() {
   if [ -n "${TPU_WORKER_ID:-}" ]; then echo "$TPU_WORKER_ID"; return; fi
   curl -sf --max-time 10 -H 'Metadata-Flavor: Google' \
     http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number \
-    || { echo "tpu_worker.sh: cannot tell this worker's index (no TPU_WORKER_ID, no metadata server)" >&2; exit 2; }
+    || { echo "tpu_worker.sh: cannot tell this worker's index (no TPU_WORKER_ID," \
+           "no metadata server)" >&2; exit 2; }
 }
 
 # ------------------------------------------------------------------ what a workdir says
@@ -66,7 +67,8 @@ run_state() {  # state in DIR/status.json (written by host 0), or 'pending'
 
 run_step() {  # the step of the last whole line of DIR/metrics.jsonl, or of status.json
   local s
-  s=$(tail -n 2 "$1/metrics.jsonl" 2>/dev/null | sed -n 's/^{"step": *\([0-9]*\),.*}$/\1/p' | tail -n 1)
+  s=$(tail -n 2 "$1/metrics.jsonl" 2>/dev/null \
+      | sed -n 's/^{"step": *\([0-9]*\),.*}$/\1/p' | tail -n 1)
   [ -n "$s" ] || s=$(sed -n 's/.*"step": *\([0-9]*\).*/\1/p' "$1/status.json" 2>/dev/null || true)
   echo "${s:-0}"
 }
@@ -105,7 +107,8 @@ cmd_start() {
   nohup setsid "$0" _drive "$@" </dev/null >>"$state_dir/worker$k.log" 2>&1 &
   local i words
   for ((i = 0; i < 100; i++)); do  # until the driver has taken the lock (it may be done already)
-    if read -r -a words 2>/dev/null <"$state_dir/worker$k.pid" && [ "${words[2]:-}" = "$launch" ]; then
+    if read -r -a words 2>/dev/null <"$state_dir/worker$k.pid" \
+        && [ "${words[2]:-}" = "$launch" ]; then
       echo "tpu_worker $k started launch=$launch pid=${words[0]}"; return 0
     fi
     sleep 0.1
@@ -234,7 +237,8 @@ cmd_status() {
     fi
   elif [ -z "$launch_now" ]; then
     echo "tpu_worker $k none"
-  elif read -r -a words 2>/dev/null <"$state_dir/worker$k.exit" && [ "${words[0]:-}" = "$launch_now" ]; then
+  elif read -r -a words 2>/dev/null <"$state_dir/worker$k.exit" \
+      && [ "${words[0]:-}" = "$launch_now" ]; then
     code=${words[1]:-}
     echo "tpu_worker $k exited launch=$launch_now run=$run code=$code"
   else  # started, never said it ended: killed, or the VM restarted

@@ -37,7 +37,8 @@ def test_tpu_vm_dry_run_asks_the_workers_sets_them_up_then_starts_a_detached_dri
   status, setup, start = (cmd[-1].removeprefix('--command=') for cmd in commands)
   assert (f'launch/tpu_worker.sh status --root=/mnt/shared/paper_vgg --runs={",".join(RUNS)}'
           in status)
-  for part in ('export TFDS_DATA_DIR=/mnt/shared/tfds', 'git clone -q https://example.com/bnjax.git bnjax',
+  for part in ('export TFDS_DATA_DIR=/mnt/shared/tfds',
+               'git clone -q https://example.com/bnjax.git bnjax',
                "pip install -q -e '.[prepare]' 'jax[tpu]'"):
     assert part in setup, part
   assert 'bnjax.data prepare' not in setup  # the drivers prepare: worker 0 alone when shared
