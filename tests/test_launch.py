@@ -15,7 +15,7 @@ RUNS = ['bn_lr0.1', 'standard_lr0.1', 'noisy_bn_lr0.1', 'standard_lr0.5', 'bn_lr
 
 def run_script(args, **env):
   return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                        env=dict(os.environ, PYTHON=sys.executable, **env))
+                        env={**os.environ, 'PYTHON': sys.executable, **env})
 
 
 def test_shell_scripts_pass_shellcheck():
@@ -24,24 +24,55 @@ def test_shell_scripts_pass_shellcheck():
   assert out.returncode == 0, out.stdout
 
 
-def test_tpu_vm_dry_run_sets_up_every_worker_then_runs_each_run_on_all(tmp_path):
+def test_tpu_vm_dry_run_asks_the_workers_sets_them_up_then_starts_a_detached_driver(tmp_path):
   out = run_script(['launch/tpu_vm.sh', '--dry-run', 'my-v4-16', 'us-central2-b', SWEEP,
                     '/mnt/shared/paper_vgg', '--config.num_steps=20'],
                    BNJAX_REPO='https://example.com/bnjax.git', TFDS_DATA_DIR='/mnt/shared/tfds')
   assert out.returncode == 0, out.stderr
   commands = [shlex.split(line) for line in out.stdout.splitlines()]
-  assert len(commands) == 1 + len(RUNS)
+  assert len(commands) == 3  # what runs there, set-up, start: one gcloud ssh each
   for cmd in commands:
     assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'my-v4-16']
     assert '--zone=us-central2-b' in cmd and '--worker=all' in cmd
-  setup = commands[0][-1].removeprefix('--command=')
-  for part in ('export TFDS_DATA_DIR=/mnt/shared/tfds', 'git clone -q https://example.com/bnjax.git bnjax',
-               "pip install -q -e '.[prepare]' 'jax[tpu]'", 'python -m bnjax.data prepare cifar10'):
+  status, setup, start = (cmd[-1].removeprefix('--command=') for cmd in commands)
+  assert (f'launch/tpu_worker.sh status --root=/mnt/shared/paper_vgg --runs={",".join(RUNS)}'
+          in status)
+  for part in ('export TFDS_DATA_DIR=/mnt/shared/tfds',
+               'git clone -q https://example.com/bnjax.git bnjax',
+               "pip install -q -e '.[prepare]' 'jax[tpu]'"):
     assert part in setup, part
-  for cmd, name in zip(commands[1:], RUNS):
-    run = cmd[-1].removeprefix('--command=')
-    assert run.endswith(f'python -m bnjax.main --multihost --config={SWEEP}:{name} '
-                        f'--workdir=/mnt/shared/paper_vgg/{name} --config.num_steps=20'), run
+  assert 'bnjax.data prepare' not in setup  # the drivers prepare: worker 0 alone when shared
+  prefix = ('export TFDS_DATA_DIR=/mnt/shared/tfds && cd bnjax && . .venv/bin/activate && '
+            'launch/tpu_worker.sh start --root=/mnt/shared/paper_vgg '
+            f'--sweep={SWEEP} --launch=')
+  assert start.startswith(prefix), start
+  assert start.endswith(f' --runs={",".join(RUNS)} --datasets=cifar10 --data-dir=shared '
+                        '-- --config.num_steps=20'), start
+
+
+def test_tpu_worker_plan_is_one_multihost_run_per_unfinished_run(tmp_path):
+  """The commands each worker's driver runs, one after another (the start command's
+  arguments, ROOT here with one run done)."""
+  (tmp_path / 'bn_lr0.1').mkdir()
+  (tmp_path / 'bn_lr0.1' / 'status.json').write_text(json.dumps({'state': 'done', 'step': 20}))
+  out = run_script(['launch/tpu_worker.sh', 'plan', f'--root={tmp_path}', f'--sweep={SWEEP}',
+                    '--launch=x', f'--runs={",".join(RUNS)}', '--datasets=cifar10',
+                    '--data-dir=shared', '--', '--config.num_steps=20'])
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == [shlex.join([
+      'python', '-m', 'bnjax.main', '--multihost', f'--config={SWEEP}:{name}',
+      f'--workdir={tmp_path}/{name}', '--config.num_steps=20']) for name in RUNS[1:]]
+
+
+def test_tpu_vm_without_bnjax_here_says_what_to_install_in_one_line(tmp_path):
+  python = tmp_path / 'python'  # bnjax's code on the path, its dependencies not
+  python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+  python.chmod(0o755)
+  out = run_script(['launch/tpu_vm.sh', 'my-v4-16', 'us-central2-b', SWEEP, '/mnt/shared/x'],
+                   PYTHON=str(python), PYTHONPATH=str(ROOT))
+  assert out.returncode == 2 and not out.stdout
+  assert len(out.stderr.splitlines()) == 1, out.stderr
+  assert "No module named 'ml_collections'" in out.stderr and 'pip install -e .' in out.stderr
 
 
 def test_slurm_dry_run_is_one_srun_per_unfinished_run_over_every_node(tmp_path):
