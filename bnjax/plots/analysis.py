@@ -71,24 +71,29 @@ def curves(ax, lines: list[dict], title: str) -> None:
   ax.legend(fontsize=6)
 
 
-def _surface_axes(ax_row, name: str, lines: list[dict]) -> int:
-  """One run's surface panels in ``ax_row``; returns how many it used."""
+def _num_panels(lines: list[dict]) -> int:
+  """Panels of one run's surfaces: one of curves (1-D), else one per picked step."""
+  return 1 if len(lines[0]['grid']) == 1 else len(picks(lines))
+
+
+def _surface_axes(ax_row, name: str, lines: list[dict]) -> None:
+  """One run's surface panels in ``ax_row``, unused axes hidden."""
   chosen = picks(lines)
   if len(chosen[0]['grid']) == 1:
     curves(ax_row[0], chosen, f'{name}: loss along one direction')
-    return 1
-  for ax, line in zip(ax_row, chosen):
-    contour(ax, line, f'{name}: step {line["step"]}')
-  return len(chosen)
+  else:
+    for ax, line in zip(ax_row, chosen):
+      contour(ax, line, f'{name}: step {line["step"]}')
+  for ax in ax_row[_num_panels(lines):]:
+    ax.axis('off')
 
 
 def _grid_figure(rows: list[tuple[str, list[dict]]], title: str):
-  """Surface panels, a row per (name, lines); unused axes hidden."""
-  fig, axes = panels.subplots(len(rows), 3, height=3.0)
+  """Surface panels, a row per (name, lines)."""
+  fig, axes = panels.subplots(len(rows), max(_num_panels(lines) for _, lines in rows),
+                              height=3.0)
   for ax_row, (name, lines) in zip(axes, rows):
-    used = _surface_axes(ax_row, name, lines)
-    for ax in ax_row[used:]:
-      ax.axis('off')
+    _surface_axes(ax_row, name, lines)
   return panels.finish(fig, title)
 
 
@@ -136,7 +141,8 @@ def sharpness_vs_eigenvalue(groups: list[Group]):
     for ax in row:
       ax.title.set_fontsize(8)
     panels.legend_below(row[2], ncol=1)
-  return panels.finish(fig, 'Sharpness that BN cannot rescale against the top eigenvalue')
+  return panels.finish(fig, "Adaptive sharpness (blind to BN's rescaling) and the top Hessian "
+                       'eigenvalue over training')
 
 
 def _sharpness_row(row, group: Group, run, label) -> None:
