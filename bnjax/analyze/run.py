@@ -113,10 +113,10 @@ def summary(fields: dict) -> str:
   """A few numbers of a result for the progress line."""
   parts = []
   for name, value in fields.items():
-    a = np.asarray(value, dtype=object if isinstance(value, dict) else None)
-    if a.dtype != object and a.size and a.ndim <= 1 and np.issubdtype(a.dtype, np.number):
-      shown = ', '.join(f'{float(x):.4g}' for x in a.reshape(-1)[:3])
-      parts.append(f'{name}={shown}' + (', ...' if a.size > 3 else ''))
+    values = value if isinstance(value, list) else [value]
+    if values and all(isinstance(v, (int, float)) for v in values):  # bools too
+      shown = ', '.join(f'{float(v):.4g}' for v in values[:3])
+      parts.append(f'{name}={shown}' + (', ...' if len(values) > 3 else ''))
   return '  '.join(parts[:4])
 
 
