@@ -18,7 +18,8 @@ import pytest
 from bnjax import checkpoints, data, models, objective, plots, probes, train
 from bnjax.analyze import layout, run, table
 from bnjax.analyze.__main__ import main
-from small_runs import ROOT, metric_lines, small_dln, subprocess_env
+from small_runs import (ROOT, has_checkpoint, main_args, metric_lines, small_dln, start, status,
+                        steps_in, subprocess_env, wait_for)
 
 STEPS = [0, 10, 20, 30, 40]  # step 0 (rebuilt) and the committed checkpoints
 
@@ -255,3 +256,22 @@ def test_json_of_results_keeps_dicts_and_lists():
                         'c': {'dense1/kernel': np.float32(2)}})
   assert json.loads(json.dumps(fields)) == {'a': 1.5, 'b': [[0, 1], [1.0]],
                                             'c': {'dense1/kernel': 2.0}}
+
+
+@pytest.mark.slow
+def test_beside_a_running_training_only_committed_steps_are_read_and_training_goes_on(tmp_path):
+  workdir = tmp_path / 'live'
+  training = start(main_args(workdir, num_steps=2000, max_checkpoints_to_keep=3))
+  wait_for(has_checkpoint(workdir), training)
+  beside = _cli(workdir, '--probe=hessian_trace', '--num_samples=2')
+  assert training.wait(timeout=900) == 0, training.communicate()[1][-2000:]
+  # Exit 1 only when the training deleted a listed checkpoint before it was read.
+  assert beside.returncode in (0, 1), beside.stderr[-2000:]
+  assert beside.returncode == 0 or 'deleted' in beside.stdout
+  steps = [l['step'] for l in _lines(workdir, 'hessian_trace')]
+  assert steps[0] == 0 and all(s % 100 == 0 for s in steps)
+  assert status(workdir)['state'] == 'done' and steps_in(workdir) == list(range(2000))
+  after = _cli(workdir, '--probe=hessian_trace', '--num_samples=2')
+  assert after.returncode == 0, after.stderr[-2000:]
+  done = {l['step'] for l in _lines(workdir, 'hessian_trace')}
+  assert {0, *layout.committed_steps(workdir)} <= done

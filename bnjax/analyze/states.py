@@ -87,14 +87,15 @@ def restore(run: Run, step: int) -> tuple[Any, Any]:
     return jax.device_put((variables['params'], variables.get('batch_stats', {})), device)
   step_dir = (run.workdir / layout.CHECKPOINTS / str(step)).absolute()
   if not (step_dir / layout.COMMIT_MARKER).exists():
-    raise AnalysisError(f'{run.workdir}: no committed checkpoint at step {step}')
+    raise AnalysisError(f'{run.workdir}: no committed checkpoint at step {step} (or deleted '
+                        'since listed: max_checkpoints_to_keep)')
   handler = ocp.StandardCheckpointHandler()
   try:
     item = step_dir / CHECKPOINT_ITEM
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             handler.metadata(item).tree)
     state = handler.restore(item, args=ocp.args.StandardRestore(abstract))
-  except (OSError, ValueError) as e:
+  except Exception as e:  # orbax and tensorstore raise many types for missing or cut files
     gone = '' if step_dir.exists() else ' (deleted meanwhile: max_checkpoints_to_keep)'
     raise AnalysisError(f'{run.workdir}: checkpoint at step {step} cannot be read{gone}: '
                         f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:160]}') from e

@@ -189,8 +189,26 @@ def _field_panel(ax, lines: list[dict], field: str) -> None:
   finite = finite[np.isfinite(finite)]
   if len(finite) and finite.min() > 0 and finite.max() > 100 * finite.min():
     ax.set_yscale('log')
-  if len(keys) > 1 or np.asarray(first, dtype=object).size > 1:
+  if 1 < len(ax.get_lines()) <= MAX_CURVE_LENGTH:
     ax.legend(fontsize=5)
+
+
+def density(ax, lines: list[dict]) -> None:
+  """spectral_density's nodes and weights as a histogram per picked step (symlog x)."""
+  nodes = np.concatenate([np.ravel(l['nodes']) for l in lines]).astype(np.float64)
+  top = max(np.nanmax(np.abs(nodes)), 1e-30)
+  linthresh = top * 1e-4
+  outer = np.geomspace(linthresh, top * 1.05, 30)
+  bins = np.concatenate([-outer[::-1], [0.0], outer])
+  for i, line in enumerate(picks(lines)):
+    hist, _ = np.histogram(np.ravel(line['nodes']), bins, weights=np.ravel(line['weights']))
+    ax.stairs(np.maximum(hist, 1e-9), bins, label=f'step {line["step"]}',
+              color=plt.get_cmap('viridis')(i / 2))
+  ax.set_xscale('symlog', linthresh=linthresh)
+  ax.tick_params(axis='x', labelsize=6, rotation=40)
+  ax.set(title='spectral density', xlabel='eigenvalue', ylabel='weight per bin', yscale='log',
+         ylim=(1e-6, 1.5))
+  ax.legend(fontsize=6)
 
 
 def draw_file(path: pathlib.Path, out: pathlib.Path) -> None:
@@ -202,11 +220,14 @@ def draw_file(path: pathlib.Path, out: pathlib.Path) -> None:
   if lines[0]['settings'].get('probe') == SURFACE:
     fig = _grid_figure([(name, lines)], f'{name}: loss surface')
   else:
-    fields = _curve_fields(lines) or ['(no field to draw over steps)']
+    fields = _curve_fields(lines) + (['nodes'] if {'nodes', 'weights'} <= set(lines[0]) else [])
+    fields = fields or ['(no field to draw over steps)']
     cols = min(len(fields), 3)
     fig, axes = panels.subplots(-(-len(fields) // cols), cols, height=2.8)
     for ax, field in zip(axes.flat, fields):
-      if field in lines[0]:
+      if field == 'nodes':
+        density(ax, lines)
+      elif field in lines[0]:
         with warnings.catch_warnings():
           warnings.simplefilter('ignore', UserWarning)  # log axes of non-positive values
           _field_panel(ax, lines, field)
