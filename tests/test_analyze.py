@@ -184,6 +184,7 @@ BAD_INPUT = [
     (['--probe=loss_surface', '--directions=gradient', '--grid2=-1:1:3'], '2-D grid'),
     (['--probe=hessian_trace', '--steps=first'], '--steps'),
     (['--probe=hessian_trace', '--bn-mode=test'], 'invalid choice'),
+    (['--probe=hessian_trace', '--name=../out'], 'a file stem'),
 ]
 
 

@@ -1,6 +1,7 @@
 """``python -m bnjax.analyze``: see ``bnjax.analyze``."""
 
 import argparse
+import re
 import sys
 
 from bnjax import xla_flags
@@ -69,6 +70,8 @@ def _request(args, extra: list[str]):
   """The Request of the parsed flags; AnalysisError or _UsageError in one line."""
   from bnjax.analyze import run, surface_args, table  # pylint: disable=g-import-not-at-top
   table.entry(args.probe)
+  if args.name and not re.fullmatch(r'[\w.-]+', args.name):
+    raise _UsageError(f'--name={args.name!r}: a file stem (letters, digits, _ . -)')
   if args.batches < 1:
     raise _UsageError(f'--batches must be >= 1, got {args.batches}')
   grids = (surface_args.parse_grid(args.grid),)
@@ -84,6 +87,7 @@ def _request(args, extra: list[str]):
 
 def _analyze_all(workdirs, request) -> int:
   """Every workdir in turn; a failing one is reported and the others go on."""
+  from bnjax import data  # pylint: disable=g-import-not-at-top
   from bnjax.analyze import run  # pylint: disable=g-import-not-at-top
   from bnjax.analyze.table import AnalysisError  # pylint: disable=g-import-not-at-top
   computed = skipped = 0
@@ -91,7 +95,7 @@ def _analyze_all(workdirs, request) -> int:
   for w in workdirs:
     try:
       outcome = run.analyze_workdir(w, request, echo=lambda m: print(m, flush=True))
-    except AnalysisError as e:
+    except (AnalysisError, data.DataError) as e:  # e.g. a dataset not prepared here
       print(f'bnjax.analyze: {e}', file=sys.stderr, flush=True)
       problems.append(str(w))
       continue
