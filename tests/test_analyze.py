@@ -185,6 +185,7 @@ BAD_INPUT = [
     (['--probe=hessian_trace', '--steps=first'], '--steps'),
     (['--probe=hessian_trace', '--bn-mode=test'], 'invalid choice'),
     (['--probe=hessian_trace', '--name=../out'], 'a file stem'),
+    (['--probe=hessian_trace', '--grid=-1:1:3'], 'for --probe=loss_surface only'),
 ]
 
 

@@ -37,9 +37,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--bn-mode', default='train', choices=('train', 'eval'))
   p.add_argument('--seed', type=int, default=0, help="the probe's random key")
   p.add_argument('--noise-seed', type=int, default=0, help='noisy-BN keys of the batches')
-  p.add_argument('--directions', default='filter', help='loss_surface: see surface_args')
-  p.add_argument('--grid', default='-1:1:21', help='loss_surface: LO:HI:N')
-  p.add_argument('--grid2', default='', help='loss_surface: LO:HI:M for a 2-D surface')
+  p.add_argument('--directions', help='loss_surface: see surface_args (default filter)')
+  p.add_argument('--grid', help='loss_surface: LO:HI:N (default -1:1:21)')
+  p.add_argument('--grid2', help='loss_surface: LO:HI:M for a 2-D surface')
   p.add_argument('--arg', action='append', default=[], metavar='KEY=VALUE',
                  help="a keyword argument of the probe (or --KEY=VALUE)")
   return p
@@ -74,7 +74,11 @@ def _request(args, extra: list[str]):
     raise _UsageError(f'--name={args.name!r}: a file stem (letters, digits, _ . -)')
   if args.batches < 1:
     raise _UsageError(f'--batches must be >= 1, got {args.batches}')
-  grids = (surface_args.parse_grid(args.grid),)
+  surface_flags = [f for f in ('directions', 'grid', 'grid2') if getattr(args, f) is not None]
+  if surface_flags and args.probe != 'loss_surface':
+    raise _UsageError(f'--{surface_flags[0]} is for --probe=loss_surface only')
+  args.directions = args.directions or 'filter'
+  grids = (surface_args.parse_grid(args.grid or '-1:1:21'),)
   if args.grid2:
     grids += (surface_args.parse_grid(args.grid2, '--grid2'),)
   request = run.Request(args.probe, args.name or args.probe, _probe_items(args, extra),

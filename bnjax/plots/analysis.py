@@ -21,6 +21,7 @@ from bnjax.plots.panels import NoData, need
 from bnjax.plots.runs import Group
 
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import matplotlib.ticker  # noqa: E402  pylint: disable=g-import-not-at-top
 
 SURFACE = 'loss_surface'
 MAX_CURVE_LENGTH = 10  # longer vector fields are not drawn as curves over steps
@@ -128,7 +129,7 @@ def sharpness_vs_eigenvalue(groups: list[Group]):
                 'analysis (runs with analysis/top_eigenvalues.jsonl or '
                 'adaptive_sharpness.jsonl: python -m bnjax.analyze)')
   families = sorted({g.family for g in chosen}, key=lambda f: f != 'vgg')
-  fig, axes = panels.subplots(len(families), 3, height=3.2)
+  fig, axes = panels.subplots(len(families), 3, height=3.6)
   for row, family in zip(axes, families):
     for g in (g for g in chosen if g.family == family):
       for i, r in enumerate(g.runs):
@@ -140,7 +141,9 @@ def sharpness_vs_eigenvalue(groups: list[Group]):
                xscale='log', yscale='log')
     for ax in row:
       ax.title.set_fontsize(8)
-    panels.legend_below(row[2], ncol=1)
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+      ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    panels.legend_below(row[1], ncol=1)
   return panels.finish(fig, "Adaptive sharpness (blind to BN's rescaling) and the top Hessian "
                        'eigenvalue over training')
 
