@@ -79,6 +79,25 @@ def write_run(root: pathlib.Path, family: str, norm: str, lr: float, diverge_at=
   return path
 
 
+def write_analysis(path: pathlib.Path, dims: int) -> None:
+  """analysis/*.jsonl as python -m bnjax.analyze writes them: a loss surface (1-D or 2-D),
+  top eigenvalues and adaptive sharpness at three checkpoint steps."""
+  rng = np.random.default_rng(dims)
+  grid = [list(np.linspace(-1, 1, 5))] * dims
+  files = {'loss_surface': [], 'top_eigenvalues': [], 'adaptive_sharpness': []}
+  for step in (0, T // 2, T):
+    files['loss_surface'].append(
+        {'step': step, 'loss': (1 + rng.random((5,) * dims)).tolist(), 'grid': grid,
+         'center_loss': 1.0, 'settings': {'probe': 'loss_surface', 'directions': ['random']}})
+    files['top_eigenvalues'].append({'step': step, 'eigenvalues': [10 + rng.random()],
+                                     'settings': {'probe': 'top_eigenvalues'}})
+    files['adaptive_sharpness'].append({'step': step, 'sharpness': 1 + rng.random(),
+                                        'settings': {'probe': 'adaptive_sharpness'}})
+  (path / 'analysis').mkdir()
+  for name, lines in files.items():
+    (path / 'analysis' / f'{name}.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+
+
 @pytest.fixture(scope='module')
 def sweep_root(tmp_path_factory):
   root = tmp_path_factory.mktemp('sweep')
@@ -94,6 +113,8 @@ def sweep_root(tmp_path_factory):
     write_run(root, 'dln', norm, 1e-7)
   for norm in ('none', 'batch', 'lp1', 'lp2', 'lpinf', 'layer'):
     write_run(root, 'dln', norm, 1e-6)
+  for name, dims in (('vgg_none_0.1', 2), ('vgg_batch_0.1', 2), ('dln_batch_1e-06', 1)):
+    write_analysis(root / name, dims)
   return root
 
 
@@ -113,6 +134,8 @@ EXPECTED_PANELS = {
     'layernorm': 2 * 4,
     'eos': 4,  # beta x LR/2, sharpness x LR/2, relative ICS at two layers
     'matched': 3 * 2,  # VGG 0.1, DLN 1e-6, 1e-7 x (gradient predictiveness, beta)
+    'surface': 3 + 3 + 1,  # two 2-D surfaces at three steps, a 1-D surface's curves
+    'analysis': 2 * 3,  # VGG, DLN x (eigenvalue, adaptive sharpness, one against the other)
 }
 
 
