@@ -6,7 +6,7 @@ r"""The paper's figures from what runs wrote (metrics.jsonl, config.json, status
 
 FIGURE is one of fig1 fig2 fig3 fig4 fig5 fig6 fig8 fig9 fig10 fig11 fig12 fig13 (the
 paper's, PAPER.md) or sharpness density theorems weights layernorm eos matched (beyond
-the paper). ``all`` draws every figure the runs under the root allow and says which it
+the paper) or surface analysis (of ``bnjax.analyze`` results). ``all`` draws every figure the runs under the root allow and says which it
 skipped and why. Runs whose configs differ in the seed alone are one configuration:
 drawn as the mean over seeds with a min-max band, quoted as mean [min, max]. Labels
 come from each run's config.json; a diverged seed ends in an x.
