@@ -7,6 +7,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
@@ -40,17 +41,32 @@ def with_precision(fn):
   return wrapped
 
 
-def check_inputs(loss_fn: LossFn, params: Params, name: str = 'loss_fn') -> None:
-  """Clear errors for the inputs a probe cannot use (checked at trace time, no compute)."""
+def _is_array(leaf) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex))
+
+
+def check_params(params: Params) -> None:
+  """Clear one-line errors for a params pytree the probes cannot differentiate: no leaves,
+  a leaf that is not an array (a whole Equinox module, with its activation functions),
+  or a leaf that is not floating point (an integer step counter)."""
   leaves = jax.tree_util.tree_leaves_with_path(params)
   if not leaves:
     raise ValueError('params has no array leaves')
   for path, leaf in leaves:
+    if not _is_array(leaf):
+      raise TypeError(f'params has a non-array leaf at {jax.tree_util.keystr(path)} '
+                      f'({type(leaf).__name__}): pass only the arrays, e.g. '
+                      'eqx.partition(model, eqx.is_array)[0], and recombine them in loss_fn')
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f'params leaf {jax.tree_util.keystr(path)} has dtype {dtype}; '
                       'probes differentiate, so every leaf must be floating point '
                       '(keep integer state out of params, e.g. close over it in loss_fn)')
+
+
+def check_inputs(loss_fn: LossFn, params: Params, name: str = 'loss_fn') -> None:
+  """Clear errors for the inputs a probe cannot use (checked at trace time, no compute)."""
+  check_params(params)
   out = jax.eval_shape(loss_fn, params)
   if not hasattr(out, 'shape') or out.shape != ():
     shape = getattr(out, 'shape', type(out).__name__)
