@@ -11,7 +11,7 @@ Matmuls run at precision 'highest' unless the caller passes ``precision=``.
 This package imports jax, numpy and matfree only, never the rest of bnjax.
 """
 
-from bnjax.probes._common import restrict
+from bnjax.probes._common import named_blocks, restrict
 from bnjax.probes.convolutions import convolutions_for_loops
 from bnjax.probes.dataset import dataset_loss
 from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
@@ -34,7 +34,7 @@ __all__ = [
     'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
     'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate', 'dataset_loss', 'ggn_loss',
     'SplitLoss', 'convolutions_for_loops',
-    'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict',
+    'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict', 'named_blocks',
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',
     'ActivationCurvature', 'BatchNormTheorems', 'ActivationStatistics',

@@ -72,6 +72,7 @@ def test_a_whole_equinox_module_as_params_says_in_one_line_to_partition_it():
   calls = {
       'hvp': lambda: probes.hvp(loss_of_model, model, model),
       'top_eigenvalues': lambda: probes.top_eigenvalues(loss_of_model, model, key),
+      'blocks': lambda: probes.hessian_trace(loss_of_model, model, key, blocks='layers'),
       'hessian_trace': lambda: probes.hessian_trace(loss_of_model, model, key, num_samples=2),
       'random_directions': lambda: probes.random_directions(key, model),
       'loss_surface': lambda: probes.loss_surface(loss_of_model, model, model, jnp.zeros(1)),
