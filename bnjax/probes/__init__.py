@@ -23,6 +23,7 @@ from bnjax.probes.lanczos import (Eigenpairs, SpectralDensity, smooth_density, s
                                   top_eigenvalues)
 from bnjax.probes.operators import (SplitLoss, directional_curvature, ggn_loss, gnvp, hvp,
                                     hvp_operator)
+from bnjax.probes.fisher import PerExampleLoss
 from bnjax.probes.ics import ICS, ics
 from bnjax.probes.landscape import Landscape, gradient_landscape
 from bnjax.probes.sharpness import Sharpness, adaptive_sharpness, epsilon_sharpness
@@ -33,7 +34,7 @@ from bnjax.probes.surface import (Surface, eigen_directions, gradient_direction,
 __all__ = [
     'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
     'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate', 'dataset_loss', 'ggn_loss',
-    'SplitLoss', 'convolutions_for_loops',
+    'SplitLoss', 'PerExampleLoss', 'convolutions_for_loops',
     'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict', 'named_blocks',
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',

@@ -4,9 +4,9 @@
 error), ``hessian_trace_hutchpp`` Hutch++ (a sketched range exact, Hutchinson on the
 rest), both -> ``TraceEstimate``; ``hessian_diagonal`` is Hutchinson's diagonal
 estimator (-> ``DiagonalEstimate``). Each multiplies by the matrix
-``operators.curvature_operator`` gives (``operator='hessian'|'ggn'``, ``block=``) and
-reports a standard error for its random part; the trace estimators also give one result
-per block (``blocks=``).
+``operators.curvature_operator`` gives (``operator=`` 'hessian', 'ggn', 'ef', 'fisher'
+or 'fisher_exact'; ``block=``) and reports a standard error for its random part; the
+trace estimators also give one result per block (``blocks=``).
 """
 
 import jax

@@ -5,7 +5,7 @@ residual tolerance or for a fixed number of products; ``spectral_density``
 (-> ``SpectralDensity``) is stochastic Lanczos quadrature and ``smooth_density`` puts it
 on a grid. The private helpers below are the Lanczos iterations and their Ritz pairs.
 Each probe multiplies by the matrix ``operators.curvature_operator`` gives
-(``operator='hessian'|'ggn'``, ``block=``), or gives one
+(``operator=`` 'hessian', 'ggn', 'ef', 'fisher' or 'fisher_exact'; ``block=``), or gives one
 result per block (``blocks=``).
 """
 
@@ -180,8 +180,9 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
   exactly that many products (``.converged`` still reports against ``tol``).
   ``which='smallest'`` gives the most negative end. Memory: the Lanczos basis holds
   min(max_iterations, num_iterations) vectors the size of params. ``operator='ggn'``:
-  the Gauss-Newton matrix's pairs instead (loss_fn a ``SplitLoss``), as in every
-  probe that takes ``operator``.
+  the Gauss-Newton matrix's pairs instead (loss_fn a ``SplitLoss``); 'ef', 'fisher',
+  'fisher_exact': the empirical, Monte-Carlo or exact Fisher's (loss_fn a
+  ``PerExampleLoss``); as in every probe that takes ``operator``.
   Lanczos over power iteration (PyHessian): far fewer HVPs, k pairs at once; over
   ``lobpcg_standard``: no block of k matvecs per step.
   ``blocks`` ('layers', a list of key paths, or a predicate on leaf paths; see
