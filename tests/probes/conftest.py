@@ -59,7 +59,8 @@ def quadratic():
   m = rng.standard_normal((20, 20))
   a = jnp.asarray(m @ m.T / 20 + np.eye(20), jnp.float32)
   loss_fn = lambda p: 0.5 * p['x'] @ a @ p['x']
-  return loss_fn, {'x': jnp.asarray(rng.standard_normal(20), jnp.float32)}, np.asarray(a, np.float64)
+  params = {'x': jnp.asarray(rng.standard_normal(20), jnp.float32)}
+  return loss_fn, params, np.asarray(a, np.float64)
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ def main():
   vec = jax.random.normal(jax.random.key(3), (n,), jnp.float64)
 
   check('hvp', ravel_pytree(probes.hvp(loss_fn, params, unravel(vec)))[0], h @ vec)
-  check('hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0], h @ vec)
+  check('hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0],
+        h @ vec)
   jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat))
   out = outputs_fn(params)
   h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)))
@@ -62,7 +63,8 @@ def main():
                                max_iterations=n)
     check(f'top_eigenvalues {which}', r.eigenvalues, exact)
   check('hessian_trace_hutchpp (sketch spans everything)',
-        probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5), num_products=3 * n).estimate,
+        probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5),
+                                     num_products=3 * n).estimate,
         np.trace(h))
   check('directional_curvature', probes.directional_curvature(loss_fn, params, unravel(vec)),
         vec @ h @ vec / (vec @ vec))
