@@ -15,5 +15,6 @@ def test_probes_guide_example_runs(index, capsys):
   assert capsys.readouterr().out.strip()  # it printed its results
 
 
-def test_the_guide_has_its_four_examples():
-  assert len(EXAMPLES) == 4
+def test_the_guide_has_its_nine_examples():
+  # Flax linen, NNX, Equinox, plain JAX, GGN, Fisher, per-block, loss surfaces, sharpness.
+  assert len(EXAMPLES) == 9

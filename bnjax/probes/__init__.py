@@ -11,7 +11,7 @@ Matmuls run at precision 'highest' unless the caller passes ``precision=``.
 This package imports jax, numpy and matfree only, never the rest of bnjax.
 """
 
-from bnjax.probes._common import restrict
+from bnjax.probes._common import named_blocks, restrict
 from bnjax.probes.convolutions import convolutions_for_loops
 from bnjax.probes.dataset import dataset_loss
 from bnjax.probes.activations import (ActivationCurvature, ActivationStatistics,
@@ -23,6 +23,7 @@ from bnjax.probes.lanczos import (Eigenpairs, SpectralDensity, smooth_density, s
                                   top_eigenvalues)
 from bnjax.probes.operators import (SplitLoss, directional_curvature, ggn_loss, gnvp, hvp,
                                     hvp_operator)
+from bnjax.probes.fisher import PerExampleLoss
 from bnjax.probes.ics import ICS, ics
 from bnjax.probes.landscape import Landscape, gradient_landscape
 from bnjax.probes.sharpness import Sharpness, adaptive_sharpness, epsilon_sharpness
@@ -33,8 +34,8 @@ from bnjax.probes.surface import (Surface, eigen_directions, gradient_direction,
 __all__ = [
     'hvp', 'hvp_operator', 'gnvp', 'directional_curvature', 'top_eigenvalues', 'hessian_trace',
     'hessian_trace_hutchpp', 'hessian_diagonal', 'DiagonalEstimate', 'dataset_loss', 'ggn_loss',
-    'SplitLoss', 'convolutions_for_loops',
-    'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict',
+    'SplitLoss', 'PerExampleLoss', 'convolutions_for_loops',
+    'spectral_density', 'smooth_density', 'gradient_landscape', 'ics', 'restrict', 'named_blocks',
     'activation_curvature', 'batchnorm_theorems', 'activation_statistics',
     'Eigenpairs', 'TraceEstimate', 'SpectralDensity', 'Landscape', 'ICS',
     'ActivationCurvature', 'BatchNormTheorems', 'ActivationStatistics',

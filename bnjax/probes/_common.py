@@ -3,16 +3,20 @@
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, Hashable, Sequence
+import inspect
+from typing import Any, Callable, Hashable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = Any
 LossFn = Callable[[Params], jax.Array]
 KeyPath = tuple[Hashable, ...]
 # A parameter block: a key path prefix, several prefixes, or a predicate on key paths.
 Block = KeyPath | Sequence[KeyPath] | Callable[[KeyPath], bool]
+# Several blocks, one result each: 'layers', a list of key paths, or a predicate on leaf paths.
+Blocks = Literal['layers'] | Sequence[KeyPath] | Callable[[KeyPath], bool]
 
 DEFAULT_PRECISION = 'highest'
 
@@ -40,17 +44,32 @@ def with_precision(fn):
   return wrapped
 
 
-def check_inputs(loss_fn: LossFn, params: Params, name: str = 'loss_fn') -> None:
-  """Clear errors for the inputs a probe cannot use (checked at trace time, no compute)."""
+def _is_array(leaf) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex))
+
+
+def check_params(params: Params) -> None:
+  """Clear one-line errors for a params pytree the probes cannot differentiate: no leaves,
+  a leaf that is not an array (a whole Equinox module, with its activation functions),
+  or a leaf that is not floating point (an integer step counter)."""
   leaves = jax.tree_util.tree_leaves_with_path(params)
   if not leaves:
     raise ValueError('params has no array leaves')
   for path, leaf in leaves:
+    if not _is_array(leaf):
+      raise TypeError(f'params has a non-array leaf at {jax.tree_util.keystr(path)} '
+                      f'({type(leaf).__name__}): pass only the arrays, e.g. '
+                      'eqx.partition(model, eqx.is_array)[0], and recombine them in loss_fn')
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(f'params leaf {jax.tree_util.keystr(path)} has dtype {dtype}; '
                       'probes differentiate, so every leaf must be floating point '
                       '(keep integer state out of params, e.g. close over it in loss_fn)')
+
+
+def check_inputs(loss_fn: LossFn, params: Params, name: str = 'loss_fn') -> None:
+  """Clear errors for the inputs a probe cannot use (checked at trace time, no compute)."""
+  check_params(params)
   out = jax.eval_shape(loss_fn, params)
   if not hasattr(out, 'shape') or out.shape != ():
     shape = getattr(out, 'shape', type(out).__name__)
@@ -163,3 +182,81 @@ def restrict(loss_fn: LossFn, params: Params, block: Block) -> tuple[LossFn, dic
     return loss_fn(treedef.unflatten(new))
 
   return block_loss_fn, block_params
+
+
+# ------------------------------------------------------------------- per-block results
+def block_name(path: KeyPath) -> str:
+  """A key path as the string that names its block: ('dense3', 'kernel') -> 'dense3/kernel'."""
+  return '/'.join(map(str, path))
+
+
+def _layer(path: KeyPath) -> KeyPath:
+  """The layer a leaf belongs to: its path minus the last key (a root leaf: its own)."""
+  return path[:-1] if len(path) > 1 else path
+
+
+def _in_layer(layer: KeyPath, path: KeyPath) -> bool:
+  return _layer(path) == layer
+
+
+def named_blocks(params: Params, blocks: Blocks) -> dict[str, Block]:
+  """The blocks ``blocks=`` names, as {name: block} in leaf order.
+
+  'layers': the leaves grouped by their key path minus its last key, so each group holds
+  one module's own parameters: Flax's params['Conv_0'] ('Conv_0': kernel and bias),
+  params['Block_0']['BatchNorm_0'] ('Block_0/BatchNorm_0'), an Equinox MLP's
+  layers[0] ('layers/0'); a leaf directly at the root ({'w1': array}) is a layer of its
+  own ('w1'). A group holds only its own leaves, never those of a submodule. A list of
+  key paths: one block per path, every leaf under it (as ``block=`` takes it), named by
+  the path. A predicate on leaf paths: one block per leaf it accepts, named by the
+  leaf's path ('dense3/kernel'). (``block=`` with a predicate is one block of all the
+  leaves it accepts.)
+  """
+  check_params(params)
+  paths = leaf_paths(params)
+  if isinstance(blocks, str):
+    if blocks != 'layers':
+      raise ValueError("blocks must be 'layers', a list of key paths or a predicate, "
+                       f'got {blocks!r}')
+    layers = dict.fromkeys(_layer(p) for p in paths)
+    return {block_name(g): functools.partial(_in_layer, g) for g in layers}
+  if callable(blocks):
+    chosen = [p for p in paths if blocks(p)]
+    if not chosen:
+      raise KeyError('the blocks predicate accepts no leaf path')
+    return {block_name(p): p for p in chosen}
+  blocks = [blocks] if _is_path(blocks) else list(blocks)
+  if not blocks or not all(_is_path(b) for b in blocks):
+    raise ValueError("blocks must be 'layers', a predicate on leaf paths or a list of key "
+                     f"paths (tuples, e.g. [('dense1',), ('dense2', 'kernel')]), got {blocks!r}")
+  names = [block_name(b) for b in blocks]
+  if len(set(names)) < len(names):
+    raise ValueError(f'blocks names a block twice: {names}')
+  for b in blocks:
+    select_leaves(params, b)  # raises for a path with no parameters under it
+  return dict(zip(names, blocks))
+
+
+def per_block(probe):
+  """Gives ``probe`` (loss_fn, params, key, ..., block=, blocks=) its ``blocks=``.
+
+  blocks=None: the probe itself. Otherwise {name: result} over ``named_blocks``: the
+  probe with ``block=`` that block and key ``jax.random.fold_in(key, i)``, i the block's
+  position, each on its restricted operator, all traced into the caller's one program.
+  """
+  signature = inspect.signature(probe)
+
+  @functools.wraps(probe)
+  def wrapped(*args, **kwargs):
+    arguments = signature.bind(*args, **kwargs).arguments
+    blocks = arguments.pop('blocks', None)
+    if blocks is None:
+      return probe(**arguments)
+    if arguments.get('block') is not None:
+      raise ValueError('pass block= (one block) or blocks= (a result per block), not both')
+    named = named_blocks(arguments['params'], blocks)
+    key = arguments['key']
+    return {name: probe(**dict(arguments, key=jax.random.fold_in(key, i), block=block))
+            for i, (name, block) in enumerate(named.items())}
+
+  return wrapped

@@ -24,7 +24,7 @@ LossOfPerturbation = Callable[[Perturbation], jax.Array]
 class ActivationCurvature:
   gradient: Perturbation  # dL/da, like the perturbation
   grad_norm: Perturbation  # per leaf [] ||dL/da||
-  quadratic_form: Perturbation  # per leaf [] g^T H_aa g, g = dL/da of that leaf, H its Hessian block
+  quadratic_form: Perturbation  # per leaf [] g^T H_aa g, g = dL/da of that leaf, H_aa its block
 
 
 def _hvp(f, x, v):
@@ -123,7 +123,8 @@ class ActivationStatistics:
   var: jax.Array  # [u] the paper's s^2_t (biased)
 
 
-def activation_statistics(activations: jax.Array, units: Sequence[int] | jax.Array) -> ActivationStatistics:
+def activation_statistics(activations: jax.Array,
+                          units: Sequence[int] | jax.Array) -> ActivationStatistics:
   """Values, mean and variance of chosen units (channels, last axis) over all other axes."""
   flat = activations.reshape(-1, activations.shape[-1])
   values = flat[:, jnp.asarray(units)].T

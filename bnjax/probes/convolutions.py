@@ -131,8 +131,8 @@ class _Conv(NamedTuple):
     x = lax.pad(x, zero, [(0, 0, 0), *[(lo, hi, d - 1) for (lo, hi), d in
                                        zip(self.padding, self.lhs_dilation)], (0, 0, 0)])
     nsp = len(window)
-    out = [(x.shape[1 + i] - (window[i] - 1) * self.rhs_dilation[i] - 1) // self.window_strides[i] + 1
-           for i in range(nsp)]
+    out = [(x.shape[1 + i] - (window[i] - 1) * self.rhs_dilation[i] - 1)
+           // self.window_strides[i] + 1 for i in range(nsp)]
     views = []
     for offset in itertools.product(*map(range, window)):
       start = [0, *[o * d for o, d in zip(offset, self.rhs_dilation)], 0]
@@ -152,7 +152,8 @@ class _Conv(NamedTuple):
     if g == 1:  # [N, *S', K C] @ [K C, O]
       return dot(p, w.reshape(k * c_in, c_out), (((nsp + 1,), (0,)), ((), ())))
     p = p.reshape(*p.shape[:-1], k, g, c_in)
-    y = dot(p, w.reshape(k, c_in, g, c_out // g), (((nsp + 1, nsp + 3), (0, 1)), ((nsp + 2,), (2,))))
+    y = dot(p, w.reshape(k, c_in, g, c_out // g),
+            (((nsp + 1, nsp + 3), (0, 1)), ((nsp + 2,), (2,))))
     return jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], c_out)  # [N, *S', O]
 
   def weight_gradient(self, x, ct, window):

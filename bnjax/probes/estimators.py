@@ -4,16 +4,18 @@
 error), ``hessian_trace_hutchpp`` Hutch++ (a sketched range exact, Hutchinson on the
 rest), both -> ``TraceEstimate``; ``hessian_diagonal`` is Hutchinson's diagonal
 estimator (-> ``DiagonalEstimate``). Each multiplies by the matrix
-``operators.curvature_operator`` gives (``operator='hessian'|'ggn'``, ``block=``) and
-reports a standard error for its random part.
+``operators.curvature_operator`` gives (``operator=`` 'hessian', 'ggn', 'ef', 'fisher'
+or 'fisher_exact'; ``block=``) and reports a standard error for its random part; the
+trace estimators also give one result per block (``blocks=``).
 """
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from bnjax.probes._common import (Block, LossFn, Params, check_num_samples, map_in_batches,
-                                  rademacher_like, result, tree_vdot, with_precision)
+from bnjax.probes._common import (Block, Blocks, LossFn, Params, check_num_samples,
+                                  map_in_batches, per_block, rademacher_like, result, tree_vdot,
+                                  with_precision)
 from bnjax.probes.operators import Operator, curvature_operator
 
 
@@ -25,15 +27,21 @@ class TraceEstimate:
 
 
 @with_precision
+@per_block
 def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: int = 100,
                   batch_size: int = 1, block: Block | None = None, rtol: float | None = None,
-                  max_samples: int = 1000, operator: Operator = 'hessian') -> TraceEstimate:
+                  max_samples: int = 1000, operator: Operator = 'hessian',
+                  blocks: Blocks | None = None) -> TraceEstimate | dict[str, TraceEstimate]:
   """tr(H) by Hutchinson's estimator with Rademacher vectors z: mean of z^T H z.
 
   ``num_samples`` HVPs; or, with ``rtol``, ``batch_size`` at a time until the standard
   error is at most rtol |estimate| (at least 2 batches, at most ``max_samples``; one
   lax.while_loop). ``batch_size`` HVPs are vmapped at a time (memory grows with it).
+  ``blocks`` ('layers', a list of key paths, or a predicate on leaf paths; see
+  ``probes.named_blocks``): a dict {block name: result}, each block's probe as with
+  ``block=`` it and key fold_in(key, i) (i its position), all in one program.
   """
+  del blocks  # per_block calls this once per block, with block=
   check_num_samples(num_samples)
   params, apply_h = curvature_operator(loss_fn, params, block, operator)
 
@@ -72,9 +80,11 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
 
 
 @with_precision
+@per_block
 def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
                           num_products: int = 99, block: Block | None = None,
-                          operator: Operator = 'hessian') -> TraceEstimate:
+                          operator: Operator = 'hessian', blocks: Blocks | None = None
+                          ) -> TraceEstimate | dict[str, TraceEstimate]:
   """tr(H) by Hutch++ (Meyer, Musco, Musco, Woodruff 2021) in ``num_products`` HVPs.
 
   A third of the products sketch H's dominant range Q = orth(H S), whose trace
@@ -83,7 +93,11 @@ def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
   Hessian's, typically) the error is far below Hutchinson's at the same number of
   products. ``.stderr`` is the Hutchinson part's standard error (the sketched part is
   exact). Memory: 2 num_products/3 vectors the size of params.
+  ``blocks`` ('layers', a list of key paths, or a predicate on leaf paths; see
+  ``probes.named_blocks``): a dict {block name: result}, each block's probe as with
+  ``block=`` it and key fold_in(key, i) (i its position), all in one program.
   """
+  del blocks  # per_block calls this once per block, with block=
   third = num_products // 3
   if third < 2:
     raise ValueError(f'num_products must be >= 6 (three parts of >= 2), got {num_products}')

@@ -5,7 +5,8 @@ residual tolerance or for a fixed number of products; ``spectral_density``
 (-> ``SpectralDensity``) is stochastic Lanczos quadrature and ``smooth_density`` puts it
 on a grid. The private helpers below are the Lanczos iterations and their Ritz pairs.
 Each probe multiplies by the matrix ``operators.curvature_operator`` gives
-(``operator='hessian'|'ggn'``, ``block=``).
+(``operator=`` 'hessian', 'ggn', 'ef', 'fisher' or 'fisher_exact'; ``block=``), or gives one
+result per block (``blocks=``).
 """
 
 import dataclasses
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from matfree import decomp
 
-from bnjax.probes._common import (Block, LossFn, Params, check_num_samples, normal_like,
-                                  rademacher_like, result, tree_norm, with_precision)
+from bnjax.probes._common import (Block, Blocks, LossFn, Params, check_num_samples,
+                                  normal_like, per_block, rademacher_like, result, tree_norm,
+                                  with_precision)
 from bnjax.probes.operators import Operator, curvature_operator
 
 
@@ -163,11 +165,13 @@ def _lanczos_to_tolerance(apply_h, v0, wanted: _Wanted):
 
 
 @with_precision
+@per_block
 def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
                     num_iterations: int | None = None,
                     which: Literal['largest', 'smallest'] = 'largest',
                     block: Block | None = None, tol: float = 1e-4,
-                    max_iterations: int = 100, operator: Operator = 'hessian') -> Eigenpairs:
+                    max_iterations: int = 100, operator: Operator = 'hessian',
+                    blocks: Blocks | None = None) -> Eigenpairs | dict[str, Eigenpairs]:
   """The k extreme eigenpairs of the Hessian, by Lanczos from a random Gaussian start.
 
   By default Lanczos runs until every one of the k Ritz pairs has a residual
@@ -176,11 +180,16 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
   exactly that many products (``.converged`` still reports against ``tol``).
   ``which='smallest'`` gives the most negative end. Memory: the Lanczos basis holds
   min(max_iterations, num_iterations) vectors the size of params. ``operator='ggn'``:
-  the Gauss-Newton matrix's pairs instead (loss_fn a ``SplitLoss``), as in every
-  probe that takes ``operator``.
+  the Gauss-Newton matrix's pairs instead (loss_fn a ``SplitLoss``); 'ef', 'fisher',
+  'fisher_exact': the empirical, Monte-Carlo or exact Fisher's (loss_fn a
+  ``PerExampleLoss``); as in every probe that takes ``operator``.
   Lanczos over power iteration (PyHessian): far fewer HVPs, k pairs at once; over
   ``lobpcg_standard``: no block of k matvecs per step.
+  ``blocks`` ('layers', a list of key paths, or a predicate on leaf paths; see
+  ``probes.named_blocks``): a dict {block name: result}, each block's probe as with
+  ``block=`` it and key fold_in(key, i) (i its position), all in one program.
   """
+  del blocks  # per_block calls this once per block, with block=
   if which not in ('largest', 'smallest'):
     raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
   steps = max_iterations if num_iterations is None else num_iterations
@@ -207,10 +216,12 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
 
 
 @with_precision
+@per_block
 def spectral_density(loss_fn: LossFn, params: Params, key: jax.Array, num_probes: int = 4,
                      num_iterations: int = 40, block: Block | None = None,
                      rtol: float | None = None, max_probes: int = 64,
-                     operator: Operator = 'hessian') -> SpectralDensity:
+                     operator: Operator = 'hessian', blocks: Blocks | None = None
+                     ) -> SpectralDensity | dict[str, SpectralDensity]:
   """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
   For each Rademacher probe v, Lanczos gives T = S diag(theta) S^T; the density is
@@ -222,7 +233,11 @@ def spectral_density(loss_fn: LossFn, params: Params, key: jax.Array, num_probes
   until the trace estimate's standard error is at most rtol |estimate| (at least 2, at
   most ``max_probes``, rows [max_probes, num_iterations], one lax.while_loop). The
   probes' noise dominates SLQ's error (Ghorbani et al.), so that is where it stops.
+  ``blocks`` ('layers', a list of key paths, or a predicate on leaf paths; see
+  ``probes.named_blocks``): a dict {block name: result}, each block's probe as with
+  ``block=`` it and key fold_in(key, i) (i its position), all in one program.
   """
+  del blocks  # per_block calls this once per block, with block=
   if rtol is not None:
     check_num_samples(max_probes)
   params, apply_h = curvature_operator(loss_fn, params, block, operator)

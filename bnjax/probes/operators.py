@@ -3,16 +3,18 @@
 Products: ``hvp`` (H v), ``hvp_operator`` (v -> H v, the gradient linearised once),
 ``gnvp`` (G v = J^T H_out J v), ``ggn_loss`` (a loss whose Hessian is G) and
 ``directional_curvature`` (v^T H v / ||v||^2). ``SplitLoss`` splits a loss at the
-network's outputs, which the Gauss-Newton matrix G needs.
+network's outputs, which the Gauss-Newton matrix G needs; ``PerExampleLoss`` (fisher.py)
+splits it into examples too, which the Fisher matrices need.
 
 ``curvature_operator`` is where every probe that multiplies many times (lanczos.py,
 estimators.py) gets its matvec. ``OPERATORS`` maps each ``operator=`` name to a factory
-(loss_fn, params, block) -> (params, v -> M v); a new operator (an empirical or a
-Monte-Carlo Fisher) is one more factory, one more entry there and its name in
-``Operator``, with no change to the algorithms.
+(loss_fn, params, block) -> (params, v -> M v): the Hessian, the GGN, the empirical
+Fisher, the Monte-Carlo and the exact Fisher. A new operator is one more factory, one
+more entry there and its name in ``Operator``, with no change to the algorithms.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Literal
 
 import jax
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from bnjax.probes._common import (Block, LossFn, Params, check_inputs, restrict, tree_vdot,
                                   with_precision)
 from bnjax.probes.convolutions import for_loops
+from bnjax.probes.fisher import FISHER_LOSSES, PerExampleLoss
 
 Matvec = Callable[[Params], Params]
 # (loss_fn, params, block or None) -> (the params M acts on, v -> M v).
@@ -130,6 +133,8 @@ def _hessian(loss_fn: LossFn, params: Params, block: Block | None) -> tuple[Para
 
 def _ggn(loss_fn: LossFn, params: Params, block: Block | None) -> tuple[Params, Matvec]:
   """G = J^T H_out J (loss_fn a ``SplitLoss``), whole or ``block``'s diagonal block."""
+  if isinstance(loss_fn, PerExampleLoss):
+    loss_fn = SplitLoss(loss_fn.outputs_fn, loss_fn.loss_of_outputs)
   if not isinstance(loss_fn, SplitLoss):
     raise TypeError("operator='ggn' needs loss_fn=probes.SplitLoss(outputs_fn, loss_of_outputs): "
                     f'the GGN is formed at the outputs; got {type(loss_fn).__name__}')
@@ -142,9 +147,25 @@ def _ggn(loss_fn: LossFn, params: Params, block: Block | None) -> tuple[Params, 
                                params)
 
 
+def _fisher(name: str, loss_fn: LossFn, params: Params,
+            block: Block | None) -> tuple[Params, Matvec]:
+  """The Fisher matrix ``name`` (fisher.py; loss_fn a ``PerExampleLoss``), whole or
+  ``block``'s diagonal block: the Hessian of fisher.FISHER_LOSSES[name] at params."""
+  if not isinstance(loss_fn, PerExampleLoss):
+    raise TypeError(f"operator='{name}' needs loss_fn=probes.PerExampleLoss(outputs_fn, "
+                    f'targets): it is formed from the examples; got {type(loss_fn).__name__}')
+  if block is not None:
+    outputs_fn, params = restrict(loss_fn.outputs_fn, params, block)
+    loss_fn = dataclasses.replace(loss_fn, outputs_fn=outputs_fn)
+  check_inputs(loss_fn, params)
+  return params, _hvp_operator(FISHER_LOSSES[name](loss_fn, params), params)
+
+
 # Every operator the many-product probes take, by name; keep Operator in step.
-OPERATORS: dict[str, MatvecFactory] = {'hessian': _hessian, 'ggn': _ggn}
-Operator = Literal['hessian', 'ggn']
+OPERATORS: dict[str, MatvecFactory] = {
+    'hessian': _hessian, 'ggn': _ggn,
+    **{name: functools.partial(_fisher, name) for name in FISHER_LOSSES}}
+Operator = Literal['hessian', 'ggn', 'ef', 'fisher', 'fisher_exact']
 
 
 def curvature_operator(loss_fn: LossFn, params: Params, block: Block | None = None,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from bnjax.probes._common import (DEFAULT_PRECISION, Block, LossFn, Params, check_inputs,
-                                  leaf_paths, map_in_batches, result, select_leaves,
+                                  check_params, leaf_paths, map_in_batches, result, select_leaves,
                                   tree_norm, with_precision)
 from bnjax.probes.convolutions import for_loops
 
@@ -67,6 +67,7 @@ def normalize_direction(direction: Params, params: Params, normalize: Normalize 
   """
   if normalize not in NORMALIZE:
     raise ValueError(f'normalize must be one of {NORMALIZE}, got {normalize!r}')
+  check_params(params)
   ignore = _check_ignore(ignore)
   if jax.tree.structure(direction) != jax.tree.structure(params):
     raise ValueError('direction and params have different tree structures')
@@ -93,6 +94,7 @@ def random_directions(key: jax.Array, params: Params, num: int = 2,
   """
   if num < 1:
     raise ValueError(f'num must be >= 1, got {num}')
+  check_params(params)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
   draws = treedef.unflatten([jax.random.normal(k, (num, *w.shape), jnp.result_type(w))
@@ -118,6 +120,7 @@ def interpolation_direction(params_a: Params, params_b: Params) -> Params:
   to 1 runs from params_a (0) to params_b (1); beyond, it extrapolates."""
   if jax.tree.structure(params_a) != jax.tree.structure(params_b):
     raise ValueError('params_a and params_b have different tree structures')
+  check_params(params_a)
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     if jnp.shape(a) != jnp.shape(b):
       raise ValueError(f'leaf shapes differ: {jnp.shape(a)} and {jnp.shape(b)}')
@@ -136,6 +139,7 @@ def eigen_directions(loss_fn: LossFn, params: Params, key: jax.Array, num: int =
   block, zero on every other leaf.
   """
   from bnjax import probes  # pylint: disable=g-import-not-at-top  (the package imports us)
+  check_params(params)
   pairs = probes.top_eigenvalues(loss_fn, params, key, k=num, tol=tol,
                                  max_iterations=max_iterations, block=block,
                                  precision=precision)

@@ -59,7 +59,8 @@ def quadratic():
   m = rng.standard_normal((20, 20))
   a = jnp.asarray(m @ m.T / 20 + np.eye(20), jnp.float32)
   loss_fn = lambda p: 0.5 * p['x'] @ a @ p['x']
-  return loss_fn, {'x': jnp.asarray(rng.standard_normal(20), jnp.float32)}, np.asarray(a, np.float64)
+  params = {'x': jnp.asarray(rng.standard_normal(20), jnp.float32)}
+  return loss_fn, params, np.asarray(a, np.float64)
 
 
 @pytest.fixture
@@ -74,3 +75,16 @@ def ggn_mlp():
   loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
   params = v['params']
   return model, outputs_fn, loss_of_outputs, params
+
+
+@pytest.fixture(scope='package')
+def classifier():
+  """(outputs_fn, targets, params): a BN MLP's logits [16, 3] (train mode, so examples are
+  coupled through the batch statistics) and integer labels [16], for the Fisher matrices."""
+  model = models.get_model('mlp', 'batch', hidden=(6,), num_classes=3)
+  x = jax.random.normal(jax.random.key(11), (16, 4))
+  y = jax.random.randint(jax.random.key(12), (16,), 0, 3)
+  v = model.init(jax.random.key(13), x, train=False)
+  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
+                                     mutable=['batch_stats'])[0]
+  return outputs_fn, y, v['params']

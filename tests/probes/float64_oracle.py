@@ -50,7 +50,8 @@ def main():
   vec = jax.random.normal(jax.random.key(3), (n,), jnp.float64)
 
   check('hvp', ravel_pytree(probes.hvp(loss_fn, params, unravel(vec)))[0], h @ vec)
-  check('hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0], h @ vec)
+  check('hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0],
+        h @ vec)
   jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat))
   out = outputs_fn(params)
   h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)))
@@ -62,7 +63,8 @@ def main():
                                max_iterations=n)
     check(f'top_eigenvalues {which}', r.eigenvalues, exact)
   check('hessian_trace_hutchpp (sketch spans everything)',
-        probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5), num_products=3 * n).estimate,
+        probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5),
+                                     num_products=3 * n).estimate,
         np.trace(h))
   check('directional_curvature', probes.directional_curvature(loss_fn, params, unravel(vec)),
         vec @ h @ vec / (vec @ vec))
@@ -72,7 +74,35 @@ def main():
   moved = [np.asarray(jax.grad(lambda f: loss_fn(unravel(f)))(flat - e * g)) for e in etas]
   check('landscape grad_diff', land.grad_diff, [np.linalg.norm(m - g) for m in moved])
   check('landscape loss', land.loss, [loss_fn(unravel(flat - e * g)) for e in etas])
+  check_fisher(outputs_fn, y, params)
   print('all float64 checks passed')
+
+
+def check_fisher(outputs_fn, y, params):
+  """The empirical, exact and Monte-Carlo Fisher against dense matrices built from
+  per-example gradients (jax.jacrev of optax's per-example cross-entropy)."""
+  flat, unravel = ravel_pytree(params)
+  n, examples = flat.size, y.shape[0]
+
+  def jacobian(labels):  # [N, P]: one per-example gradient a row
+    return np.asarray(jax.jacrev(lambda f: optax.softmax_cross_entropy_with_integer_labels(
+        outputs_fn(unravel(f)), labels))(flat))
+
+  loss = probes.PerExampleLoss(outputs_fn, y, mc_samples=2, key=jax.random.key(6))
+  probs = np.asarray(jax.nn.softmax(outputs_fn(params)))
+  by_class = [jacobian(jnp.full(examples, c)) for c in range(probs.shape[1])]
+  dense = {
+      'ef': jacobian(y).T @ jacobian(y) / examples,
+      'fisher_exact': sum(j.T @ (probs[:, c, None] * j) for c, j in enumerate(by_class)) / examples,
+      'fisher': sum(j.T @ j for j in map(jacobian, loss.sampled_targets(params))) / (2 * examples),
+  }
+  for name, matrix in dense.items():
+    top = probes.top_eigenvalues(loss, params, jax.random.key(4), k=2, tol=1e-12,
+                                 max_iterations=n, operator=name)
+    check(f'top_eigenvalues {name}', top.eigenvalues, np.linalg.eigvalsh(matrix)[::-1][:2])
+    trace = probes.hessian_trace_hutchpp(loss, params, jax.random.key(5), num_products=3 * n,
+                                         operator=name)
+    check(f'hessian_trace_hutchpp {name}', trace.estimate, np.trace(matrix))
 
 
 if __name__ == '__main__':

@@ -42,7 +42,8 @@ def main(out: str) -> None:
   result = fn(jax.device_put(params, repl), jax.device_put(new_params, repl), batch,
               jax.random.key(3))
   leaves = jax.tree_util.tree_flatten_with_path(result)[0]
-  arrays = {jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0)) for path, leaf in leaves}
+  arrays = {jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0))
+            for path, leaf in leaves}
   if jax.process_index() == 0:
     np.savez(out, **arrays)
 

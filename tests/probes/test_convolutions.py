@@ -17,17 +17,18 @@ from bnjax.probes._common import tree_norm
 CASES = {
     '2d same': ((2, 5, 6, 3), (3, 3, 3, 4), dict(window_strides=(1, 1), padding='SAME',
                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
-    '2d strided nchw': ((2, 3, 7, 6), (4, 3, 3, 2), dict(window_strides=(2, 1), padding=((1, 0), (2, 1)),
-                                                          dimension_numbers=('NCHW', 'OIHW', 'NCHW'))),
-    '2d dilated valid': ((1, 9, 8, 2), (3, 2, 2, 5), dict(window_strides=(1, 2), padding='VALID',
-                                                          rhs_dilation=(2, 3),
-                                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
+    '2d strided nchw': ((2, 3, 7, 6), (4, 3, 3, 2), dict(
+        window_strides=(2, 1), padding=((1, 0), (2, 1)),
+        dimension_numbers=('NCHW', 'OIHW', 'NCHW'))),
+    '2d dilated valid': ((1, 9, 8, 2), (3, 2, 2, 5), dict(
+        window_strides=(1, 2), padding='VALID', rhs_dilation=(2, 3),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
     '2d transposed (lhs dilation)': ((2, 4, 4, 3), (3, 3, 3, 2), dict(
         window_strides=(1, 1), padding=((2, 1), (1, 2)), lhs_dilation=(2, 2),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
-    '2d negative padding': ((1, 6, 6, 2), (2, 2, 2, 3), dict(window_strides=(1, 1),
-                                                             padding=((-1, 0), (0, -1)),
-                                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
+    '2d negative padding': ((1, 6, 6, 2), (2, 2, 2, 3), dict(
+        window_strides=(1, 1), padding=((-1, 0), (0, -1)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
     '2d grouped': ((2, 5, 5, 6), (3, 3, 2, 9), dict(window_strides=(1, 1), padding='SAME',
                                                     feature_group_count=3,
                                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),

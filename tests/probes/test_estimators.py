@@ -39,7 +39,8 @@ def test_hutchpp_is_exact_on_low_rank_and_far_better_than_hutchinson_on_decaying
   p = {'x': jnp.zeros(100, jnp.float32)}
   r = jax.jit(lambda p, k: probes.hessian_trace_hutchpp(loss_fn, p, k, num_products=30))(
       p, jax.random.key(0))
-  assert abs(float(r.estimate) - np.trace(a)) < 1e-4 * np.abs(low_rank).sum()  # the sketch holds it all
+  # The sketch holds it all.
+  assert abs(float(r.estimate) - np.trace(a)) < 1e-4 * np.abs(low_rank).sum()
   decaying = 0.7 ** np.arange(300)
   loss_fn, a = quadratic_with_spectrum(decaying, seed=2)
   p = {'x': jnp.zeros(300, jnp.float32)}

@@ -88,7 +88,8 @@ def test_top_eigenvalues_defaults_converge_on_a_small_tanh_mlp():
     h = jnp.tanh(x @ p['w0'] + p['b0'])
     return optax.softmax_cross_entropy_with_integer_labels(h @ p['w1'] + p['b1'], y).mean()
 
-  r = jax.jit(lambda p, key: probes.top_eigenvalues(loss_fn, p, key, k=3))(params, jax.random.key(1))
+  r = jax.jit(lambda p, key: probes.top_eigenvalues(loss_fn, p, key, k=3))(params,
+                                                                           jax.random.key(1))
   exact = np.linalg.eigvalsh(dense_hessian(loss_fn, params))[::-1][:3]
   assert r.converged.tolist() == [True] * 3
   np.testing.assert_allclose(r.eigenvalues, exact, rtol=1e-3)

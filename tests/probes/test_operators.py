@@ -129,8 +129,8 @@ def test_ggn_of_a_block_is_the_dense_ggns_diagonal_block_and_needs_a_split_loss(
   loss_fn, params = mlp
   with pytest.raises(TypeError, match='SplitLoss'):
     probes.top_eigenvalues(loss_fn, params, jax.random.key(0), operator='ggn')
-  with pytest.raises(ValueError, match="'hessian' or 'ggn'"):
-    probes.hessian_trace(loss_fn, params, jax.random.key(0), operator='fisher')
+  with pytest.raises(ValueError, match="'hessian' or 'ggn' or 'ef'"):
+    probes.hessian_trace(loss_fn, params, jax.random.key(0), operator='kfac')
 
 
 def test_a_new_operator_is_one_entry_in_the_table_and_every_probe_takes_it(monkeypatch):
@@ -146,5 +146,5 @@ def test_a_new_operator_is_one_entry_in_the_table_and_every_probe_takes_it(monke
   assert float(top.eigenvalues[0]) == pytest.approx(2.0, rel=1e-5)
   assert float(trace.estimate) == pytest.approx(float(d.sum()), rel=1e-6)  # z_i^2 = 1
   np.testing.assert_allclose(diag.estimate['x'], d, rtol=1e-6)
-  with pytest.raises(ValueError, match="'hessian' or 'ggn' or 'diagonal', got 'fisher'"):
-    probes.hessian_trace(loss_fn, params, key, operator='fisher')
+  with pytest.raises(ValueError, match="'fisher_exact' or 'diagonal', got 'kfac'"):
+    probes.hessian_trace(loss_fn, params, key, operator='kfac')

@@ -3,11 +3,15 @@
 import os
 import pathlib
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bnjax import probes
+
+from .cases import dense_hessian
 
 
 def test_probes_trace_at_highest_precision_unless_told(quadratic):
@@ -58,3 +62,34 @@ def test_non_scalar_loss_and_integer_leaves_fail_clearly(quadratic):
     probes.hessian_trace(lambda p: jnp.int32(1), params, jax.random.key(0))
   with pytest.raises(ValueError, match='only together with gradient'):
     probes.gradient_landscape(loss_fn, params, jnp.array([0.1]), loss_at_start=1.0)
+
+
+def test_a_whole_equinox_module_as_params_says_in_one_line_to_partition_it():
+  model = eqx.nn.MLP(3, 2, 6, 1, key=jax.random.key(0))  # leaves: arrays and two functions
+  x = jax.random.normal(jax.random.key(1), (10, 3))
+  loss_of_model = lambda m: jnp.mean(jax.vmap(m)(x) ** 2)
+  key = jax.random.key(2)
+  calls = {
+      'hvp': lambda: probes.hvp(loss_of_model, model, model),
+      'top_eigenvalues': lambda: probes.top_eigenvalues(loss_of_model, model, key),
+      'blocks': lambda: probes.hessian_trace(loss_of_model, model, key, blocks='layers'),
+      'hessian_trace': lambda: probes.hessian_trace(loss_of_model, model, key, num_samples=2),
+      'random_directions': lambda: probes.random_directions(key, model),
+      'loss_surface': lambda: probes.loss_surface(loss_of_model, model, model, jnp.zeros(1)),
+      'adaptive_sharpness': lambda: probes.adaptive_sharpness(loss_of_model, model, key, 0.1),
+      'gradient_landscape': lambda: probes.gradient_landscape(loss_of_model, model,
+                                                              jnp.array([0.1])),
+  }
+  for name, call in calls.items():
+    with pytest.raises(TypeError) as error:
+      call()
+    message = str(error.value)
+    assert '\n' not in message, name
+    assert message.startswith('params has a non-array leaf at .activation (custom_jvp): pass '
+                              'only the arrays, e.g. eqx.partition(model, eqx.is_array)[0]'), name
+  # What the message says to do works: the arrays as params, the rest recombined.
+  params, static = eqx.partition(model, eqx.is_array)
+  loss_fn = lambda p: loss_of_model(eqx.combine(p, static))
+  top = jax.jit(lambda p, k: probes.top_eigenvalues(loss_fn, p, k, tol=1e-5))(params, key)
+  exact = np.linalg.eigvalsh(dense_hessian(loss_fn, params))[-1]
+  assert float(top.eigenvalues[0]) == pytest.approx(exact, rel=1e-4)
