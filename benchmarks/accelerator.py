@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import re
 import statistics
@@ -61,6 +62,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from bnjax.data import dln_gaussian
 from bnjax.experiments import dln as dln_config, vgg as vgg_config
 from bnjax.models import for_control_flow, from_config as model_from_config
+from bnjax.models.common import ASSUME_BACKEND
 from bnjax.models.norms import NOISY
 from bnjax.objective import init_variables, make_objective, noise_base_key
 from bnjax.scheduled_probes import Probe, build as build_probes
@@ -79,17 +81,16 @@ CIFAR10_TEST_EXAMPLES = 10_000
 # (evaluation, the activations probe) a third of a train step per example.
 HVP_IN_GRADIENTS = 2.4
 FORWARD_IN_STEPS = 1 / 3
-# What --force-accelerator-paths changes on CPU, and what it cannot without a switch in
-# the library (each platform check named where it sits).
-FORCED = ("VGG convolutions as XLA's, also on 2x2 inputs (conv_impl='xla', no im2col) in "
-          'the train steps',)
-NOT_FORCIBLE = (
-    "probes' model: models.for_control_flow (bnjax/models/__init__.py) picks im2col on CPU",
-    'landscape step sizes vmapped: probes.landscape.default_batch_size unrolls them on CPU '
-    '(no config field reaches its batch_size argument)',
-    'XLA convolutions inside loops: probes.convolutions.for_loops rewrites them on CPU',
-    'models.common.materialized stores activations once on CPU only',
-    'probes.surface (not in the paper schedule): loss-surface points one at a time on CPU',
+# What --force-accelerator-paths changes on CPU: it sets $BNJAX_ASSUME_BACKEND=tpu (read by
+# models.common.assumed_backend and probes._common.assumed_backend), so every platform
+# check takes an accelerator's branch.
+FORCED = (
+    "VGG convolutions as XLA's (no im2col) in the train steps and the probes' model "
+    '(models.common.use_im2col, models.for_control_flow)',
+    'XLA convolutions inside loops (probes.convolutions.for_loops leaves them)',
+    'activations not stored once (models.common.materialized)',
+    'landscape step sizes vmapped (probes.landscape.default_batch_size)',
+    'loss-surface points vmapped (probes.surface)',
 )
 
 
@@ -449,6 +450,8 @@ def measure_rows(args, mesh, reduced: bool, repeats: int) -> tuple[dict, dict, d
   """
   table = lookup_peak(mesh.devices.flat[0].device_kind)
   n = 2048 if reduced else 4096
+  if args.force_accelerator_paths:  # before any model or probe is built
+    os.environ[ASSUME_BACKEND] = 'tpu'
   rows, peaks, configs = {}, {}, row_configs(reduced, args.force_accelerator_paths)
   for name, (what, config) in configs.items():
     if name not in args.rows:
@@ -486,7 +489,6 @@ def run_check(args) -> dict:
       'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
       'devices': mesh.size, 'reduced': reduced, 'repeats': repeats,
       'forced_accelerator_paths': list(FORCED) if args.force_accelerator_paths else [],
-      'not_forcible': list(NOT_FORCIBLE) if args.force_accelerator_paths else [],
       'compilation_cache': jax.config.jax_compilation_cache_dir or None,
       'peak': peak, 'rows': list(rows.values()), 'projection': None}
   if {'vgg16', 'probe'} <= rows.keys():
@@ -536,8 +538,6 @@ def format_report(r: dict) -> str:
       f'compilation cache: {r["compilation_cache"] or "off"}']
   for text in r['forced_accelerator_paths']:
     lines.append(f'forced on CPU: {text}')
-  for text in r['not_forcible']:
-    lines.append(f'  not forcible (no library switch): {text}')
   header = ('row', 'what', 'compile', 'step', 'examples/s', 'FLOP/step', 'FLOP/s', 'of peak',
             'XLA memory', 'peak in use')
   table = [header]

@@ -84,7 +84,7 @@ def for_control_flow(model: nn.Module) -> nn.Module:
   loop body or cond branch as naive loops (see ``common.use_im2col``). Same parameters,
   same values; other models and other backends come back unchanged.
   """
-  if hasattr(model, 'conv_impl') and jax.default_backend() == 'cpu':
+  if hasattr(model, 'conv_impl') and common.assumed_backend() == 'cpu':
     return model.clone(conv_impl='im2col')
   return model
 

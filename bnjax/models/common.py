@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import os
 from typing import Callable
 
 import flax.linen as nn
@@ -55,6 +56,19 @@ GLOROT = nn.initializers.glorot_uniform()
 # convolution rewrite (the probe library imports nothing else of bnjax, so it keeps its
 # own); tests/test_models.py checks that the two agree.
 CPU_IM2COL_MAX_PIXELS = 4
+
+
+ASSUME_BACKEND = 'BNJAX_ASSUME_BACKEND'
+
+
+def assumed_backend() -> str:
+  """The backend whose code paths the models take: ``$BNJAX_ASSUME_BACKEND`` when set (e.g.
+  'tpu', so that a test or ``benchmarks/accelerator.py --force-accelerator-paths`` runs an
+  accelerator's choices on a CPU), else JAX's default backend. Read at each call.
+  (bnjax.probes keeps its own copy: it imports nothing else of bnjax.)"""
+  return os.environ.get(ASSUME_BACKEND) or jax.default_backend()
+
+
 CONV_IMPLS = ('auto', 'xla', 'im2col')
 
 
@@ -68,8 +82,7 @@ def use_im2col(height: int, width: int, impl: str = 'auto', backend: str | None 
     raise ValueError(f'unknown conv_impl {impl!r}; valid: {", ".join(CONV_IMPLS)}')
   if impl != 'auto':
     return impl == 'im2col'
-  backend = backend or jax.default_backend()
-  return backend == 'cpu' and height * width <= CPU_IM2COL_MAX_PIXELS
+  return (backend or assumed_backend()) == 'cpu' and height * width <= CPU_IM2COL_MAX_PIXELS
 
 
 def materialized(x: jax.Array) -> jax.Array:
@@ -87,7 +100,7 @@ def materialized(x: jax.Array) -> jax.Array:
   are those of the identity (a custom JVP), so gradients and HVPs are exact and cost
   nothing extra. Other backends fuse differently: there ``x`` is returned untouched.
   """
-  return _stored_once(x) if jax.default_backend() == 'cpu' else x
+  return _stored_once(x) if assumed_backend() == 'cpu' else x
 
 
 @jax.custom_jvp

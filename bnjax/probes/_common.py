@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import os
 from typing import Any, Callable, Hashable, Literal, Sequence
 
 import jax
@@ -19,6 +20,17 @@ Block = KeyPath | Sequence[KeyPath] | Callable[[KeyPath], bool]
 Blocks = Literal['layers'] | Sequence[KeyPath] | Callable[[KeyPath], bool]
 
 DEFAULT_PRECISION = 'highest'
+
+
+ASSUME_BACKEND = 'BNJAX_ASSUME_BACKEND'
+
+
+def assumed_backend() -> str:
+  """The backend whose code paths the probes takes: ``$BNJAX_ASSUME_BACKEND`` when set (e.g.
+  'tpu', so that a test or ``benchmarks/accelerator.py --force-accelerator-paths`` runs an
+  accelerator's choices on a CPU), else JAX's default backend. Read at each call.
+  (bnjax.models.common.assumed_backend reads the same variable.)"""
+  return os.environ.get(ASSUME_BACKEND) or jax.default_backend()
 
 
 def result(cls):

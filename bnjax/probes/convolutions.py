@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bnjax.probes._common import assumed_backend
+
 _CONV = jex.primitives.conv_general_dilated_p
 
 
@@ -53,7 +55,7 @@ def convolutions_for_loops(fn: Callable) -> Callable:
 def for_loops(fn: Callable) -> Callable:
   """What the probes differentiate inside loops: ``convolutions_for_loops(fn)`` on the
   CPU backend, ``fn`` itself on GPU and TPU."""
-  return convolutions_for_loops(fn) if jax.default_backend() == 'cpu' else fn
+  return convolutions_for_loops(fn) if assumed_backend() == 'cpu' else fn
 
 
 def _has_conv(jaxpr: jex.Jaxpr) -> bool:

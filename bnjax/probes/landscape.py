@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from bnjax.probes._common import (LossFn, Params, check_inputs, map_in_batches, result, tree_axpy,
                                   tree_norm, with_precision)
+from bnjax.probes._common import assumed_backend
 from bnjax.probes.convolutions import for_loops
 
 
@@ -26,7 +27,7 @@ def default_batch_size(num_step_sizes: int) -> int:
   On CPU the few step sizes are therefore unrolled into one program; on GPU and TPU
   they are vmapped all at once.
   """
-  return 0 if jax.default_backend() == 'cpu' else num_step_sizes
+  return 0 if assumed_backend() == 'cpu' else num_step_sizes
 
 
 @with_precision

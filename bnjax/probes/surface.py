@@ -16,7 +16,8 @@ from typing import Literal, Sequence
 import jax
 import jax.numpy as jnp
 
-from bnjax.probes._common import (DEFAULT_PRECISION, Block, LossFn, Params, check_inputs,
+from bnjax.probes._common import (DEFAULT_PRECISION, Block, LossFn, Params, assumed_backend,
+                                  check_inputs,
                                   check_params, leaf_paths, map_in_batches, result, select_leaves,
                                   tree_norm, with_precision)
 from bnjax.probes.convolutions import for_loops
@@ -197,7 +198,7 @@ def default_batch_size() -> int:
   point), XLA:CPU's slow path. benchmarks/loss_surface.py (VGG-11 BN, width 0.25, batch
   32, 21 x 21, this 2-core CPU): 1.00x the faster one-by-one loop at 1, 1.41x at 2,
   1.64x at 4. On GPU and TPU (not measured) a few points at once fill the device."""
-  return 1 if jax.default_backend() == 'cpu' else 8
+  return 1 if assumed_backend() == 'cpu' else 8
 
 
 @with_precision
