@@ -32,6 +32,8 @@ import tarfile
 import jax
 import numpy as np
 
+from bnjax.tfds_download import download_and_prepare
+
 TFDS_DATASETS = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'svhn_cropped')
 SYNTHETIC_DATASETS = ('dln_gaussian',)
 IMAGEFOLDER_PREFIX = 'imagefolder:'
@@ -252,7 +254,7 @@ def _load_tfds(name: str, data_dir: str | None) -> _RawImages:
     if not _tensorflow_available():
       raise DataError(f'tfds dataset {name!r} is not prepared under {where}; {how}') from e
     logging.warning('tfds dataset %r is not prepared under %s: preparing it now', name, where)
-    _download_and_prepare(builder, name, data_dir)
+    download_and_prepare(builder, name, data_dir)
     split_sources = sources()
 
   def read(source):
@@ -341,42 +343,8 @@ def prepare(name: str, data_dir: str | None = None) -> None:
                     'pip install -e ".[prepare]"')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   # The format goes to the builder itself (tfds fixes it at the first construction).
-  _download_and_prepare(tfds.builder(name, data_dir=data_dir, file_format='array_record'),
-                        name, data_dir)
-
-
-# Exception types (by name: requests, urllib3, urllib and tfds each have their own) that
-# mean the download host could not be reached, as opposed to a disk or format problem.
-_NETWORK_ERRORS = ('ConnectionError', 'ConnectTimeout', 'ReadTimeout', 'Timeout',
-                   'ProxyError', 'MaxRetryError', 'NewConnectionError', 'NameResolutionError',
-                   'URLError', 'SSLError', 'gaierror', 'DownloadError')
-
-
-def _network_failure(e: BaseException) -> BaseException | None:
-  """The first exception in ``e``'s chain that says the network could not be reached."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if any(c.__name__ in _NETWORK_ERRORS for c in type(e).__mro__):
-      return e
-    e = e.__cause__ or e.__context__
-  return None
-
-
-def _download_and_prepare(builder, name: str, data_dir: str | None) -> None:
-  """builder.download_and_prepare(), with a one-line DataError when the download fails."""
-  try:
-    builder.download_and_prepare()
-  except Exception as e:  # pylint: disable=broad-except
-    cause = _network_failure(e)
-    if cause is None:
-      raise
-    reason = (str(cause).splitlines() or [''])[0][:160]
-    raise DataError(
-        f'downloading tfds dataset {name!r} failed: the network is unreachable from here '
-        f'({type(cause).__name__}: {reason}); on a machine with internet run '
-        f'`python -m bnjax.data prepare {name} --data_dir=DIR`, copy DIR to this machine and '
-        'point TFDS_DATA_DIR (or --config.data.tfds_data_dir) at it') from e
+  download_and_prepare(tfds.builder(name, data_dir=data_dir, file_format='array_record'),
+                       name, data_dir)
 
 
 def main(argv=None) -> int:
