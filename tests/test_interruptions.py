@@ -43,12 +43,19 @@ def test_a_second_ctrl_c_stops_at_once_and_status_does_not_say_running(tmp_path,
       os.kill(os.getpid(), signal.SIGINT)  # the second: at once
     return original(self, lines)
 
+  def found(signum, frame):  # the handler the run finds: not SIG_IGN, whatever the suite
+    raise AssertionError('the run left SIGINT to the handler it found')  # was started with
+
   monkeypatch.setattr(workdir.Workdir, 'append_metrics', press_ctrl_c_twice)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(small_dln(), str(tmp_path))
+  previous = signal.signal(signal.SIGINT, found)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(small_dln(), str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is found  # the handler found at start, restored
+  finally:
+    signal.signal(signal.SIGINT, previous)
   s = status(tmp_path)
   assert s['state'] == 'interrupted' and 'second Ctrl-C' in s['note']
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
 @pytest.mark.slow
