@@ -8,10 +8,19 @@ A line: step, steps_per_second, examples_per_second, the step's metrics (train_l
 learning_rate, train_accuracy where defined), ``probe/<name>/<field>`` on the steps the
 probe's schedule names, and on a call's first line its ``extra`` (eval_*, data/*).
 A training loss that is not finite is a divergence: its line is the last one written.
+
+The first lines written are announced with the time since the process started and the
+seconds JAX spent compiling by then (``COMPILE_TIME``: tracing, lowering and XLA or the
+persistent compilation cache), e.g.
+``first step after 12.3 s: compilation 9.8 s (tracing 1.2, lowering 0.4, XLA or cache 8.2;
+3 programs from the persistent cache)``; ``benchmarks/compile_cache.py`` reads it.
 """
 
+import collections
 import logging
 import math
+import os
+import pathlib
 import time
 from typing import Any
 
@@ -20,6 +29,46 @@ import ml_collections
 import numpy as np
 
 from bnjax import workdir as workdir_lib
+
+_COMPILE_EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'tracing',
+                   '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lowering',
+                   '/jax/core/compile/backend_compile_duration': 'XLA or cache'}
+_CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+COMPILE_TIME: collections.Counter = collections.Counter()  # seconds by phase; 'cache hits'
+_IMPORTED = time.time()
+
+
+def _on_duration(event: str, seconds: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    COMPILE_TIME[_COMPILE_EVENTS[event]] += seconds
+
+
+def _on_event(event: str, **_) -> None:
+  if event == _CACHE_HIT_EVENT:
+    COMPILE_TIME['cache hits'] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+jax.monitoring.register_event_listener(_on_event)
+
+
+def seconds_since_process_start() -> float:
+  """Wall time since this process started (the kernel's start time; Linux)."""
+  try:
+    ticks = int(pathlib.Path('/proc/self/stat').read_text().rsplit(')', 1)[-1].split()[19])
+    boot = next(int(l.split()[1]) for l in pathlib.Path('/proc/stat').read_text().splitlines()
+                if l.startswith('btime'))
+    return time.time() - boot - ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, StopIteration):
+    return time.time() - _IMPORTED
+
+
+def first_step_line() -> str:
+  """'first step after T s: compilation C s (...)', from ``COMPILE_TIME`` so far."""
+  phases = ', '.join(f'{p} {COMPILE_TIME[p]:.1f}' for p in _COMPILE_EVENTS.values())
+  total = sum(COMPILE_TIME[p] for p in _COMPILE_EVENTS.values())
+  return (f'first step after {seconds_since_process_start():.1f} s: compilation {total:.1f} s '
+          f'({phases}; {COMPILE_TIME["cache hits"]} programs from the persistent cache)')
 
 
 class MetricsLog:
@@ -42,6 +91,7 @@ class MetricsLog:
     self._first_line = dict(first_line or {})
     self._pending = None  # (first step, device metrics, extra) of the call in flight
     self._last_time, self._last_log = time.time(), 0.0
+    self._written_any = False
 
   def submit(self, first_step: int, device_metrics, extra: dict[str, float]) -> int | None:
     """Holds the metrics of one call and writes those of the call held before it.
@@ -95,6 +145,9 @@ class MetricsLog:
         break
       self.last_finite_loss = loss
     self.wd.append_metrics(lines)
+    if not self._written_any:
+      self._written_any = True
+      logging.info('%s', first_step_line())
     if now - self._last_log >= self.config.log_every_seconds or self.diverged is not None:
       self._last_log = now
       self._log_progress(lines[-1], sps)
