@@ -30,8 +30,7 @@ FIELDS = ('first step s', 'compilation s', 'tracing s', 'lowering s', 'XLA or ca
 
 def run_once(config: str, flags: list[str], workdir: pathlib.Path,
              cache: pathlib.Path) -> dict[str, float]:
-  env = {k: v for k, v in os.environ.items() if k not in (
-      'JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')}
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   cmd = [sys.executable, '-m', 'bnjax.main', f'--config={config}', f'--workdir={workdir}',
          f'--config.compilation_cache={cache}', *flags]
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -10,8 +10,8 @@ probe's schedule names, and on a call's first line its ``extra`` (eval_*, data/*
 A training loss that is not finite is a divergence: its line is the last one written.
 
 The first lines written are announced with the time since the process started and the
-seconds JAX spent compiling by then (``COMPILE_TIME``: tracing, lowering and XLA or the
-persistent compilation cache), e.g.
+wall time JAX spent compiling by then (``COMPILE_SPANS``: tracing, lowering, and XLA or
+reading the persistent compilation cache), e.g.
 ``first step after 12.3 s: compilation 9.8 s (tracing 1.2, lowering 0.4, XLA or cache 8.2;
 3 programs from the persistent cache)``; ``benchmarks/compile_cache.py`` reads it.
 """
@@ -34,22 +34,35 @@ _COMPILE_EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'tracing',
                    '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lowering',
                    '/jax/core/compile/backend_compile_duration': 'XLA or cache'}
 _CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
-COMPILE_TIME: collections.Counter = collections.Counter()  # seconds by phase; 'cache hits'
+# (start, end) of every compilation phase JAX reported in this process, by phase; nested
+# traces (a jit inside a jit) overlap, so times are unions of these spans.
+COMPILE_SPANS: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+CACHE_HITS = [0]  # programs read from the persistent compilation cache
 _IMPORTED = time.time()
 
 
-def _on_duration(event: str, seconds: float, **_) -> None:
+def _on_span(event: str, start: float, end: float, **_) -> None:
   if event in _COMPILE_EVENTS:
-    COMPILE_TIME[_COMPILE_EVENTS[event]] += seconds
+    COMPILE_SPANS[_COMPILE_EVENTS[event]].append((start, end))
 
 
 def _on_event(event: str, **_) -> None:
   if event == _CACHE_HIT_EVENT:
-    COMPILE_TIME['cache hits'] += 1
+    CACHE_HITS[0] += 1
 
 
-jax.monitoring.register_event_duration_secs_listener(_on_duration)
+jax.monitoring.register_event_time_span_listener(_on_span)
 jax.monitoring.register_event_listener(_on_event)
+
+
+def _union(spans: list[tuple[float, float]]) -> float:
+  """The length of the union of the intervals ``spans``."""
+  total, reach = 0.0, -math.inf
+  for start, end in sorted(spans):
+    if end > reach:
+      total += end - max(start, reach)
+      reach = end
+  return total
 
 
 def seconds_since_process_start() -> float:
@@ -64,11 +77,11 @@ def seconds_since_process_start() -> float:
 
 
 def first_step_line() -> str:
-  """'first step after T s: compilation C s (...)', from ``COMPILE_TIME`` so far."""
-  phases = ', '.join(f'{p} {COMPILE_TIME[p]:.1f}' for p in _COMPILE_EVENTS.values())
-  total = sum(COMPILE_TIME[p] for p in _COMPILE_EVENTS.values())
+  """'first step after T s: compilation C s (...)', from ``COMPILE_SPANS`` so far."""
+  phases = ', '.join(f'{p} {_union(COMPILE_SPANS[p]):.1f}' for p in _COMPILE_EVENTS.values())
+  total = _union([s for p in _COMPILE_EVENTS.values() for s in COMPILE_SPANS[p]])
   return (f'first step after {seconds_since_process_start():.1f} s: compilation {total:.1f} s '
-          f'({phases}; {COMPILE_TIME["cache hits"]} programs from the persistent cache)')
+          f'({phases}; {CACHE_HITS[0]} programs from the persistent cache)')
 
 
 class MetricsLog:

@@ -102,10 +102,12 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, scheduled_probes
     def run_probes(loss, grads):
       out = {}
       for name, probe in probe_fns.items():
-        shapes = jax.eval_shape(probe.fn, state, batch, key, loss, grads)
+        # Jitted, the probe is traced once: eval_shape's trace is reused by lax.cond.
+        fn = jax.jit(probe.fn)
+        shapes = jax.eval_shape(fn, state, batch, key, loss, grads)
         skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
         due = probe.due_traced(state.step)
-        out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key, loss, grads)
+        out[name] = jax.lax.cond(due, fn, skipped, state, batch, key, loss, grads)
       return out
 
     state, metrics = step_fn(state, batch, run_probes if probe_fns else None)

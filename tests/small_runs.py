@@ -70,9 +70,9 @@ def as_in_a_terminal() -> None:
 
 
 def start(args, devices=1, **kwargs):
-  kwargs = {'stdout': subprocess.PIPE, 'stderr': subprocess.PIPE, 'text': True,
-            'preexec_fn': as_in_a_terminal, **kwargs}
-  return subprocess.Popen(args, cwd=ROOT, env=subprocess_env(devices), **kwargs)
+  kwargs = {'env': subprocess_env(devices), 'stdout': subprocess.PIPE,
+            'stderr': subprocess.PIPE, 'text': True, 'preexec_fn': as_in_a_terminal, **kwargs}
+  return subprocess.Popen(args, cwd=ROOT, **kwargs)
 
 
 def start_main(args, workdir, devices=1, **kwargs):
