@@ -59,6 +59,26 @@ def test_a_second_ctrl_c_stops_at_once_and_status_does_not_say_running(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_a_run_starts_stops_it_before_its_first_step_with_a_checkpoint(
+    tmp_path, signum):
+  """SIGHUP is a SIGTERM (preempted, 75); either, sent while bnjax.main still starts (here
+  just after JAX's set-up, before the data and the compilation), is not lost."""
+  run = start(main_args(tmp_path))
+  for line in run.stderr:  # bnjax.main's log, line by line
+    if 'JAX process 0/1' in line:
+      break
+  run.send_signal(signum)
+  _, err = run.communicate(timeout=300)
+  assert run.returncode == interruptions.EXIT_PREEMPTED, err[-3000:]
+  s = status(tmp_path)
+  assert (s['state'], s['step'], s['last_checkpoint'], s['signal']) == (
+      'preempted', 0, 0, signal.Signals(signum).name)
+  assert (tmp_path / 'checkpoints' / '0').exists()
+  assert not (tmp_path / 'metrics.jsonl').exists()  # no step trained
+
+
+@pytest.mark.slow
 def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_path):
   """SIGKILL loses at most a checkpoint interval; SIGTERM saves and exits 'preempted';
   rerunning the same command resumes; the end matches an uninterrupted run exactly."""
