@@ -23,9 +23,10 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LINE = re.compile(r'first step after ([\d.]+) s: compilation ([\d.]+) s \(tracing ([\d.]+), '
-                  r'lowering ([\d.]+), XLA or cache ([\d.]+); (\d+) programs')
+                  r'lowering ([\d.]+), XLA or cache ([\d.]+); (\d+) programs from the persistent '
+                  r'cache in ([\d.]+) s')
 FIELDS = ('first step s', 'compilation s', 'tracing s', 'lowering s', 'XLA or cache s',
-          'cache hits')
+          'cache hits', 'cache read s')
 
 
 def run_once(config: str, flags: list[str], workdir: pathlib.Path,

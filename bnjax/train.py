@@ -205,17 +205,18 @@ def _initial_state(run: Run) -> TrainState:
   """The newest readable checkpoint's state, else a fresh one from ``config.seed``."""
   replicated = NamedSharding(run.mesh, P())
 
-  def init(sample):
-    return TrainState.create(objective_lib.init_variables(run.model, run.config.seed, sample),
-                             run.tx)
+  def init(seed, sample):  # the seed an argument: seeds share the compiled program
+    return TrainState.create(objective_lib.init_variables(run.model, seed, sample), run.tx)
 
   sample = jnp.zeros((1,) + run.dataset.train.inputs.shape[1:], jnp.float32)
-  abstract_state = jax.eval_shape(init, sample)
+  seed = jnp.asarray(run.config.seed, jnp.int32)
+  abstract_state = jax.eval_shape(init, seed, sample)
   abstract_with_sharding = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
   state = checkpoints.restore_latest(run.checkpoint_manager, abstract_with_sharding)
   if state is None:
-    state = jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract_state))(sample)
+    state = jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract_state))(
+        seed, sample)
   return state
 
 
