@@ -12,8 +12,10 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-DIRECTORY = 'checkpoints'
-COMMIT_MARKER = 'commit_success.txt'
+from bnjax import workdir as workdir_lib
+
+DIRECTORY = workdir_lib.CHECKPOINTS_DIR
+COMMIT_MARKER = workdir_lib.COMMIT_MARKER
 
 
 def manager(workdir: str | pathlib.Path, max_to_keep: int | None) -> ocp.CheckpointManager:
@@ -61,7 +63,4 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any) -> Any | Non
 
 def latest_committed_step(workdir: str | pathlib.Path) -> int | None:
   """The newest committed checkpoint step in ``workdir`` (None if there is none)."""
-  steps = [int(p.parent.name)
-           for p in (pathlib.Path(workdir) / DIRECTORY).glob(f'*/{COMMIT_MARKER}')
-           if p.parent.name.isdigit()]
-  return max(steps, default=None)
+  return workdir_lib.latest_checkpoint(workdir)

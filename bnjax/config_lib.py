@@ -71,7 +71,7 @@ def _positive_int(c, field: str, allow_zero: bool = False) -> None:
 
 
 def _check_names(c: ml_collections.ConfigDict) -> None:
-  for field in ('model', 'norm', 'dataset', 'loss', 'bn_stats'):
+  for field in ('model', 'norm', 'dataset', 'loss', 'bn_stats', 'compilation_cache'):
     _require(isinstance(c[field], str), f'config.{field} must be a string, got {c[field]!r}')
   _require(c.model in models.MODELS,
            f'unknown model {c.model!r}; valid names: {", ".join(models.MODELS)}')
@@ -81,6 +81,8 @@ def _check_names(c: ml_collections.ConfigDict) -> None:
     tensorboard.check_mode(c.tensorboard)
   _require(c.loss in LOSSES, f'unknown loss {c.loss!r}; valid: {", ".join(LOSSES)}')
   _require(c.bn_stats in BN_STATS, f'unknown bn_stats {c.bn_stats!r}; valid: {", ".join(BN_STATS)}')
+  _require(c.compilation_cache != '', "config.compilation_cache must be 'auto', 'off' or a "
+           'directory, got an empty string')
 
 
 def _check_numbers(c: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -94,6 +96,9 @@ def _check_numbers(c: ml_collections.ConfigDict, num_devices: int) -> None:
     _positive_int(c, field)
   for field in ('num_steps', 'seed', 'eval_every', 'checkpoint_every'):
     _positive_int(c, field, allow_zero=True)
+  every = c.status_every_seconds
+  _require(isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0,
+           f'config.status_every_seconds must be a number > 0, got {every!r}')
   for field in ('batch_size', 'eval_batch_size'):
     _require(c[field] % num_devices == 0,
              f'config.{field}={c[field]} is not divisible by the {num_devices} devices')

@@ -44,6 +44,10 @@ def base() -> ml_collections.ConfigDict:
   c.steps_per_call = 1  # steps fused into one jitted lax.scan (small models: many)
   c.log_every_seconds = 10.0  # progress line on the terminal
   c.tensorboard = 'auto'  # TensorBoard events beside metrics.jsonl: 'auto', 'on', 'off'
+  c.status_every_seconds = 60.0  # status.json's step rewritten at least this often
+  # JAX's persistent compilation cache (bnjax.main): 'auto' ($BNJAX_CACHE or
+  # ~/.cache/bnjax, /jax-compilation), a directory, or 'off'; JAX_COMPILATION_CACHE_DIR wins.
+  c.compilation_cache = 'auto'
   c.probes = ml_collections.ConfigDict()
   return c
 

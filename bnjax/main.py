@@ -12,12 +12,18 @@ Multi-host (TPU VM pods, GPU clusters): ``--multihost`` calls
 ``--coordinator_address``, ``--num_processes``, ``--process_id``).
 
 Exit status: 0 done or diverged (see DIR/status.json), 2 bad config, 3 workdir in use by
-another live process, 75 preempted (SIGTERM), 130 interrupted (Ctrl-C), 1 any other
-failure (a full disk included). After 75, 130 or 1, rerunning the same command resumes.
+another live process, 75 preempted (SIGTERM or SIGHUP), 130 interrupted (Ctrl-C), 1 any
+other failure (a full disk included). After 75, 130 or 1, rerunning the same command
+resumes. The signals' handlers are installed first thing (``bnjax.interruptions``).
+
+Compiled programs are kept in JAX's persistent compilation cache (``config.compilation_cache``:
+'auto', a directory or 'off'; ``JAX_COMPILATION_CACHE_DIR``, if set, wins, empty for off),
+so a rerun, a resume or another seed of the same config skips most of its compilation.
 """
 
 import errno
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -38,6 +44,10 @@ _HEARTBEAT = flags.DEFINE_integer(
     'exits with an error naming it (so a dead host never leaves the rest waiting).')
 flags.mark_flags_as_required(['config', 'workdir'])
 EXIT_WORKDIR_IN_USE = 3
+CACHE_SUBDIR = 'jax-compilation'  # under the bnjax cache dir ($BNJAX_CACHE or ~/.cache/bnjax)
+# Programs whose compilation took at least this long are written to the cache: every
+# train chunk and probe program; not the many small ones (initialisation, evaluation).
+CACHE_MIN_COMPILE_SECONDS = 0.5
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -78,9 +88,45 @@ class _QuietLibraries:
     return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def use_compilation_cache(setting: str) -> str | None:
+  """Turns on JAX's persistent compilation cache in this process; returns its directory.
+
+  ``JAX_COMPILATION_CACHE_DIR``, if set, wins (JAX reads it; empty: off). Otherwise
+  ``setting`` (config.compilation_cache): 'auto' (``CACHE_SUBDIR`` of the bnjax cache
+  dir), a directory, or 'off'. ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``, if set,
+  wins over ``CACHE_MIN_COMPILE_SECONDS``. JAX writes entries from process 0 only.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from bnjax import data  # pylint: disable=g-import-not-at-top
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return os.environ['JAX_COMPILATION_CACHE_DIR'] or None
+  if setting == 'off':
+    return None
+  path = (os.path.join(data._default_cache_dir(), CACHE_SUBDIR)  # pylint: disable=protected-access
+          if setting == 'auto' else os.path.expanduser(setting))
+  jax.config.update('jax_compilation_cache_dir', path)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', CACHE_MIN_COMPILE_SECONDS)
+  return path
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from bnjax import interruptions  # pylint: disable=g-import-not-at-top
+  # First thing: a signal during start-up (imports, data, compilation) stops the run at
+  # its first step, with a checkpoint, instead of killing it without one.
+  with interruptions.StopRequest() as stop:
+    try:
+      _main(stop)
+    except KeyboardInterrupt:
+      print('bnjax: stopped at once by a second Ctrl-C; rerun to resume from the last '
+            'checkpoint', file=sys.stderr)
+      sys.exit(interruptions.EXIT_INTERRUPTED)
+
+
+def _main(stop):
+  """main's work, with ``stop``'s signal handlers installed."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
   xla_flags.apply(_CONFIG.value.get('model'))  # before jax starts its backend, which reads them
   import jax  # pylint: disable=g-import-not-at-top
@@ -91,8 +137,10 @@ def main(argv):
   from bnjax import workdir  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
+  cache = use_compilation_cache(_CONFIG.value.get('compilation_cache', 'auto'))
+  logging.info('persistent compilation cache: %s', cache or 'off')
   try:
-    state = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    state = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop)
   except config_lib.ConfigError as e:
     print(f'bnjax: config error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -102,10 +150,6 @@ def main(argv):
   except workdir.WorkdirInUse as e:
     print(f'bnjax: {e}', file=sys.stderr)
     sys.exit(EXIT_WORKDIR_IN_USE)
-  except KeyboardInterrupt:
-    print('bnjax: stopped at once by a second Ctrl-C; rerun to resume from the last '
-          'checkpoint', file=sys.stderr)
-    sys.exit(interruptions.EXIT_INTERRUPTED)
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise

@@ -8,10 +8,19 @@ A line: step, steps_per_second, examples_per_second, the step's metrics (train_l
 learning_rate, train_accuracy where defined), ``probe/<name>/<field>`` on the steps the
 probe's schedule names, and on a call's first line its ``extra`` (eval_*, data/*).
 A training loss that is not finite is a divergence: its line is the last one written.
+
+The first lines written are announced with the time since the process started and the
+wall time JAX spent compiling by then (``COMPILE_SPANS``: tracing, lowering, and XLA or
+reading the persistent compilation cache), e.g.
+``first step after 12.3 s: compilation 9.8 s (tracing 1.2, lowering 0.4, XLA or cache 8.2;
+3 programs from the persistent cache in 1.5 s)``; ``benchmarks/compile_cache.py`` reads it.
 """
 
+import collections
 import logging
 import math
+import os
+import pathlib
 import time
 from typing import Any
 
@@ -20,6 +29,67 @@ import ml_collections
 import numpy as np
 
 from bnjax import workdir as workdir_lib
+
+_COMPILE_EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'tracing',
+                   '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lowering',
+                   '/jax/core/compile/backend_compile_duration': 'XLA or cache'}
+_CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+_CACHE_READ_EVENT = '/jax/compilation_cache/cache_retrieval_time_sec'
+# (start, end) of every compilation phase JAX reported in this process, by phase; nested
+# traces (a jit inside a jit) overlap, so times are unions of these spans.
+COMPILE_SPANS: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+CACHE_HITS = [0, 0.0]  # programs read from the persistent compilation cache, seconds
+_IMPORTED = time.time()
+
+
+def _on_span(event: str, start: float, end: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    COMPILE_SPANS[_COMPILE_EVENTS[event]].append((start, end))
+
+
+def _on_duration(event: str, seconds: float, **_) -> None:
+  if event == _CACHE_READ_EVENT:
+    CACHE_HITS[1] += seconds
+
+
+def _on_event(event: str, **_) -> None:
+  if event == _CACHE_HIT_EVENT:
+    CACHE_HITS[0] += 1
+
+
+jax.monitoring.register_event_time_span_listener(_on_span)
+jax.monitoring.register_event_listener(_on_event)
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def _union(spans: list[tuple[float, float]]) -> float:
+  """The length of the union of the intervals ``spans``."""
+  total, reach = 0.0, -math.inf
+  for start, end in sorted(spans):
+    if end > reach:
+      total += end - max(start, reach)
+      reach = end
+  return total
+
+
+def seconds_since_process_start() -> float:
+  """Wall time since this process started (the kernel's start time; Linux)."""
+  try:
+    ticks = int(pathlib.Path('/proc/self/stat').read_text().rsplit(')', 1)[-1].split()[19])
+    boot = next(int(l.split()[1]) for l in pathlib.Path('/proc/stat').read_text().splitlines()
+                if l.startswith('btime'))
+    return time.time() - boot - ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, StopIteration):
+    return time.time() - _IMPORTED
+
+
+def first_step_line() -> str:
+  """'first step after T s: compilation C s (...)', from ``COMPILE_SPANS`` so far."""
+  phases = ', '.join(f'{p} {_union(COMPILE_SPANS[p]):.1f}' for p in _COMPILE_EVENTS.values())
+  total = _union([s for p in _COMPILE_EVENTS.values() for s in COMPILE_SPANS[p]])
+  return (f'first step after {seconds_since_process_start():.1f} s: compilation {total:.1f} s '
+          f'({phases}; {CACHE_HITS[0]} programs from the persistent cache in '
+          f'{CACHE_HITS[1]:.1f} s)')
 
 
 class MetricsLog:
@@ -42,6 +112,7 @@ class MetricsLog:
     self._first_line = dict(first_line or {})
     self._pending = None  # (first step, device metrics, extra) of the call in flight
     self._last_time, self._last_log = time.time(), 0.0
+    self._written_any = False
 
   def submit(self, first_step: int, device_metrics, extra: dict[str, float]) -> int | None:
     """Holds the metrics of one call and writes those of the call held before it.
@@ -95,6 +166,9 @@ class MetricsLog:
         break
       self.last_finite_loss = loss
     self.wd.append_metrics(lines)
+    if not self._written_any:
+      self._written_any = True
+      logging.info('%s', first_step_line())
     if now - self._last_log >= self.config.log_every_seconds or self.diverged is not None:
       self._last_log = now
       self._log_progress(lines[-1], sps)

@@ -24,7 +24,14 @@ Runs whose status.json says done or diverged are skipped, the others (never star
 killed, preempted, failed) start or resume; a failed run does not stop the others. At the
 end (and with ``--summary`` alone) it writes ``DIR/summary.csv``, ``DIR/training.png``
 and every paper figure the runs allow (``DIR/figures/``, as ``python -m bnjax.plots all``),
-and prints the table. Every run's config is built and checked before any run starts.
+and prints the table (each run's state as ``python -m bnjax.status`` tells it). Every
+run's config is built and checked before any run starts.
+
+Signals: SIGTERM, SIGINT (Ctrl-C) and SIGHUP to the runner are passed on to every run in
+flight (each in its own session, so it hears them from the runner only); each checkpoints
+and stops as bnjax.main does, no other run starts, and the runner waits for them and exits
+128 + the signal (143, 130, 129). A run whose runner dies, even by SIGKILL, gets SIGTERM
+from the kernel (``interruptions.die_with_parent``): no run outlives its runner.
 Exit status: 0 when every run is done or diverged, 1 otherwise, 2 for a bad sweep.
 """
 
@@ -38,6 +45,7 @@ import json
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -45,7 +53,8 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
-from bnjax import workdir
+from bnjax import interruptions, workdir
+from bnjax import status as run_status
 
 FINISHED = ('done', 'diverged')
 
@@ -185,81 +194,81 @@ def command(sweep_file: str, run: Run, extra_flags: Sequence[str] = ()) -> list[
 
 
 # ------------------------------------------------------------------ running sweeps
-def _status(run: Run) -> dict:
-  f = run.workdir / workdir.STATUS_FILE
-  try:
-    return json.loads(f.read_text())
-  except (OSError, ValueError):
-    return {}
-
-
 def _attempts_file(root: pathlib.Path, run: Run) -> pathlib.Path:
   return root / 'logs' / f'{run.name}.attempts.json'
 
 
 def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: Sequence[str],
-            parallel: int) -> bool:
+            parallel: int) -> int | None:
   """Starts every unfinished run, ``parallel`` at a time, each logging to ROOT/logs/.
 
-  Returns False when Ctrl-C stopped the sweep: the runs in flight got the same SIGINT
-  (one process group), checkpoint and stop; they are waited for, and a rerun resumes.
+  Returns None when every run ended, or the first signal (SIGTERM, SIGINT, SIGHUP) that
+  stopped the sweep: it was passed on to the runs in flight, which checkpoint and stop
+  (a rerun resumes them), no other run started, and the runs were waited for. Runs that
+  outlive the runner (killed with SIGKILL) get SIGTERM from the kernel (see
+  ``interruptions.die_with_parent``).
   """
-  in_flight: list[subprocess.Popen] = []
   commands = [(r, command(sweep_file, r, extra_flags)) for r in runs]
-  try:
-    _start_and_wait(root, commands, parallel, in_flight)
-    return True
-  except KeyboardInterrupt:
-    print('[sweep] Ctrl-C: waiting for the runs in flight to checkpoint; rerun to resume',
-          flush=True)
-    for proc in in_flight:
-      try:
-        proc.wait()
-      except KeyboardInterrupt:  # a second Ctrl-C: the runs stop at once too
-        pass
-    return False
+  with interruptions.Forwarder() as forwarder:
+    _start_and_wait(root, commands, parallel, forwarder)
+  return forwarder.received[0] if forwarder.received else None
+
+
+def _start(root: pathlib.Path, run: Run, cmd: list[str], preexec) -> tuple[subprocess.Popen, Any]:
+  """Starts ``cmd`` in its own session, logging to ROOT/logs/NAME.log."""
+  log = open(root / 'logs' / f'{run.name}.log', 'a')
+  log.write(f'\n$ {shlex.join(cmd)}\n')
+  log.flush()
+  proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True, preexec_fn=preexec)
+  return proc, log
 
 
 def _start_and_wait(root: pathlib.Path, commands: list[tuple[Run, list[str]]], parallel: int,
-                    in_flight: list[subprocess.Popen]) -> None:
-  """Runs the command of every unfinished run, ``parallel`` at a time; ``in_flight``
-  holds the processes running (for the caller, on Ctrl-C)."""
+                    forwarder: interruptions.Forwarder) -> None:
+  """Runs the command of every unfinished run, ``parallel`` at a time, until every run
+  ended or, after a signal, the runs in flight ended."""
   (root / 'logs').mkdir(parents=True, exist_ok=True)
   todo = []
   for r, cmd in commands:
-    state = _status(r).get('state')
+    state = workdir.read_status(r.workdir).get('state')
     if state in FINISHED:
       print(f'[sweep] {r.name}: {state} already, skipped', flush=True)
     else:
       todo.append((r, cmd))
+  preexec = interruptions.die_with_parent()
   running: list[tuple[Run, subprocess.Popen, float, Any]] = []
-  started, total = 0, len(todo)
-  while todo or running:
-    while todo and len(running) < parallel:
+  started, total, announced = 0, len(todo), 0
+  while (todo and not forwarder.received) or running:
+    while todo and len(running) < parallel and not forwarder.received:
       r, cmd = todo.pop(0)
       started += 1
-      log = open(root / 'logs' / f'{r.name}.log', 'a')
-      log.write(f'\n$ {shlex.join(cmd)}\n')
-      log.flush()
+      proc, log = _start(root, r, cmd, preexec)
       print(f'[sweep] start {r.name} ({started} of {total}), log in {log.name}', flush=True)
-      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-      in_flight.append(proc)
       running.append((r, proc, time.time(), log))
-    time.sleep(0.5)
+    if len(forwarder.received) > announced:
+      announced = len(forwarder.received)
+      print(f'[sweep] {signal.Signals(forwarder.received[-1]).name}: passed on to the '
+            f'{len(running)} runs in flight; waiting for them to checkpoint and stop; rerun '
+            'to resume', flush=True)
+    forwarder.forward([proc for _, proc, _, _ in running])
+    time.sleep(0.2)
     for item in list(running):
-      r, proc, t0, log = item
-      if proc.poll() is None:
-        continue
-      running.remove(item)
-      in_flight.remove(proc)
-      log.close()
-      wall = time.time() - t0
-      f = _attempts_file(root, r)
-      attempts = json.loads(f.read_text()) if f.exists() else []
-      attempts.append({'exit': proc.returncode, 'seconds': wall})
-      f.write_text(json.dumps(attempts) + '\n')
-      state = _status(r).get('state', 'no status')
-      print(f'[sweep] {r.name}: {state} (exit {proc.returncode}) in {wall:.0f} s', flush=True)
+      if item[1].poll() is not None:
+        running.remove(item)
+        _record_end(root, *item)
+
+
+def _record_end(root: pathlib.Path, r: Run, proc: subprocess.Popen, t0: float, log) -> None:
+  """Closes a run's log, appends its exit and wall time to ROOT/logs/NAME.attempts.json."""
+  log.close()
+  wall = time.time() - t0
+  f = _attempts_file(root, r)
+  attempts = json.loads(f.read_text()) if f.exists() else []
+  attempts.append({'exit': proc.returncode, 'seconds': wall})
+  f.write_text(json.dumps(attempts) + '\n')
+  state = workdir.read_status(r.workdir).get('state', 'no status')
+  print(f'[sweep] {r.name}: {state} (exit {proc.returncode}) in {wall:.0f} s', flush=True)
 
 
 # ------------------------------------------------------------------------ summary
@@ -267,13 +276,16 @@ SUMMARY_METRICS = ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy')
 
 
 def summarize(root: pathlib.Path, runs: list[Run]) -> list[dict]:
-  """One row per run: name, overrides, state, steps, final metrics, wall time (s)."""
+  """One row per run: name, overrides, state (as ``bnjax.status`` tells it), steps, last
+  checkpoint, last status update, final metrics, wall time (s)."""
   rows = []
   for r in runs:
-    status = _status(r)
+    status = run_status.run_status(r.workdir)
     overrides = ' '.join(f'{k}={_format(v)}' for k, v in r.overrides.items() if k != 'name')
-    row = {'name': r.name, 'overrides': overrides, 'state': status.get('state', 'not started'),
-           'steps': status.get('step', '')}
+    row = {'name': r.name, 'overrides': overrides, 'state': status.state,
+           'steps': '' if status.step is None else status.step,
+           'last_checkpoint': '' if status.last_checkpoint is None else status.last_checkpoint,
+           'updated': run_status.format_age(status.age)}
     last = {}
     if (r.workdir / workdir.METRICS_FILE).exists():
       for line in workdir.read_metrics(r.workdir):
@@ -343,8 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.dry_run:
     print('\n'.join(shlex.join(command(args.sweep_file, r, extra)) for r in runs))
     return 0
-  if not args.summary and not run_all(args.sweep_file, root, runs, extra, args.parallel):
-    return 130
+  if not args.summary:
+    signum = run_all(args.sweep_file, root, runs, extra, args.parallel)
+    if signum is not None:
+      return 128 + signum  # the shell's convention: 143 SIGTERM, 130 SIGINT, 129 SIGHUP
   rows = write_summary(root, runs)
   return 0 if all(r['state'] in FINISHED for r in rows) else 1
 

@@ -102,10 +102,12 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, scheduled_probes
     def run_probes(loss, grads):
       out = {}
       for name, probe in probe_fns.items():
-        shapes = jax.eval_shape(probe.fn, state, batch, key, loss, grads)
+        # Jitted, the probe is traced once: eval_shape's trace is reused by lax.cond.
+        fn = jax.jit(probe.fn)
+        shapes = jax.eval_shape(fn, state, batch, key, loss, grads)
         skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
         due = probe.due_traced(state.step)
-        out[name] = jax.lax.cond(due, probe.fn, skipped, state, batch, key, loss, grads)
+        out[name] = jax.lax.cond(due, fn, skipped, state, batch, key, loss, grads)
       return out
 
     state, metrics = step_fn(state, batch, run_probes if probe_fns else None)
@@ -135,6 +137,7 @@ class Run:
   tx: optax.GradientTransformation
   probe_fns: dict[str, scheduled_probes.Probe]
   mesh: jax.sharding.Mesh
+  stop: interruptions.StopRequest  # its signals end the loop after the call in flight
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -146,13 +149,19 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> n
   return models.from_config(config, num_classes)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop: interruptions.StopRequest | None = None) -> str:
   """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final state name.
 
   Raises ConfigError before touching ``workdir`` when the config cannot run, and
   WorkdirInUse when another live process holds it. However the run ends (an exception,
-  a full disk, a second Ctrl-C), status.json no longer says 'running'.
+  a full disk, a second Ctrl-C), status.json no longer says 'running'. ``stop``: the
+  entered StopRequest whose signals stop the run (``bnjax.main`` enters one first thing,
+  so that a signal during start-up is not lost); by default one is entered here.
   """
+  if stop is None:
+    with interruptions.StopRequest() as stop:
+      return train_and_evaluate(config, workdir, stop)
   config_lib.validate(config, jax.device_count())
   workdir_lib.check_workdir(workdir, config)
   dataset = data.load(config.dataset, seed=config.seed, cache_dir=config.data.cache_dir,
@@ -169,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     try:
       # The manager is closed (its async saves finished) however the run ends.
       with checkpoints.manager(wd.path, config.max_checkpoints_to_keep) as mgr:
-        return _run(Run(config, wd, mgr, dataset, model, tx, probe_fns, data_mesh()))
+        return _run(Run(config, wd, mgr, dataset, model, tx, probe_fns, data_mesh(), stop))
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint
       wd.set_final_status('interrupted', last_checkpoint=checkpoints.latest_committed_step(wd.path),
                           note='stopped at once by a second Ctrl-C; a rerun resumes from '
@@ -186,7 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class _Steps:
   """The jitted functions of a run and its sharding, built once (see ``_compile``)."""
-  chunk: Callable  # (state, batches [k, B, ...]) -> (state, (metrics, probe outputs))
+  chunk: Callable  # (state, batches [k, B, ...], noise_base) -> (state, (metrics, probes))
+  noise_base: jax.Array  # the run's noise key, an argument: seeds share the program
   evaluate: Callable  # state -> {'eval_loss', 'eval_accuracy'} (host floats)
   chunk_sharding: NamedSharding
 
@@ -195,17 +205,18 @@ def _initial_state(run: Run) -> TrainState:
   """The newest readable checkpoint's state, else a fresh one from ``config.seed``."""
   replicated = NamedSharding(run.mesh, P())
 
-  def init(sample):
-    return TrainState.create(objective_lib.init_variables(run.model, run.config.seed, sample),
-                             run.tx)
+  def init(seed, sample):  # the seed an argument: seeds share the compiled program
+    return TrainState.create(objective_lib.init_variables(run.model, seed, sample), run.tx)
 
   sample = jnp.zeros((1,) + run.dataset.train.inputs.shape[1:], jnp.float32)
-  abstract_state = jax.eval_shape(init, sample)
+  seed = jnp.asarray(run.config.seed, jnp.int32)
+  abstract_state = jax.eval_shape(init, seed, sample)
   abstract_with_sharding = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
   state = checkpoints.restore_latest(run.checkpoint_manager, abstract_with_sharding)
   if state is None:
-    state = jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract_state))(sample)
+    state = jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract_state))(
+        seed, sample)
   return state
 
 
@@ -215,15 +226,22 @@ def _compile(run: Run, state: TrainState) -> _Steps:
   chunk_sharding = NamedSharding(run.mesh, P(None, 'data'))
   batch_sharding = NamedSharding(run.mesh, P('data'))
   state_sharding = jax.tree.map(lambda _: replicated, state)
-  noise_base = objective_lib.noise_base_key(config.seed)
-  # Inside lax.scan (several steps per call): the same model, fast inside control flow.
-  train_step, scan_train_step = (
-      make_train_step(objective_lib.make_objective(m, config.loss), run.tx, noise_base,
-                      config.learning_rate) for m in (model, models.for_control_flow(model)))
-  chunk_fn = jax.jit(make_train_chunk(train_step, run.probe_fns, noise_base, scan_train_step),
-                     in_shardings=(state_sharding, chunk_sharding),
+
+  def chunk(state, batches, noise_base):
+    # The noise key is an argument, not a constant of the program: runs that differ only
+    # in their seed compile the same program (one persistent compilation cache entry).
+    # Inside lax.scan (several steps per call): the same model, fast inside control flow.
+    train_step, scan_train_step = (
+        make_train_step(objective_lib.make_objective(m, config.loss), run.tx, noise_base,
+                        config.learning_rate) for m in (model, models.for_control_flow(model)))
+    return make_train_chunk(train_step, run.probe_fns, noise_base, scan_train_step)(state,
+                                                                                   batches)
+
+  chunk_fn = jax.jit(chunk, in_shardings=(state_sharding, chunk_sharding, replicated),
                      out_shardings=(state_sharding, replicated), donate_argnums=0)
-  return _Steps(chunk_fn, _make_evaluate(run, replicated, batch_sharding), chunk_sharding)
+  noise_base = jax.device_put(objective_lib.noise_base_key(config.seed), replicated)
+  return _Steps(chunk_fn, noise_base, _make_evaluate(run, replicated, batch_sharding),
+                chunk_sharding)
 
 
 def _make_evaluate(run: Run, replicated, batch_sharding) -> Callable:
@@ -278,7 +296,6 @@ def _run(run: Run) -> str:
   step = int(state.step)
   wd.truncate_metrics(step)
   wd.open_events(step)
-  wd.set_status('running', step=step)
   steps = _compile(run, state)
   # Unreadable images left out: recorded on the first line this (re)start writes.
   skipped = run.dataset.skipped_images
@@ -296,7 +313,7 @@ def _run(run: Run) -> str:
     checkpoints.save(mgr, step, state)
   if final in ('preempted', 'interrupted'):
     mgr.wait_until_finished()
-    wd.set_status(final, step=step, **counts)
+    wd.set_status(final, step=step, last_checkpoint=step, signal=run.stop.signal_name, **counts)
     return final
   final_metrics = {n: float(v) for n, v in steps.evaluate(state).items()}
   if final_metrics:
@@ -308,31 +325,35 @@ def _run(run: Run) -> str:
 def _train(run: Run, steps: _Steps, log: metrics_log.MetricsLog, state: TrainState,
            step: int) -> tuple[TrainState, int, str]:
   """The loop: from ``step`` to num_steps, ``_chunk_length`` steps a call, evaluating and
-  checkpointing on schedule; SIGTERM or Ctrl-C stops it after the call in flight.
+  checkpointing on schedule; SIGTERM, SIGHUP or Ctrl-C (``run.stop``) stops it after the
+  call in flight. status.json says 'running' with the step, rewritten at least every
+  ``status_every_seconds`` and as soon as a checkpoint is committed.
 
   Returns the state, its step and how the loop ended: 'done', 'preempted',
   'interrupted' or 'diverged' (at ``log.diverged``; nothing is checkpointed after it).
   """
   config = run.config
   final = 'done'
-  with interruptions.StopRequest() as stop:
-    while step < config.num_steps:
-      if stop.requested:
-        final = stop.final_state
+  heartbeat = workdir_lib.Heartbeat(run.workdir, config.status_every_seconds, step)
+  while step < config.num_steps:
+    if run.stop.requested:
+      final = run.stop.final_state
+      break
+    k = _chunk_length(config, step)
+    extra = steps.evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
+    local = data.local_train_batches(run.dataset.train, config.batch_size, config.seed, step, k)
+    batches = {n: jax.make_array_from_process_local_data(steps.chunk_sharding, v)
+               for n, v in local.items()}
+    state, device_metrics = steps.chunk(state, batches, steps.noise_base)
+    # The log writes the previous call's metrics: the device never waits for the host.
+    if log.submit(step, device_metrics, extra) is not None:
+      break
+    step += k
+    if config.checkpoint_every and step % config.checkpoint_every == 0:
+      if log.flush() is not None:  # metrics on disk before the checkpoint
         break
-      k = _chunk_length(config, step)
-      extra = steps.evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
-      local = data.local_train_batches(run.dataset.train, config.batch_size, config.seed, step, k)
-      batches = {n: jax.make_array_from_process_local_data(steps.chunk_sharding, v)
-                 for n, v in local.items()}
-      state, device_metrics = steps.chunk(state, batches)
-      # The log writes the previous call's metrics: the device never waits for the host.
-      if log.submit(step, device_metrics, extra) is not None:
-        break
-      step += k
-      if config.checkpoint_every and step % config.checkpoint_every == 0:
-        if log.flush() is not None:  # metrics on disk before the checkpoint
-          break
-        checkpoints.save(run.checkpoint_manager, step, state)
-    log.flush()
+      checkpoints.save(run.checkpoint_manager, step, state)
+      heartbeat.saving(step)
+    heartbeat.update(step)
+  log.flush()
   return state, step, 'diverged' if log.diverged is not None else final

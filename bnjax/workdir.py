@@ -3,8 +3,11 @@
   config.json     the resolved config; ``check_workdir`` refuses a rerun of another config
   metrics.jsonl   one JSON object per step (see bnjax.train); ``read_metrics`` reads it
   events.out.tfevents.*  the same as TensorBoard events (see bnjax.tensorboard)
-  lock.json       while the run lives: its pid and host (one run per workdir)
-  status.json     {"state": running | done | diverged | preempted | interrupted | failed, ...}
+  lock.json       while the run lives: its pid, host and start time (one run per workdir)
+  status.json     {"state": running | done | diverged | preempted | interrupted | failed,
+                   "step", "updated", "pid", "host", "pid_start", ...}; while running,
+                  rewritten at every checkpoint and every ``status_every_seconds``
+  checkpoints/    see bnjax.checkpoints; ``latest_checkpoint`` reads it without JAX
 
 Only one process (host 0 of a multi-host run) writes; every write of a whole file is
 atomic (a temporary file, then ``os.replace``), so a reader never sees it half written.
@@ -28,7 +31,10 @@ LOCK_FILE = 'lock.json'
 # Fields a rerun may change without changing the run that the workdir holds.
 RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_every',
                     'max_checkpoints_to_keep', 'eval_batch_size', 'steps_per_call',
-                    'data.cache_dir', 'data.tfds_data_dir', 'tensorboard')
+                    'data.cache_dir', 'data.tfds_data_dir', 'tensorboard',
+                    'status_every_seconds', 'compilation_cache')
+CHECKPOINTS_DIR = 'checkpoints'  # as bnjax.checkpoints.DIRECTORY (which imports JAX)
+COMMIT_MARKER = 'commit_success.txt'  # orbax's last write into a committed checkpoint
 
 
 class WorkdirInUse(RuntimeError):
@@ -58,7 +64,10 @@ class Workdir:
     self.write_text(name, json.dumps(obj, indent=1, sort_keys=True) + '\n')
 
   def set_status(self, state: str, **fields) -> None:
-    self.write_json(STATUS_FILE, dict(state=state, time=time.time(), **fields))
+    """Writes status.json whole: ``state``, ``fields``, when (``updated``) and by whom
+    (``pid``, ``host``, ``pid_start``: see ``process_alive``)."""
+    self.write_json(STATUS_FILE, dict(state=state, updated=time.time(), **this_process(),
+                                      **fields))
 
   def set_final_status(self, state: str, **fields) -> None:
     """``set_status`` on the way out of a failed run: a write that fails (a full disk)
@@ -81,7 +90,7 @@ class Workdir:
       yield
       return
     path = self.path / LOCK_FILE
-    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'since': time.time()}
+    me = {**this_process(), 'since': time.time()}
     # Written whole, then linked into place: link fails if the lock exists, and a reader
     # never sees a half-written lock.
     tmp = self.path / f'.{LOCK_FILE}.{me["host"]}.{me["pid"]}'
@@ -126,6 +135,40 @@ class Workdir:
     if self.events is not None:
       self.events.close()
       self.events = None
+
+
+class Heartbeat:
+  """status.json while a run trains: 'running' with its ``step`` and ``last_checkpoint``,
+  rewritten at least every ``every`` seconds (checked between calls) and as soon as a
+  checkpoint being saved is committed. ``python -m bnjax.status`` reads its ``updated``."""
+
+  def __init__(self, wd: Workdir, every: float, step: int):
+    self.wd, self.every = wd, every
+    self.last_checkpoint = latest_checkpoint(wd.path)
+    self._saving = None  # the step of the checkpoint being written, until committed
+    self._written = 0.0
+    self._write(step)
+
+  def saving(self, step: int) -> None:
+    """A checkpoint of ``step`` is being written (orbax commits it in the background)."""
+    self._saving = step
+
+  def update(self, step: int) -> None:
+    """Rewrites status.json if a checkpoint was committed or ``every`` seconds passed."""
+    committed = False
+    if self._saving is not None:  # look until the newest checkpoint is committed
+      latest = latest_checkpoint(self.wd.path)
+      committed = latest != self.last_checkpoint
+      self.last_checkpoint = latest
+      if latest == self._saving:
+        self._saving = None
+    if committed or time.time() - self._written >= self.every:
+      self._write(step)
+
+  def _write(self, step: int) -> None:
+    self.wd.set_status('running', step=step, last_checkpoint=self.last_checkpoint,
+                       status_every_seconds=self.every)
+    self._written = time.time()
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
@@ -206,16 +249,68 @@ def _read_json(path: pathlib.Path) -> dict | None:
 
 def _lock_holder_gone(holder: dict) -> bool:
   """Whether the process that wrote a lock no longer runs (only decidable on this host)."""
-  if holder.get('host') != socket.gethostname():
-    return False
+  return process_alive(holder) is False
+
+
+def latest_checkpoint(workdir: str | pathlib.Path) -> int | None:
+  """The newest committed checkpoint step in ``workdir`` (None if there is none)."""
+  steps = [int(p.parent.name)
+           for p in (pathlib.Path(workdir) / CHECKPOINTS_DIR).glob(f'*/{COMMIT_MARKER}')
+           if p.parent.name.isdigit()]
+  return max(steps, default=None)
+
+
+def read_status(workdir: str | pathlib.Path) -> dict:
+  """``workdir``'s status.json ({} if there is none or it cannot be read)."""
+  return _read_json(pathlib.Path(workdir) / STATUS_FILE) or {}
+
+
+def read_lock(workdir: str | pathlib.Path) -> dict | None:
+  """``workdir``'s lock.json: the live run's pid, host, start (None if there is none)."""
+  return _read_json(pathlib.Path(workdir) / LOCK_FILE)
+
+
+# ----------------------------------------------------------------- processes
+def this_process() -> dict:
+  """pid, host and ``pid_start`` (the kernel's start time of the pid, in clock ticks since
+  boot), which tell this process apart from a later one that reuses its pid."""
+  return {'pid': os.getpid(), 'host': socket.gethostname(), 'pid_start': _start_time(os.getpid())}
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+  """/proc/PID/stat's fields after the command name (state first), None if unreadable."""
   try:
-    os.kill(int(holder['pid']), 0)
-  except ProcessLookupError:
-    return True
-  except (PermissionError, KeyError, ValueError, TypeError):
-    return False
-  try:  # a killed process its parent has not reaped yet (a zombie) is gone too
-    stat = pathlib.Path(f'/proc/{int(holder["pid"])}/stat').read_text()
-    return stat.rsplit(')', 1)[-1].split()[0] == 'Z'
+    return pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[-1].split()
   except OSError:
+    return None
+
+
+def _start_time(pid: int) -> int | None:
+  fields = _proc_stat(pid)
+  return int(fields[19]) if fields else None  # field 22 of proc(5): starttime
+
+
+def process_alive(record: dict) -> bool | None:
+  """Whether the process a record names (``pid``, ``host``, optional ``pid_start``) runs.
+
+  None when that cannot be told from here (another host, or no pid). A zombie (killed,
+  not yet reaped) and a live process with another start time (the pid reused) are gone.
+  """
+  if record.get('host') != socket.gethostname():
+    return None
+  try:
+    pid = int(record['pid'])
+  except (KeyError, ValueError, TypeError):
+    return None
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
     return False
+  except PermissionError:
+    pass  # another user's process: it exists
+  fields = _proc_stat(pid)
+  if fields is None:
+    return True  # no /proc here: os.kill's answer stands
+  if fields[0] == 'Z':
+    return False
+  return record.get('pid_start') in (None, int(fields[19]))

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,9 +61,18 @@ def main_args(workdir, num_steps=3000, **overrides):
 
 
 # ---------------------------------------------------------------------- processes
+def as_in_a_terminal() -> None:
+  """A ``preexec_fn``: SIGINT and SIGHUP at their defaults, as in a command started from a
+  terminal, whatever the suite was started with (a script's ``pytest &`` ignores SIGINT,
+  ``nohup`` SIGHUP, and a process keeps the signals it was started ignoring)."""
+  for s in (signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, signal.SIG_DFL)
+
+
 def start(args, devices=1, **kwargs):
-  return subprocess.Popen(args, cwd=ROOT, env=subprocess_env(devices), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, **kwargs)
+  kwargs = {'env': subprocess_env(devices), 'stdout': subprocess.PIPE,
+            'stderr': subprocess.PIPE, 'text': True, 'preexec_fn': as_in_a_terminal, **kwargs}
+  return subprocess.Popen(args, cwd=ROOT, **kwargs)
 
 
 def start_main(args, workdir, devices=1, **kwargs):
@@ -77,6 +87,29 @@ def wait_for(predicate, proc=None, timeout=300):
     assert proc is None or proc.poll() is None, proc.communicate()[1][-3000:]
     assert time.time() < deadline
     time.sleep(0.1)
+
+
+def processes_of(path) -> list[int]:
+  """The live processes whose command line names a file under ``path`` (a test's tmp_path:
+  the processes that test started, never anyone else's). Zombies count as gone."""
+  needle, pids = f'{path}/'.encode(), []
+  for proc in pathlib.Path('/proc').iterdir():
+    try:
+      if (proc.name.isdigit() and needle in (proc / 'cmdline').read_bytes() and
+          (proc / 'stat').read_text().rsplit(')', 1)[-1].split()[0] != 'Z'):
+        pids.append(int(proc.name))
+    except OSError:  # gone meanwhile
+      continue
+  return pids
+
+
+def kill_processes_of(path) -> None:
+  """SIGKILL to what ``processes_of(path)`` finds: a test's clean-up, whatever it left."""
+  for pid in processes_of(path):
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
 
 
 def launcher_failure(stderr: str) -> str:

@@ -43,12 +43,39 @@ def test_a_second_ctrl_c_stops_at_once_and_status_does_not_say_running(tmp_path,
       os.kill(os.getpid(), signal.SIGINT)  # the second: at once
     return original(self, lines)
 
+  def found(signum, frame):  # the handler the run finds: not SIG_IGN, whatever the suite
+    raise AssertionError('the run left SIGINT to the handler it found')  # was started with
+
   monkeypatch.setattr(workdir.Workdir, 'append_metrics', press_ctrl_c_twice)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(small_dln(), str(tmp_path))
+  previous = signal.signal(signal.SIGINT, found)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(small_dln(), str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is found  # the handler found at start, restored
+  finally:
+    signal.signal(signal.SIGINT, previous)
   s = status(tmp_path)
   assert s['state'] == 'interrupted' and 'second Ctrl-C' in s['note']
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_a_run_starts_stops_it_before_its_first_step_with_a_checkpoint(
+    tmp_path, signum):
+  """SIGHUP is a SIGTERM (preempted, 75); either, sent while bnjax.main still starts (here
+  just after JAX's set-up, before the data and the compilation), is not lost."""
+  run = start(main_args(tmp_path))
+  for line in run.stderr:  # bnjax.main's log, line by line
+    if 'JAX process 0/1' in line:
+      break
+  run.send_signal(signum)
+  _, err = run.communicate(timeout=300)
+  assert run.returncode == interruptions.EXIT_PREEMPTED, err[-3000:]
+  s = status(tmp_path)
+  assert (s['state'], s['step'], s['last_checkpoint'], s['signal']) == (
+      'preempted', 0, 0, signal.Signals(signum).name)
+  assert (tmp_path / 'checkpoints' / '0').exists()
+  assert not (tmp_path / 'metrics.jsonl').exists()  # no step trained
 
 
 @pytest.mark.slow

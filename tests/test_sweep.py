@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bnjax import sweep
-from small_runs import ROOT, subprocess_env
+from small_runs import ROOT, kill_processes_of, processes_of, start, subprocess_env
 
 TINY_SWEEP = '''
 from bnjax import config_lib, sweep
@@ -98,24 +98,43 @@ def _status(workdir):
     return None
 
 
-@pytest.mark.slow
-def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+@pytest.fixture
+def leftovers(tmp_path):
+  """Kills, after the test, any process it started that is still there (a failed test)."""
+  yield
+  kill_processes_of(tmp_path)
+
+
+def _start_sweep(tmp_path, *flags):
   f = write_sweep(tmp_path)
+  cmd = [sys.executable, '-m', 'bnjax.sweep', str(f), f'--root={tmp_path / "root"}', *flags]
+  return cmd, start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+
+
+def _wait_until_gone(tmp_path, timeout):
+  deadline = time.time() + timeout
+  while processes_of(tmp_path):
+    assert time.time() < deadline, f'still running: {processes_of(tmp_path)}'
+    time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, leftovers):
   root = tmp_path / 'root'
-  cmd = [sys.executable, '-m', 'bnjax.sweep', str(f), f'--root={root}']
-  env = subprocess_env()
-  first = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  cmd, first = _start_sweep(tmp_path)
   done_run = root / 'norm=none_seed=0'
   deadline = time.time() + 300
   while _status(done_run) != 'done':
     assert time.time() < deadline and first.poll() is None, first.stdout.read()
     time.sleep(0.2)
-  os.killpg(first.pid, signal.SIGKILL)  # the sweep and the run it has started
+  os.killpg(first.pid, signal.SIGKILL)  # the sweep; the run it has started then stops too
   first.wait()
+  _wait_until_gone(tmp_path, 120)
   before = (done_run / 'metrics.jsonl').read_text()
 
-  second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  second = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
   assert second.returncode == 0, second.stdout + second.stderr
   assert '[sweep] norm=none_seed=0: done already, skipped' in second.stdout
   assert (done_run / 'metrics.jsonl').read_text() == before  # not redone
@@ -129,21 +148,50 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
   assert sorted(set(steps)) == list(range(40)) and len(steps) == 40  # every step once
 
 
+def _kill_as(how: str, proc: subprocess.Popen) -> None:
+  if how == 'Ctrl-C':  # a terminal sends SIGINT to its foreground process group
+    os.killpg(proc.pid, signal.SIGINT)
+  else:  # `kill -TERM PID`, `kill -HUP PID`, `kill -9 PID` to the runner alone
+    proc.send_signal(getattr(signal, how))
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_a_sweep_after_its_runs_checkpoint(tmp_path):
-  f = write_sweep(tmp_path)
+@pytest.mark.parametrize('how,state,exit_status', [
+    ('Ctrl-C', 'interrupted', 130), ('SIGTERM', 'preempted', 143),
+    ('SIGHUP', 'preempted', 129), ('SIGKILL', 'preempted', -9)])
+def test_a_signal_to_a_sweep_stops_its_runs_after_a_checkpoint_and_a_rerun_finishes(
+    tmp_path, leftovers, how, state, exit_status):
+  """No run outlives its sweep: each signal reaches both runs in flight (through the runner;
+  for SIGKILL, as the kernel's SIGTERM when the runner dies), each checkpoints and says
+  so, and the rerun resumes them."""
   root = tmp_path / 'root'
-  sweep_proc = subprocess.Popen(
-      [sys.executable, '-m', 'bnjax.sweep', str(f), f'--root={root}', '--config.num_steps=100000'],
-      cwd=ROOT, env=subprocess_env(), start_new_session=True, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
-  run = root / 'norm=none_seed=0'
+  runs = [root / 'norm=none_seed=0', root / 'norm=batch_seed=0']
+  cmd, runner = _start_sweep(tmp_path, '--parallel=2', '--config.num_steps=100000')
   deadline = time.time() + 300
-  while not list(run.glob('checkpoints/*/commit_success.txt')):
-    assert time.time() < deadline and sweep_proc.poll() is None
+  while not all(list(r.glob('checkpoints/*/commit_success.txt')) for r in runs):
+    assert time.time() < deadline and runner.poll() is None, runner.communicate()[0]
     time.sleep(0.2)
-  os.killpg(sweep_proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
-  out, _ = sweep_proc.communicate(timeout=120)
-  assert sweep_proc.returncode == 130, out
-  assert 'rerun to resume' in out
-  assert _status(run) == 'interrupted'
+  assert len(processes_of(tmp_path)) == 3  # the runner and its two runs
+  _kill_as(how, runner)
+  out, _ = runner.communicate(timeout=120)
+  assert runner.returncode == exit_status, out
+  _wait_until_gone(tmp_path, 60 if how == 'SIGKILL' else 0)  # the runner waited for its runs
+  if how != 'SIGKILL':
+    assert 'rerun to resume' in out
+  for run in runs:
+    s = json.loads((run / 'status.json').read_text())
+    assert s['state'] == state, (run.name, s)
+    assert s['last_checkpoint'] == s['step'] and (run / f'checkpoints/{s["step"]}').exists()
+    assert s['signal'] == ('SIGINT' if how == 'Ctrl-C' else 'SIGTERM' if how == 'SIGKILL' else how)
+  stopped_at = {r.name: json.loads((r / 'status.json').read_text())['step'] for r in runs}
+
+  end = max(stopped_at.values()) + 20
+  rerun = subprocess.run([*cmd[:-1], f'--config.num_steps={end}'], cwd=ROOT,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  for run in runs:
+    assert _status(run) == 'done'
+    assert f'resumed from checkpoint at step {stopped_at[run.name]}' in (
+        root / 'logs' / f'{run.name}.log').read_text()
+    steps = [json.loads(l)['step'] for l in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert steps == list(range(end))  # every step once

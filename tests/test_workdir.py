@@ -112,9 +112,13 @@ def test_a_workdir_from_before_a_new_config_field_still_resumes(tmp_path):
   assert train.train_and_evaluate(small_dln(num_steps=20), str(tmp_path)) == 'done'
   saved = json.loads((tmp_path / 'config.json').read_text())
   del saved['data']['skip_unreadable_images']  # as a workdir written before the field
+  del saved['compilation_cache'], saved['status_every_seconds']  # before issue 25
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   assert train.train_and_evaluate(small_dln(num_steps=30), str(tmp_path)) == 'done'
   assert steps_in(tmp_path) == list(range(30))
+  # A rerun may move the compilation cache or change the heartbeat.
+  assert train.train_and_evaluate(small_dln(num_steps=35, compilation_cache='off',
+                                            status_every_seconds=5.0), str(tmp_path)) == 'done'
   with pytest.raises(config_lib.ConfigError, match='data.skip_unreadable_images'):
     train.train_and_evaluate(small_dln(num_steps=40, data={'skip_unreadable_images': True}),
                              str(tmp_path))

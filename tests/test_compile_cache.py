@@ -1,0 +1,91 @@
+"""JAX's persistent compilation cache as bnjax.main uses it: where, how to change or turn it
+off, and runs that differ only in their seed sharing the train chunk's program."""
+
+import pathlib
+import re
+
+import jax
+import pytest
+
+from bnjax import main as bnjax_main
+from small_runs import main_args, start, subprocess_env
+
+
+@pytest.fixture
+def config_updates(monkeypatch):
+  """The jax.config updates use_compilation_cache makes (recorded, not applied)."""
+  updates = {}
+  monkeypatch.setattr(jax.config, 'update', updates.__setitem__)
+  for var in ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'):
+    monkeypatch.delenv(var, raising=False)
+  return updates
+
+
+def test_the_cache_is_under_the_bnjax_cache_dir_unless_the_config_or_jax_says_otherwise(
+    config_updates, monkeypatch, tmp_path):
+  monkeypatch.setenv('BNJAX_CACHE', str(tmp_path))
+  where = str(tmp_path / 'jax-compilation')
+  assert bnjax_main.use_compilation_cache('auto') == where
+  assert config_updates == {'jax_compilation_cache_dir': where,
+                            'jax_persistent_cache_min_compile_time_secs': 0.5}
+  config_updates.clear()
+  monkeypatch.setenv('HOME', str(tmp_path))
+  assert bnjax_main.use_compilation_cache('~/elsewhere') == str(tmp_path / 'elsewhere')
+  config_updates.clear()
+  assert bnjax_main.use_compilation_cache('off') is None and not config_updates
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', '/jax/says')  # JAX reads it itself
+  assert bnjax_main.use_compilation_cache('auto') == '/jax/says' and not config_updates
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', '')
+  assert bnjax_main.use_compilation_cache('auto') is None and not config_updates
+
+
+@pytest.mark.slow
+def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_path, monkeypatch):
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  monkeypatch.setenv('BNJAX_CACHE', str(tmp_path / 'cache'))
+  cache = tmp_path / 'cache' / 'jax-compilation'
+  logs = {}
+  for seed in (0, 1):
+    env = subprocess_env()
+    del env['JAX_COMPILATION_CACHE_DIR']  # the tests' shared cache: not here
+    # Without XLA's optimisations (as the tests run), the tiny DLN compiles in less than
+    # bnjax's threshold; the threshold is JAX's and this variable wins over bnjax's.
+    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    run = start(main_args(tmp_path / f'seed{seed}', num_steps=20, seed=seed), env=env)
+    _, logs[seed] = run.communicate(timeout=300)
+    assert run.returncode == 0, logs[seed][-3000:]
+    assert f'persistent compilation cache: {cache}' in logs[seed]
+  for program in ('jit_chunk', 'jit_init'):  # one program for both seeds
+    assert len(list(cache.glob(f'{program}-*'))) == 1, sorted(cache.iterdir())
+  hits = [int(re.search(r'(\d+) programs from the persistent cache', logs[s]).group(1))
+          for s in (0, 1)]
+  assert hits[0] == 0 and hits[1] >= 2
+
+
+@pytest.mark.slow
+def test_the_cache_turned_off_writes_nothing(tmp_path, monkeypatch):
+  monkeypatch.setenv('BNJAX_CACHE', str(tmp_path / 'cache'))
+  env = subprocess_env()
+  del env['JAX_COMPILATION_CACHE_DIR']
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  run = start(main_args(tmp_path / 'run', num_steps=10, compilation_cache='off'), env=env)
+  _, err = run.communicate(timeout=300)
+  assert run.returncode == 0, err[-3000:]
+  assert 'persistent compilation cache: off' in err
+  assert not pathlib.Path(tmp_path / 'cache' / 'jax-compilation').exists()
+
+
+@pytest.mark.slow
+def test_runs_started_together_share_an_empty_cache(tmp_path, monkeypatch):
+  """Two seeds at once compile the same programs into one empty directory: both train to
+  the end (JAX writes entries in place; a reader that meets one half written compiles)."""
+  monkeypatch.setenv('BNJAX_CACHE', str(tmp_path / 'cache'))
+  env = subprocess_env()
+  del env['JAX_COMPILATION_CACHE_DIR']
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  runs = [start(main_args(tmp_path / f'seed{seed}', num_steps=20, seed=seed), env=env)
+          for seed in (0, 1)]
+  for run in runs:
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-3000:]
+  assert len(list((tmp_path / 'cache' / 'jax-compilation').glob('jit_chunk-*'))) == 1
