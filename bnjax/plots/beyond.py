@@ -6,7 +6,7 @@ import numpy as np
 from bnjax.plots import measures, panels
 from bnjax.plots.panels import need
 from bnjax.plots.paper import DLN_LR, STANDARD_BN, VGG_LR, landscape_panels
-from bnjax.plots.runs import Group, select
+from bnjax.plots.runs import NORM_LABELS, Group, select
 
 
 def _by_model_and_lr(groups: list[Group]) -> dict[tuple[str, float], list[Group]]:
@@ -189,7 +189,9 @@ def eos(groups):
         values = [measure(r) for r in g.runs]
         ax.plot([g.lr] * len(values), values, '.', color=g.color, alpha=0.6)
         means.append(measures.over_seeds(g, measure).mean)
-      ax.plot([g.lr for g in at], means, '-', color=at[0].color, label=at[0].label(False))
+      seeds = '/'.join(sorted({str(len(g.runs)) for g in at}))
+      ax.plot([g.lr for g in at], means, '-', color=at[0].color,
+              label=f'{NORM_LABELS.get(norm, norm)} ({seeds} seeds)')
     if 'LR / 2' in title:
       ax.axhline(1, color='k', ls=':', lw=0.8, label='edge of stability')
     ax.set(title=title, xlabel='learning rate', xscale='log', yscale=scale)
