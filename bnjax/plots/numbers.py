@@ -10,6 +10,7 @@ in ``plots.measures``; each table's legend says what a column holds.
 
 import numpy as np
 
+from bnjax.analyze import layout
 from bnjax.plots import measures
 from bnjax.plots.measures import over_seeds
 from bnjax.plots.runs import Group, Run, group_runs
@@ -160,6 +161,27 @@ def matched_loss(groups: list[Group]) -> list[str]:
   return lines + ['']
 
 
+ANALYSES = (('adaptive_sharpness', 'sharpness'), ('top_eigenvalues', 'eigenvalues'))
+
+
+def analyses(runs: list[Run]) -> list[str]:
+  """``bnjax.analyze`` results found in the runs' analysis/ folders: each probe's value at
+  every analysed step, one row per run and probe."""
+  lines = ['## Analyses of saved checkpoints (`python -m bnjax.analyze`)', '',
+           '| run | probe | step: value |', '|---|---|---|']
+  found = False
+  for run in runs:
+    for probe, field in ANALYSES:
+      rows = layout.read_lines(layout.output(run.path, probe))
+      if not rows:
+        continue
+      found = True
+      values = [(r['step'], np.ravel(r[field])[0]) for r in rows if field in r]
+      cells = ', '.join(f'{step}: {measures.fmt(float(v), 4)}' for step, v in sorted(values))
+      lines.append(f'| {run.path.name} | {probe}.{field} | {cells} |')
+  return lines + [''] if found else []
+
+
 def markdown(runs: list[Run]) -> str:
   """numbers.md: the tables above for every configuration among ``runs``."""
   groups = sorted(group_runs(runs), key=lambda g: (g.family != 'vgg', _name(g)))
@@ -173,4 +195,5 @@ def markdown(runs: list[Run]) -> str:
                          ('Activations (Figs. 1c, 2, 6, 8, 9)', ACTIVATIONS)):
     lines += table(groups, columns, title)
   lines += matched_loss(groups)
+  lines += analyses(runs)
   return '\n'.join(lines) + '\n'
