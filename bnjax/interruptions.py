@@ -125,7 +125,9 @@ def die_with_parent() -> Callable[[], None] | None:
 
   Linux sends it when the *thread* that forked the child ends: start children from a
   thread that lives as long as the process (the main thread). If this process died
-  before the child's prctl took effect, the child stops itself at once.
+  before the child's prctl took effect, the child stops itself at once. A preexec_fn
+  makes subprocess fork: use it in a process without threads (``bnjax.sweep`` never
+  starts a JAX backend, whose threads make forking unsafe).
   """
   if not sys.platform.startswith('linux'):
     return None

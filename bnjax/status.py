@@ -4,8 +4,9 @@ r"""Where runs stand, from what their workdirs hold (no JAX here).
   python -m bnjax.status ROOT    # every run under a sweep root (each subdirectory that
                                  # has a status.json or config.json)
 
-prints one line per run: name, state, step, last checkpoint (the newest committed one on
-disk), and how long ago status.json was last written. The state is status.json's, except
+prints one line per run: name, state, step (of a run that was running: status.json's, or
+the last checkpoint if newer), last checkpoint (the newest committed one on disk), and
+how long ago status.json was last written. The state is status.json's, except
 for a run that it says is ``running``:
 
 - on this host, ``running`` while the process named in status.json (else in lock.json)
@@ -55,11 +56,13 @@ def run_status(workdir: str | pathlib.Path) -> RunStatus:
   workdir = pathlib.Path(workdir)
   status = workdir_lib.read_status(workdir)
   updated = status.get('updated', status.get('time'))
-  state = status.get('state', 'not started')
+  state, step = status.get('state', 'not started'), status.get('step')
+  checkpoint = workdir_lib.latest_checkpoint(workdir)
   if state == 'running':
     state = _running_or_not(workdir, status, updated)
-  return RunStatus(workdir.name, state, status.get('step'),
-                   workdir_lib.latest_checkpoint(workdir), updated)
+    if checkpoint is not None and (step is None or checkpoint > step):
+      step = checkpoint  # committed after the last heartbeat: the run got at least there
+  return RunStatus(workdir.name, state, step, checkpoint, updated)
 
 
 def _running_or_not(workdir: pathlib.Path, status: dict, updated: float | None) -> str:

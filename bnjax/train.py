@@ -196,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 class _Steps:
   """The jitted functions of a run and its sharding, built once (see ``_compile``)."""
   chunk: Callable  # (state, batches [k, B, ...], noise_base) -> (state, (metrics, probes))
-  noise_base: jax.Array  # the run's noise key, an argument: seeds share the program
+  noise_base: jax.Array  # the data of the run's noise key, an argument: seeds share chunk
   evaluate: Callable  # state -> {'eval_loss', 'eval_accuracy'} (host floats)
   chunk_sharding: NamedSharding
 
@@ -227,10 +227,11 @@ def _compile(run: Run, state: TrainState) -> _Steps:
   batch_sharding = NamedSharding(run.mesh, P('data'))
   state_sharding = jax.tree.map(lambda _: replicated, state)
 
-  def chunk(state, batches, noise_base):
+  def chunk(state, batches, noise_data):
     # The noise key is an argument, not a constant of the program: runs that differ only
     # in their seed compile the same program (one persistent compilation cache entry).
     # Inside lax.scan (several steps per call): the same model, fast inside control flow.
+    noise_base = jax.random.wrap_key_data(noise_data)
     train_step, scan_train_step = (
         make_train_step(objective_lib.make_objective(m, config.loss), run.tx, noise_base,
                         config.learning_rate) for m in (model, models.for_control_flow(model)))
@@ -239,7 +240,9 @@ def _compile(run: Run, state: TrainState) -> _Steps:
 
   chunk_fn = jax.jit(chunk, in_shardings=(state_sharding, chunk_sharding, replicated),
                      out_shardings=(state_sharding, replicated), donate_argnums=0)
-  noise_base = jax.device_put(objective_lib.noise_base_key(config.seed), replicated)
+  # Its raw data (uint32), placed on every device of every host.
+  noise_data = np.asarray(jax.random.key_data(objective_lib.noise_base_key(config.seed)))
+  noise_base = jax.make_array_from_process_local_data(replicated, noise_data, noise_data.shape)
   return _Steps(chunk_fn, noise_base, _make_evaluate(run, replicated, batch_sharding),
                 chunk_sharding)
 

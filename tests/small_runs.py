@@ -61,18 +61,20 @@ def main_args(workdir, num_steps=3000, **overrides):
 
 
 # ---------------------------------------------------------------------- processes
-def as_in_a_terminal() -> None:
-  """A ``preexec_fn``: SIGINT and SIGHUP at their defaults, as in a command started from a
-  terminal, whatever the suite was started with (a script's ``pytest &`` ignores SIGINT,
-  ``nohup`` SIGHUP, and a process keeps the signals it was started ignoring)."""
-  for s in (signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, signal.SIG_DFL)
+# Runs a command with SIGINT and SIGHUP at their defaults, as a command started from a
+# terminal has them, whatever the suite was started with (a script's `pytest &` ignores
+# SIGINT, `nohup` SIGHUP, and a process keeps the signals it was started ignoring). An exec
+# in a new interpreter, not a preexec_fn: forking the multithreaded test process is unsafe.
+AS_IN_A_TERMINAL = [sys.executable, '-c', 'import os, signal, sys\n'
+                    'for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n'
+                    'os.execvp(sys.argv[1], sys.argv[1:])']
 
 
 def start(args, devices=1, **kwargs):
+  """``args`` in a subprocess (same pid as the returned Popen's) as from a terminal."""
   kwargs = {'env': subprocess_env(devices), 'stdout': subprocess.PIPE,
-            'stderr': subprocess.PIPE, 'text': True, 'preexec_fn': as_in_a_terminal, **kwargs}
-  return subprocess.Popen(args, cwd=ROOT, **kwargs)
+            'stderr': subprocess.PIPE, 'text': True, **kwargs}
+  return subprocess.Popen([*AS_IN_A_TERMINAL, *map(str, args)], cwd=ROOT, **kwargs)
 
 
 def start_main(args, workdir, devices=1, **kwargs):

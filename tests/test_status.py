@@ -98,9 +98,11 @@ def test_a_run_killed_with_sigkill_shows_as_stopped_with_its_step_and_checkpoint
   shown = subprocess.run([sys.executable, '-m', 'bnjax.status', str(tmp_path)], cwd=ROOT,
                          env=subprocess_env(), capture_output=True, text=True, check=True)
   name, state, step, last_checkpoint, *age = shown.stdout.splitlines()[1].split()
+  # The step: the heartbeat's, or the checkpoint committed after it.
   assert (name, state, int(step), int(last_checkpoint)) == (
-      tmp_path.name, 'stopped', s['step'], checkpoint)
+      tmp_path.name, 'stopped', max(s['step'], checkpoint), checkpoint)
   assert ' '.join(age).endswith('s ago')
-  # The step is the heartbeat's, at most a few calls behind the metrics written.
-  assert checkpoint - 100 <= s['last_checkpoint'] <= checkpoint <= s['step']
-  assert s['step'] <= len(metric_lines(tmp_path)) + 20
+  # The heartbeat: consistent, behind the run by at most half a second or a few calls.
+  assert s['last_checkpoint'] <= s['step'] and s['last_checkpoint'] in (checkpoint,
+                                                                      checkpoint - 100)
+  assert checkpoint <= len(metric_lines(tmp_path)) and s['step'] <= len(metric_lines(tmp_path)) + 20
