@@ -18,7 +18,7 @@ import os, sys
 from absl import app
 import bnjax.main as m
 from bnjax import train
-def probe(config, workdir):
+def probe(config, workdir, stop=None):
   import jax, jax.numpy as jnp
   hlo = jax.jit(lambda y: jnp.mean(y, 0)).lower(jnp.ones((1000, 10))).compile().as_text()
   print(os.environ['XLA_FLAGS'], '|', 'ynn' in hlo)
