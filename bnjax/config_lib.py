@@ -31,6 +31,7 @@ import ml_collections
 from absl import flags
 
 from bnjax import data, models, scheduled_probes, tensorboard
+from bnjax.workdir import differing_fields  # noqa: F401 (its home: no JAX there)
 
 LOSSES = ('cross_entropy', 'sum_squared')
 BN_STATS = ('global', 'per_device')
@@ -124,18 +125,6 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
   for name, probe in c.probes.items():
     with _refused():
       scheduled_probes.check(name, probe)
-
-
-def differing_fields(a: dict[str, Any], b: dict[str, Any], prefix: str = '') -> list[str]:
-  """Dotted names of the fields where two (nested) config dicts differ."""
-  out = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, '<absent>'), b.get(k, '<absent>')
-    if isinstance(va, dict) and isinstance(vb, dict):
-      out += differing_fields(va, vb, f'{prefix}{k}.')
-    elif va != vb:
-      out.append(f'{prefix}{k}')
-  return out
 
 
 # ------------------------------------------------------------- command-line overrides

@@ -63,10 +63,7 @@ class StopRequest:
       signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def __enter__(self):
-    self._old = {}
-    for s in SIGNALS:
-      if signal.getsignal(s) != signal.SIG_IGN:
-        self._old[s] = signal.signal(s, self.handler)
+    self._old = _install(self.handler)
     return self
 
   def __exit__(self, *exc):
@@ -96,10 +93,7 @@ class Forwarder:
     self.received.append(signum)
 
   def __enter__(self):
-    self._old = {}
-    for s in SIGNALS:
-      if signal.getsignal(s) != signal.SIG_IGN:
-        self._old[s] = signal.signal(s, self.handler)
+    self._old = _install(self.handler)
     return self
 
   def __exit__(self, *exc):
@@ -140,3 +134,8 @@ def die_with_parent() -> Callable[[], None] | None:
       os.kill(os.getpid(), signal.SIGTERM)
 
   return preexec
+
+
+def _install(handler) -> dict:
+  """``handler`` for every signal of SIGNALS not ignored now; {signal: the old handler}."""
+  return {s: signal.signal(s, handler) for s in SIGNALS if signal.getsignal(s) != signal.SIG_IGN}

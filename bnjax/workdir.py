@@ -186,6 +186,18 @@ def _metric_lines(path: pathlib.Path) -> Iterator[tuple[str, dict]]:
     yield text, line
 
 
+def differing_fields(a: dict, b: dict, prefix: str = '') -> list[str]:
+  """Dotted names of the fields where two (nested) config dicts differ."""
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, '<absent>'), b.get(k, '<absent>')
+    if isinstance(va, dict) and isinstance(vb, dict):
+      out += differing_fields(va, vb, f'{prefix}{k}.')
+    elif va != vb:
+      out.append(f'{prefix}{k}')
+  return out
+
+
 def check_workdir(workdir: str | pathlib.Path, config) -> None:
   """Refuses a workdir that holds a run of a different config (before any work).
 
@@ -201,7 +213,7 @@ def check_workdir(workdir: str | pathlib.Path, config) -> None:
   saved = json.loads(f.read_text())
   current = json.loads(config.to_json())
   defaults = json.loads(config_lib.base().to_json())
-  differing = [k for k in config_lib.differing_fields(saved, current) if k not in
+  differing = [k for k in differing_fields(saved, current) if k not in
                RESUMABLE_FIELDS and not _new_field_at_default(k, saved, current, defaults)]
   if differing:
     raise config_lib.ConfigError(

@@ -95,15 +95,3 @@ def append_line(path: pathlib.Path, line: dict[str, Any]) -> None:
   lines = sorted(lines + [line], key=lambda l: l.get('step', -1))
   text = ''.join(json.dumps(l) + '\n' for l in lines)
   write_atomically(path, lambda tmp: tmp.write_text(text))
-
-
-def differing_settings(a: dict, b: dict, prefix: str = '') -> list[str]:
-  """Dotted names of the settings where ``a`` and ``b`` differ."""
-  out = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k, '<absent>'), b.get(k, '<absent>')
-    if isinstance(va, dict) and isinstance(vb, dict):
-      out += differing_settings(va, vb, f'{prefix}{k}.')
-    elif va != vb:
-      out.append(f'{prefix}{k}')
-  return out

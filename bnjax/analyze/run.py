@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from bnjax import probes
+from bnjax import workdir as workdir_lib
 from bnjax.analyze import layout, states, surface_args, table
 from bnjax.analyze.table import AnalysisError
 
@@ -66,7 +67,7 @@ def _done_steps(path: pathlib.Path, settings: dict) -> set[int]:
   lines = layout.read_lines(path)
   other = [l for l in lines if l.get('settings') != settings]
   if other:
-    differing = layout.differing_settings(other[0].get('settings') or {}, settings)
+    differing = workdir_lib.differing_fields(other[0].get('settings') or {}, settings)
     raise AnalysisError(
         f'{path} holds results of other settings ({", ".join(differing)} differ); '
         'give --name=OTHER for a file of their own, or move it away to start afresh')
