@@ -53,6 +53,19 @@ class StopRequest:
   def signal_name(self) -> str | None:
     return signal.Signals(self.signum).name if self.signum is not None else None
 
+  def should_stop(self, call: int) -> bool:
+    """Whether the loop stops before its ``call``-th iteration (0, 1, ... from this start).
+
+    Multi-host runs: ``jax.distributed.initialize`` hands SIGTERM to JAX's preemption
+    notifier (it replaces this handler), which tells every process; all stop at the same
+    call (``reached_preemption_sync_point``), as their collective programs need. Every
+    process must call this at every iteration.
+    """
+    if self.signum is None and _reached_preemption_sync_point(call):
+      logging.warning('SIGTERM (JAX preemption notice): saving a checkpoint and stopping')
+      self.signum = signal.SIGTERM
+    return self.requested
+
   def handler(self, signum, frame):
     del frame
     logging.warning('%s: saving a checkpoint and stopping%s', signal.Signals(signum).name,
@@ -69,6 +82,14 @@ class StopRequest:
   def __exit__(self, *exc):
     for s, old in self._old.items():
       signal.signal(s, old)
+
+
+def _reached_preemption_sync_point(call: int) -> bool:
+  """JAX's multi-host preemption sync (False in a single-process run)."""
+  if 'jax' not in sys.modules:  # this module stays JAX-free for bnjax.sweep
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.reached_preemption_sync_point(call)
 
 
 # ------------------------------------------------------- a process that starts runs

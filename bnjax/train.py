@@ -338,10 +338,12 @@ def _train(run: Run, steps: _Steps, log: metrics_log.MetricsLog, state: TrainSta
   config = run.config
   final = 'done'
   heartbeat = workdir_lib.Heartbeat(run.workdir, config.status_every_seconds, step)
+  call = 0
   while step < config.num_steps:
-    if run.stop.requested:
+    if run.stop.should_stop(call):
       final = run.stop.final_state
       break
+    call += 1
     k = _chunk_length(config, step)
     extra = steps.evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
     local = data.local_train_batches(run.dataset.train, config.batch_size, config.seed, step, k)

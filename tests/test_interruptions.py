@@ -161,3 +161,21 @@ def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resume
   a, b = metric_lines(tmp_path / 'whole'), metric_lines(tmp_path / 'two')
   assert [l['step'] for l in b] == list(range(500))
   assert [l['train_loss'] for l in b] == [l['train_loss'] for l in a]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_every_host_at_the_same_step_with_a_checkpoint(tmp_path):
+  # A TPU preemption notice reaches one host; JAX's preemption sync stops them all together.
+  workdir = tmp_path / 'two'
+  launcher = ['bash', 'launch/local_multihost.sh', '2', '2', *main_args(workdir)[3:]]
+  run = start(launcher, start_new_session=True)
+  wait_for(has_checkpoint(workdir), run)
+  pid = int(subprocess.run(['pgrep', '-f', f'process_id=1 .*--workdir={workdir}'],
+                           capture_output=True, text=True).stdout.split()[0])
+  os.kill(pid, signal.SIGTERM)
+  _, err = run.communicate(timeout=300)
+  assert run.returncode == interruptions.EXIT_PREEMPTED, launcher_failure(err)
+  assert err.count('SIGTERM (JAX preemption notice)') == 2, err[-3000:]
+  state = status(workdir)
+  assert state['state'] == 'preempted' and state['last_checkpoint'] == state['step'], state
+  assert 0 < state['step'] < 3000 and steps_in(workdir) == list(range(state['step']))

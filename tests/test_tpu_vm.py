@@ -317,9 +317,6 @@ def test_runs_survive_a_closed_laptop_and_a_lost_network_and_a_rerun_attaches(tp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason='since the signal/status changes of the operations merge the '
-                   'follower exits 0 after --stop (it expects 1): a known regression, not '
-                   'yet diagnosed (session note of 2026-11-28)', strict=False)
 def test_stop_checkpoints_the_run_and_a_rerun_resumes_it(tpu):
   num_steps = 400
   t = tpu(num_steps=num_steps, runs=('seed=0',))
