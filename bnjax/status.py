@@ -20,10 +20,11 @@ for a run that it says is ``running``:
 """
 
 import dataclasses
+import os
 import pathlib
 import sys
 import time
-from typing import Sequence
+from typing import Callable, NoReturn, Sequence
 
 from bnjax import workdir as workdir_lib
 
@@ -124,5 +125,17 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+def exit_with(main_fn: Callable[[Sequence[str]], int]) -> NoReturn:
+  """``sys.exit(main_fn(argv))``; a reader that stops early (``... | head``) ends it
+  quietly, with status 1, as the Python docs recommend (no BrokenPipeError traceback)."""
+  try:
+    status = main_fn(sys.argv[1:])
+    sys.stdout.flush()
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+    status = 1
+  sys.exit(status)
+
+
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  exit_with(main)

@@ -61,6 +61,17 @@ def test_a_run_whose_process_is_gone_is_stopped_and_one_on_another_host_running_
   assert status_lib.format_age(7200) == '2.0 h ago' and status_lib.format_age(300) == '5 min ago'
 
 
+
+def test_a_reader_that_stops_early_ends_the_table_without_a_traceback(tmp_path):
+  for k in range(3000):  # more than a pipe's buffer
+    _fake_run(tmp_path / f'run{k:04d}', state='done', step=k, updated=time.time())
+  proc = subprocess.Popen([sys.executable, '-m', 'bnjax.status', str(tmp_path)], cwd=ROOT,
+                          env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  assert proc.stdout.readline().split()[0] == b'name'
+  proc.stdout.close()  # as `| head -1` does
+  assert proc.wait(timeout=120) == 1
+  assert proc.stderr.read() == b''
+
 def test_status_json_gives_the_step_while_a_run_trains(tmp_path, monkeypatch):
   seen, original = [], workdir.Workdir.append_metrics
 
