@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.flatten_util
 import ml_collections
 import numpy as np
 import optax
@@ -100,6 +101,28 @@ def test_top_eigenvalues_equal_the_probe_on_the_trainers_own_states(workdir):
     assert line['settings']['args'] == {'k': 2, 'num_iterations': 12}
 
 
+
+def test_operator_ef_is_the_empirical_fisher_of_the_examples_analysed(workdir):
+  _analyze(workdir, 'top_eigenvalues', steps=('20',), num_batches=2,
+           items=(('k', '2'), ('num_iterations', '60'), ('operator', 'ef')))
+  [line] = _lines(workdir, 'top_eigenvalues')
+  # Dense: per-example gradients of l_n = ||f_n - y_n||^2 / K (the DLN's summed squared
+  # error, K = 2 batches averaged), each batch through BN with its own statistics.
+  config, dataset, model, state = _trainer_state(workdir, 20)
+  b = data.local_train_batches(dataset.train, config.batch_size, config.seed, 0, 2)
+  flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+
+  def example_losses(vector, i):  # [B]
+    out, _ = model.apply({'params': unravel(vector), 'batch_stats': state.batch_stats},
+                         b['inputs'][i], train=True, mutable=['batch_stats'])
+    return jax.numpy.sum(jax.numpy.square(out - b['targets'][i]), axis=-1) / 2
+
+  per_example = np.concatenate([jax.jacrev(example_losses)(flat, i) for i in range(2)])
+  per_example = per_example.astype(np.float64)  # [N, P]
+  expected = np.linalg.eigvalsh(per_example.T @ per_example)[::-1][:2]
+  np.testing.assert_allclose(line['eigenvalues'], expected, rtol=1e-3)
+  assert line['settings']['args']['operator'] == 'ef'
+
 @pytest.mark.parametrize('bn_mode', ['train', 'eval'])
 def test_the_loss_analysed_is_the_runs_loss_in_either_bn_mode(workdir, bn_mode):
   _analyze(workdir, 'loss_surface', grids=((-0.5, 0.5, 3),), num_batches=2, bn_mode=bn_mode)
@@ -186,6 +209,7 @@ BAD_INPUT = [
     (['--probe=hessian_trace', '--bn-mode=test'], 'invalid choice'),
     (['--probe=hessian_trace', '--name=../out'], 'a file stem'),
     (['--probe=hessian_trace', '--grid=-1:1:3'], 'for --probe=loss_surface only'),
+    (['--probe=top_eigenvalues', '--operator=fisher'], 'use --operator=ef or ggn'),
 ]
 
 

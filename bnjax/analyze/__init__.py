@@ -17,7 +17,9 @@ hessian_diagonal, spectral_density, adaptive_sharpness, epsilon_sharpness,
 gradient_landscape, loss_surface); its keyword arguments come from ``--arg KEY=VALUE``
 or ``--KEY=VALUE`` (e.g. ``--k=3 --tol=1e-3``, ``--rho=0.05 --kind=average``), each read
 as the type the probe declares. loss_surface's directions and grid: see
-``bnjax.analyze.surface_args``.
+``bnjax.analyze.surface_args``. ``--operator=ef`` (any run) or ``fisher`` /
+``fisher_exact`` (cross-entropy runs) on the spectral probes see the same examples as a
+``probes.PerExampleLoss`` (``states.per_example_loss``): e.g. tr(F) beside tr(H).
 
 Writes ``WORKDIR/analysis/NAME.jsonl`` (NAME: ``--name``, default the probe's name), one
 line per step: {"step", the probe's fields as JSON numbers and lists, "seconds",

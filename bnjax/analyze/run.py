@@ -13,6 +13,7 @@ from bnjax import probes
 from bnjax import workdir as workdir_lib
 from bnjax.analyze import layout, states, surface_args, table
 from bnjax.analyze.table import AnalysisError
+from bnjax.probes.fisher import FISHER_LOSSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +91,14 @@ def probe_fn(run: states.Run, request: Request, kwargs: dict, settings: dict) ->
   specs = _specs(request) if request.probe == 'loss_surface' else []
   axes = surface_args.grid_axes(list(request.grids))
 
+  per_example = kwargs.get('operator') in FISHER_LOSSES  # 'ef', 'fisher', 'fisher_exact'
+
   def fn(params, batch_stats, batches, other):
-    loss_fn = probes.dataset_loss(lambda p, b: batch_loss(p, batch_stats, b), batches)
+    if per_example:
+      loss_fn = states.per_example_loss(run, request.bn_mode, batch_stats, batches,
+                                        jax.random.fold_in(key, 1))
+    else:
+      loss_fn = probes.dataset_loss(lambda p, b: batch_loss(p, batch_stats, b), batches)
     if specs:
       directions = surface_args.build(specs, loss_fn, params, key, other)
       result = entry.fn(loss_fn, params, directions, axes, **kwargs)

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bnjax import data, experiments, models, objective
+from bnjax import data, experiments, models, objective, probes
 from bnjax.analyze import layout
 from bnjax.analyze.table import AnalysisError
 
@@ -104,28 +104,58 @@ def restore(run: Run, step: int) -> tuple[Any, Any]:
   return state['params'], state.get('batch_stats', {})
 
 
-def batch_loss(run: Run, bn_mode: str) -> Callable:
-  """batch_loss(params, batch_stats, batch) -> the run's loss on one evaluation batch.
+def batch_outputs(run: Run, bn_mode: str) -> Callable:
+  """outputs(params, batch_stats, batch) -> the model's outputs [B, ...] on one evaluation
+  batch: logits, or the DLN's predictions.
 
-  'train': the training objective itself (BN with the batch's statistics, noisy-BN
-  noise from the batch's key, the updated statistics dropped); 'eval': BN with the
-  running averages ``batch_stats``, no noise (as ``scheduled_probes.losses``' eval mode).
+  'train': as the training objective computes them (BN with the batch's statistics,
+  noisy-BN noise from the batch's key, the updated statistics dropped); 'eval': BN with
+  the running averages ``batch_stats``, no noise (as ``scheduled_probes.losses``' eval mode).
   """
   if bn_mode not in BN_MODES:
     raise AnalysisError(f'--bn-mode must be one of {", ".join(BN_MODES)}, got {bn_mode!r}')
-  loss = run.config.loss
-  if bn_mode == 'train':
-    train_objective = objective.make_objective(run.model, loss)
+  train = bn_mode == 'train'
 
-    def train_loss(params, batch_stats, batch):
-      key = jax.random.wrap_key_data(batch['noise'])
-      return train_objective(params, batch_stats, batch, key)[0]
+  def outputs(params, batch_stats, batch):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if not train:
+      return run.model.apply(variables, batch['inputs'], train=False)
+    rngs = {'noise': jax.random.wrap_key_data(batch['noise'])}
+    out, _ = run.model.apply(variables, batch['inputs'], train=True, rngs=rngs,
+                             mutable=['batch_stats'])
+    return out
 
-    return train_loss
+  return outputs
 
-  def eval_loss(params, batch_stats, batch):
-    out = run.model.apply({'params': params, 'batch_stats': batch_stats}, batch['inputs'],
-                          train=False)
-    return objective.loss_value(loss, out, batch['targets'])
 
-  return eval_loss
+def batch_loss(run: Run, bn_mode: str) -> Callable:
+  """batch_loss(params, batch_stats, batch) -> the run's loss on one evaluation batch (the
+  training objective's loss in 'train' mode; see ``batch_outputs``)."""
+  outputs, loss = batch_outputs(run, bn_mode), run.config.loss
+  return lambda params, batch_stats, batch: objective.loss_value(
+      loss, outputs(params, batch_stats, batch), batch['targets'])
+
+
+def per_example_loss(run: Run, bn_mode: str, batch_stats: Any, batches: dict,
+                     key: jax.Array) -> probes.PerExampleLoss:
+  """The evaluation batches' loss as a ``probes.PerExampleLoss`` (for operator='ef',
+  'fisher', 'fisher_exact'), equal to ``dataset_loss`` of ``batch_loss``: every batch's
+  outputs (each with its own BN statistics in 'train' mode) as N = K x B examples.
+
+  Cross-entropy: softmax cross-entropy per example, reduction 'mean'. The DLN's summed
+  squared error: l_n = ||f_n - y_n||^2 / K with reduction 'sum' (K batches averaged).
+  ``key``: the Monte-Carlo Fisher's labels.
+  """
+  outputs = batch_outputs(run, bn_mode)
+  num_batches = batches['inputs'].shape[0]
+
+  def all_outputs(params):  # [K, B, ...] -> [K * B, ...]
+    out = jax.vmap(lambda b: outputs(params, batch_stats, b))(batches)
+    return out.reshape((-1,) + out.shape[2:])
+
+  targets = batches['targets'].reshape((-1,) + batches['targets'].shape[2:])
+  if run.config.loss == 'cross_entropy':
+    return probes.PerExampleLoss(all_outputs, targets, key=key)
+  return probes.PerExampleLoss(
+      all_outputs, targets, reduction='sum', key=key,
+      example_loss=lambda f, y: jnp.sum(jnp.square(f - y), axis=-1) / num_batches)

@@ -182,4 +182,8 @@ def probe_kwargs(name: str, items: list[tuple[str, str]], config: dict) -> dict[
              and k not in _SET_BY_ANALYZE + e.controlled and k not in kwargs]
   if missing:
     raise AnalysisError(f'{name} needs {", ".join(f"--{k}=VALUE" for k in missing)}')
+  if kwargs.get('operator') in ('fisher', 'fisher_exact') and config['loss'] != 'cross_entropy':
+    raise AnalysisError(f"--operator={kwargs['operator']} is the Fisher of softmax "
+                        f"cross-entropy; this run's loss is {config['loss']}: use "
+                        '--operator=ef or ggn')
   return kwargs
