@@ -18,6 +18,7 @@ import pytest
 
 from bnjax import checkpoints, data, models, objective, plots, probes, train
 from bnjax.analyze import layout, run, table
+from bnjax.plots import measures, numbers
 from bnjax.analyze.__main__ import main
 from small_runs import (ROOT, has_checkpoint, main_args, metric_lines, small_dln, start, status,
                         steps_in, subprocess_env, wait_for)
@@ -240,6 +241,22 @@ def test_the_surface_figure_has_a_panel_per_run_and_step(trained, tmp_path):
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert (two_d / 'analysis' / 'loss_surface.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
+
+
+def test_the_layers_figure_and_table_give_each_weight_layers_block(workdir, tmp_path):
+  _analyze(workdir, 'top_eigenvalues', name=measures.LAYERS, steps=('0', 'last'),
+           items=(('blocks', 'layers'), ('num_iterations', '12')))
+  lines = _lines(workdir, measures.LAYERS)
+  blocks = lines[0]['eigenvalues']
+  assert sorted(blocks) == ['dense1', 'dense2', 'dense3', 'dense4', 'norm1', 'norm2', 'norm3']
+  layers, values = measures.weight_layers(blocks)
+  assert layers == [1, 2, 3, 4] and values == [blocks[f'dense{k}'][0] for k in layers]
+  out = tmp_path / 'layers.png'
+  assert plots.draw('layers', [plots.load_run(workdir)], out) == [workdir.name]
+  table = numbers.analyses([plots.load_run(workdir)])
+  top = int(np.argmax(values))
+  assert f'0: {measures.fmt(min(values), 4)} - {measures.fmt(values[top], 4)} (#{top + 1})' \
+      in table[-2]
 
 def _cli(*args):
   return subprocess.run([sys.executable, '-m', 'bnjax.analyze', *map(str, args)], cwd=ROOT,

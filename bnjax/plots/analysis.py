@@ -3,6 +3,9 @@
   surface   each run's analysis/loss_surface.jsonl: a 2-D surface as contours of log10
             loss, one panel per run and step (the first, middle and last analysed); a
             1-D surface as curves, one panel per run with a curve per such step
+  layers    the top eigenvalue of each weight layer's Hessian block against the layer
+            number, a line per step analysed (analysis/layer_top_eigenvalues.jsonl:
+            analyze --probe=top_eigenvalues --blocks=layers --name=layer_top_eigenvalues)
   analysis  adaptive sharpness (analysis/adaptive_sharpness.jsonl) and the top Hessian
             eigenvalue (analysis/top_eigenvalues.jsonl) over the checkpoint steps, and
             one against the other; one row per model family
@@ -16,6 +19,7 @@ import warnings
 import numpy as np
 
 from bnjax.plots import panels  # noqa: F401  (first: selects matplotlib's Agg backend)
+from bnjax.plots import measures
 from bnjax.analyze import layout
 from bnjax.plots.panels import NoData, need
 from bnjax.plots.runs import Group
@@ -159,7 +163,27 @@ def _sharpness_row(row, group: Group, run, label) -> None:
     row[2].plot(eig[i1][:1], sharp[i2][:1], 'o', color=group.color, mfc='none')  # step 0 side
 
 
-ANALYSIS = {'surface': surface, 'analysis': sharpness_vs_eigenvalue}
+def layer_spectra(groups: list[Group]):
+  """Each run's top Hessian eigenvalue of every weight layer's diagonal block against the
+  layer number, a line per analysed step (analysis/layer_top_eigenvalues.jsonl)."""
+  runs = need([r for g in groups for r in g.runs if lines_of(r.path, measures.LAYERS)],
+              f'layers (runs with analysis/{measures.LAYERS}.jsonl: python -m bnjax.analyze '
+              f'--probe=top_eigenvalues --blocks=layers --name={measures.LAYERS})')
+  fig, axes = panels.subplots(1, len(runs), height=3.4)
+  for ax, run in zip(axes[0], runs):
+    lines = lines_of(run.path, measures.LAYERS)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(lines)))
+    for line, color in zip(lines, colors):
+      layers, values = measures.weight_layers(line['eigenvalues'])
+      ax.plot(layers, values, '.-', color=color, lw=1, markersize=3, label=f'step {line["step"]}')
+    ax.set(title=run.path.name, xlabel='layer', ylabel='top eigenvalue of its block',
+           yscale='log')
+    ax.title.set_fontsize(8)
+  panels.legend_below(axes[0][0], ncol=3)
+  return panels.finish(fig, "Top eigenvalue of each weight layer's Hessian block")
+
+
+ANALYSIS = {'surface': surface, 'analysis': sharpness_vs_eigenvalue, 'layers': layer_spectra}
 
 
 # -------------------------------------------------------------- one jsonl on its own

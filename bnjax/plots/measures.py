@@ -7,6 +7,7 @@ summarises a curve the way the paper's figures are read by eye.
 """
 
 import dataclasses
+import re
 import warnings
 
 import numpy as np
@@ -186,3 +187,16 @@ def fmt(x: float, digits: int = 3) -> str:
   if x is None or not np.isfinite(x):
     return ''
   return f'{x:.{digits}g}'
+
+
+# ------------------------------------------------- analyze results (bnjax.analyze)
+LAYERS = 'layer_top_eigenvalues'  # analyze --probe=top_eigenvalues --blocks=layers --name=...
+_WEIGHT_LAYER = re.compile(r'^(?!norm)[a-z_]*?(\d+)$')  # dense7, conv12: not norm7
+
+
+def weight_layers(eigenvalues: dict) -> tuple[list[int], list[float]]:
+  """(layer numbers, top eigenvalues) of the weight layers' blocks of one line's
+  per-block ``eigenvalues`` ({block path: [k]}); normaliser blocks left out."""
+  found = sorted((int(m.group(1)), v[0]) for name, v in eigenvalues.items()
+                 if (m := _WEIGHT_LAYER.match(name)))
+  return [k for k, _ in found], [v for _, v in found]

@@ -179,7 +179,22 @@ def analyses(runs: list[Run]) -> list[str]:
       values = [(r['step'], np.ravel(r[field])[0]) for r in rows if field in r]
       cells = ', '.join(f'{step}: {measures.fmt(float(v), 4)}' for step, v in sorted(values))
       lines.append(f'| {run.path.name} | {probe}.{field} | {cells} |')
+    rows = layout.read_lines(layout.output(run.path, measures.LAYERS))
+    if rows:
+      found = True
+      lines.append(f'| {run.path.name} | {measures.LAYERS}: min - max over weight layers '
+                   f'(layer of the max) | {_layer_cells(rows)} |')
   return lines + [''] if found else []
+
+
+def _layer_cells(rows: list[dict]) -> str:
+  cells = []
+  for r in sorted(rows, key=lambda r: r['step']):
+    layers, values = measures.weight_layers(r['eigenvalues'])
+    top = int(np.argmax(values))
+    cells.append(f'{r["step"]}: {measures.fmt(min(values), 4)} - {measures.fmt(values[top], 4)} '
+                 f'(#{layers[top]})')
+  return ', '.join(cells)
 
 
 def markdown(runs: list[Run]) -> str:
