@@ -84,7 +84,8 @@ def write_analysis(path: pathlib.Path, dims: int) -> None:
   top eigenvalues and adaptive sharpness at three checkpoint steps."""
   rng = np.random.default_rng(dims)
   grid = [list(np.linspace(-1, 1, 5))] * dims
-  files = {'loss_surface': [], 'top_eigenvalues': [], 'adaptive_sharpness': []}
+  files = {'loss_surface': [], 'top_eigenvalues': [], 'adaptive_sharpness': [],
+           'layer_top_eigenvalues': []}
   for step in (0, T // 2, T):
     files['loss_surface'].append(
         {'step': step, 'loss': (1 + rng.random((5,) * dims)).tolist(), 'grid': grid,
@@ -93,6 +94,9 @@ def write_analysis(path: pathlib.Path, dims: int) -> None:
                                      'settings': {'probe': 'top_eigenvalues'}})
     files['adaptive_sharpness'].append({'step': step, 'sharpness': 1 + rng.random(),
                                         'settings': {'probe': 'adaptive_sharpness'}})
+    blocks = {f'{kind}{k}': [1 + rng.random()] for kind in ('dense', 'norm') for k in (1, 2, 3)}
+    files['layer_top_eigenvalues'].append({'step': step, 'eigenvalues': blocks,
+                                           'settings': {'probe': 'top_eigenvalues'}})
   (path / 'analysis').mkdir()
   for name, lines in files.items():
     (path / 'analysis' / f'{name}.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
@@ -136,6 +140,7 @@ EXPECTED_PANELS = {
     'matched': 3 * 2,  # VGG 0.1, DLN 1e-6, 1e-7 x (gradient predictiveness, beta)
     'surface': 3 + 3 + 1,  # two 2-D surfaces at three steps, a 1-D surface's curves
     'analysis': 2 * 3,  # VGG, DLN x (eigenvalue, adaptive sharpness, one against the other)
+    'layers': 3,  # a panel per run analysed
 }
 
 

@@ -136,11 +136,11 @@ def sharpness_vs_eigenvalue(groups: list[Group]):
   fig, axes = panels.subplots(len(families), 3, height=3.6)
   for row, family in zip(axes, families):
     for g in (g for g in chosen if g.family == family):
-      for i, r in enumerate(g.runs):
-        _sharpness_row(row, g, r, g.label() if i == 0 else None)
+      for r in filter(have, g.runs):  # a legend entry per run analysed
+        _sharpness_row(row, g, r, f'{r.label()}, seed {r.seed}')
     for ax, (what, _, _) in zip(row, SHARPNESS_PANELS):
       ax.set(title=f'{family.upper()}: {what}', xlabel='training step', ylabel=what, yscale='log')
-    row[2].set(title=f'{family.upper()}: adaptive sharpness against top eigenvalue',
+    row[2].set(title=f'{family.upper()}: adaptive sharpness vs top eigenvalue',
                xlabel='top Hessian eigenvalue', ylabel='adaptive sharpness',
                xscale='log', yscale='log')
     for ax in row:
@@ -169,7 +169,7 @@ def layer_spectra(groups: list[Group]):
   runs = need([r for g in groups for r in g.runs if lines_of(r.path, measures.LAYERS)],
               f'layers (runs with analysis/{measures.LAYERS}.jsonl: python -m bnjax.analyze '
               f'--probe=top_eigenvalues --blocks=layers --name={measures.LAYERS})')
-  fig, axes = panels.subplots(1, len(runs), height=3.4)
+  fig, axes = panels.subplots(1, len(runs), height=3.4, sharey=True)
   for ax, run in zip(axes[0], runs):
     lines = lines_of(run.path, measures.LAYERS)
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(lines)))

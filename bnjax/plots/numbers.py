@@ -161,7 +161,9 @@ def matched_loss(groups: list[Group]) -> list[str]:
   return lines + ['']
 
 
-ANALYSES = (('adaptive_sharpness', 'sharpness'), ('top_eigenvalues', 'eigenvalues'))
+# (analysis/<name>.jsonl, field): fisher_trace is hessian_trace --operator=fisher --name=fisher_trace
+ANALYSES = (('adaptive_sharpness', 'sharpness'), ('top_eigenvalues', 'eigenvalues'),
+            ('hessian_trace', 'estimate'), ('fisher_trace', 'estimate'))
 
 
 def analyses(runs: list[Run]) -> list[str]:

@@ -35,8 +35,10 @@ def subplots(rows: int, cols: int, height: float = 2.6, **kw):
 
 
 def finish(fig, title: str):
-  fig.suptitle(title, fontsize=11)
-  fig.tight_layout()
+  # The title in the top 0.4 inch, the panels below it, whatever the figure's height.
+  height = fig.get_figheight()
+  fig.suptitle(title, fontsize=11, y=1 - 0.08 / height, va='top')
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
   return fig
 
 
@@ -74,9 +76,12 @@ def seed_curve(ax, group: Group, key: str, scale: float = 1.0, window: int = 1,
   ax.plot(steps, mean, color=color, lw=1.2, label=group.label() if label is None else label, **kw)
   if len(group.runs) > 1:
     ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
-  for row in values:
+  # The rows of ``values`` are the runs with a series; one still going ends with no x.
+  diverged = [r.diverged for r in group.runs
+              if len((key(r) if callable(key) else r.series(key))[0])]
+  for row, ended in zip(values, diverged):
     finite = np.nonzero(np.isfinite(row))[0]
-    if len(finite) and finite[-1] < len(row) - 1:
+    if ended and len(finite) and finite[-1] < len(row) - 1:
       ax.plot(steps[finite[-1]], row[finite[-1]], 'x', color='k', markersize=7, mew=1.5)
 
 
