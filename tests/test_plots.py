@@ -171,6 +171,24 @@ def test_plots_all_from_a_root_and_one_figure_from_workdirs(sweep_root, tmp_path
   assert not (tmp_path / 'f9.png').exists()
 
 
+
+def test_an_x_marks_a_diverged_seeds_end_and_not_a_run_still_going(tmp_path):
+  from bnjax.plots import panels, runs as runs_lib
+  import matplotlib.pyplot as plt
+  going = write_run(tmp_path, 'vgg', 'none', 0.5, diverge_at=None, seed=1)
+  diverged = write_run(tmp_path, 'vgg', 'none', 0.5, diverge_at=25, seed=2)
+  write_run(tmp_path, 'vgg', 'none', 0.5, seed=3)
+  lines = (going / 'metrics.jsonl').read_text().splitlines()
+  (going / 'metrics.jsonl').write_text('\n'.join(lines[:30]) + '\n')  # stopped at step 30
+  (going / 'status.json').write_text(json.dumps({'state': 'preempted', 'step': 30}))
+  [group] = runs_lib.group_runs(plots.find_runs(tmp_path))
+  assert [r.diverged for r in group.runs] == [False, True, False]
+  _, ax = plt.subplots()
+  panels.seed_curve(ax, group, 'train_loss')
+  xs = [l for l in ax.lines if l.get_marker() == 'x']
+  assert len(xs) == 1 and xs[0].get_xdata()[0] == 24  # the diverged seed's last finite step
+  plt.close('all')
+
 def test_labels_come_from_the_config_and_divergence_is_marked(sweep_root):
   run = plots.load_run(sweep_root / 'vgg_none_0.5')
   assert run.label() == 'Standard, LR 0.5 (diverged)'
