@@ -6,7 +6,7 @@ epoch ``e`` visits the training set in the order ``permutation(seed, e)``, so a 
 resumed at step ``s`` reads exactly the batches an uninterrupted run reads, and the
 data iterator needs no checkpoint of its own.
 
-Sources (``config.dataset``):
+Sources (``config.dataset``; ``bnjax.image_sources`` reads the images):
 - a tfds name (``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``, ``svhn_cropped``),
   read through ``tfds.data_source`` (ArrayRecord, no TensorFlow at training time);
 - ``imagefolder:PATH``: a folder or tarball with ``train/<class>/*`` and
@@ -21,28 +21,20 @@ mean and standard deviation (PAPER.md); no augmentation.
 
 import dataclasses
 import functools
-import hashlib
-import importlib.util
-import io
-import logging
 import os
 import pathlib
-import tarfile
 
 import jax
 import numpy as np
 
+from bnjax import image_sources
+from bnjax.image_sources import DataError  # raised here too; callers catch data.DataError
 from bnjax.tfds_download import download_and_prepare
 
 TFDS_DATASETS = ('cifar10', 'cifar100', 'mnist', 'fashion_mnist', 'svhn_cropped')
 SYNTHETIC_DATASETS = ('dln_gaussian',)
 IMAGEFOLDER_PREFIX = 'imagefolder:'
 TFDS_PREFIX = 'tfds:'  # tfds:NAME, any tfds dataset with 'image' and 'label' features
-
-
-class DataError(RuntimeError):
-  """A dataset that cannot be read as it stands; the one-line message says what to do."""
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +85,10 @@ def load(name: str, *, seed: int = 0, cache_dir: str = '', tfds_data_dir: str = 
     return dln_gaussian(seed, dln_num_examples, dln_dim)
   if name.startswith(IMAGEFOLDER_PREFIX):
     path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
-    raw = _load_imagefolder_cached(path, pathlib.Path(cache_dir or _default_cache_dir()),
-                                   skip_unreadable_images)
+    raw = image_sources.load_imagefolder(
+        path, pathlib.Path(cache_dir or image_sources.default_cache_dir()), skip_unreadable_images)
   else:
-    raw = _load_tfds(name.removeprefix(TFDS_PREFIX), tfds_data_dir or None)
+    raw = image_sources.load_tfds(name.removeprefix(TFDS_PREFIX), tfds_data_dir or None)
   return _standardise(raw)
 
 
@@ -108,18 +100,8 @@ def dln_gaussian(seed: int, num_examples: int = 1000, dim: int = 10) -> Dataset:
   return Dataset(train=Split(x, x @ a.T), test=None, num_classes=None)
 
 
-# ----------------------------------------------------------------------------- images
-@dataclasses.dataclass(frozen=True)
-class _RawImages:
-  train_images: np.ndarray  # uint8 [N, H, W, C]
-  train_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
-  num_classes: int
-  skipped: int = 0  # unreadable images left out
-
-
-def _standardise(raw: _RawImages) -> Dataset:
+# ---------------------------------------------------------------------- preprocessing
+def _standardise(raw: image_sources.RawImages) -> Dataset:
   # float64 statistics: a float32 sum over 10^8 pixels loses digits.
   c = raw.train_images.shape[-1]
   pixels = raw.train_images.reshape(-1, c)
@@ -132,140 +114,6 @@ def _standardise(raw: _RawImages) -> Dataset:
       train=Split(prep(raw.train_images), raw.train_labels.astype(np.int32)),
       test=Split(prep(raw.test_images), raw.test_labels.astype(np.int32)),
       num_classes=raw.num_classes, skipped_images=raw.skipped)
-
-
-def _default_cache_dir() -> str:
-  return os.environ.get('BNJAX_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'bnjax'))
-
-
-def _source_fingerprint(path: pathlib.Path) -> str:
-  """sha256 of a tarball's bytes, or of a folder's file names and sizes."""
-  h = hashlib.sha256()
-  if path.is_file():
-    with open(path, 'rb') as f:
-      for chunk in iter(lambda: f.read(1 << 20), b''):
-        h.update(chunk)
-  else:
-    for p in sorted(path.rglob('*')):
-      if p.is_file():
-        h.update(f'{p.relative_to(path)}:{p.stat().st_size};'.encode())
-  return h.hexdigest()[:16]
-
-
-def _load_imagefolder_cached(path: pathlib.Path, cache_dir: pathlib.Path,
-                             skip_unreadable: bool = False) -> _RawImages:
-  cache = cache_dir / f'imagefolder-{_source_fingerprint(path)}.npz'
-  if cache.exists():
-    with np.load(cache) as z:
-      return _RawImages(z['train_images'], z['train_labels'], z['test_images'],
-                        z['test_labels'], int(z['num_classes']))
-  logging.info('decoding %s once; caching to %s', path, cache)
-  raw, unreadable = _decode_imagefolder(path)
-  if unreadable:
-    first, error = unreadable[0]
-    if not skip_unreadable:
-      raise DataError(
-          f'{path}: cannot read image {first} ({error}); {len(unreadable) - 1} other '
-          f'image(s) unreadable too. Replace them, or set '
-          '--config.data.skip_unreadable_images=True to train without them')
-    logging.warning('%s: left out %d unreadable image(s), e.g. %s (%s)', path,
-                    len(unreadable), first, error)
-    return dataclasses.replace(raw, skipped=len(unreadable))  # never cached: a partial decode
-  cache_dir.mkdir(parents=True, exist_ok=True)
-  tmp = cache.with_name(cache.name + f'.tmp{os.getpid()}.npz')
-  np.savez(tmp, train_images=raw.train_images, train_labels=raw.train_labels,
-           test_images=raw.test_images, test_labels=raw.test_labels,
-           num_classes=raw.num_classes)
-  os.replace(tmp, cache)  # atomic: concurrent hosts never read a half-written cache
-  return raw
-
-
-def _decode_imagefolder(path: pathlib.Path) -> tuple[_RawImages, list[tuple[str, str]]]:
-  """Decodes ``{train,test}/<class>/<image>``; class index = sorted class-folder order.
-
-  Returns the readable images and [(file name, error)] of the unreadable ones.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  files: dict[str, list[tuple[str, str, bytes]]] = {'train': [], 'test': []}  # class, name, bytes
-  if path.is_file():
-    with tarfile.open(path) as tar:
-      for member in tar:
-        parts = pathlib.PurePosixPath(member.name).parts
-        if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
-          split_at = [i for i, p in enumerate(parts) if p in files]
-          if split_at and len(parts) - split_at[-1] == 3:
-            i = split_at[-1]
-            files[parts[i]].append((parts[i + 1], member.name, tar.extractfile(member).read()))
-  else:
-    for split in files:
-      for p in sorted((path / split).glob('*/*')):
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-          files[split].append((p.parent.name, str(p), p.read_bytes()))
-  if not files['train'] or not files['test']:
-    raise ValueError(f'{path} holds no train/<class>/<image> and test/<class>/<image> files')
-  classes = sorted({c for c, _, _ in files['train']})
-  index = {c: i for i, c in enumerate(classes)}
-  unreadable: list[tuple[str, str]] = []
-
-  def read(name: str, data: bytes) -> np.ndarray | None:
-    try:
-      return np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for damaged files
-      unreadable.append((name, f'{type(e).__name__}: {e}'))
-      return None
-
-  def decode(items):
-    items = sorted(items, key=lambda item: item[0])  # stable: class, then archive order
-    decoded = [(c, read(name, b)) for c, name, b in items]
-    decoded = [(c, im) for c, im in decoded if im is not None]
-    images = np.stack([im for _, im in decoded])
-    labels = np.array([index[c] for c, _ in decoded], np.int32)
-    return images, labels
-
-  tr_x, tr_y = decode(files['train'])
-  te_x, te_y = decode(files['test'])
-  return _RawImages(tr_x, tr_y, te_x, te_y, len(classes)), unreadable
-
-
-def _load_tfds(name: str, data_dir: str | None) -> _RawImages:
-  """A tfds dataset's train and test splits, read from ArrayRecord files without TensorFlow.
-
-  A dataset not prepared yet is prepared here when TensorFlow is installed (as the flax
-  examples do: the first run on a fresh host with internet downloads it); otherwise a
-  DataError says what to install and run.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  where = data_dir or 'the default TFDS data dir'
-  how = (f'prepare it once (needs TensorFlow and internet): pip install -e ".[prepare]" && '
-         f'python -m bnjax.data prepare {name}')
-  try:
-    # ArrayRecord from the start: tfds fixes a builder's format at its first construction.
-    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  except Exception as e:  # tfds raises many types for unknown or unreadable datasets
-    first_line = (str(e).splitlines() or [''])[0][:200]
-    raise DataError(f'tfds dataset {name!r} cannot be read under {where} '
-                    f'({type(e).__name__}: {first_line}); {how}') from e
-  sources = lambda: {s: builder.as_data_source(split=s) for s in ('train', 'test')}
-  try:
-    split_sources = sources()
-  except Exception as e:  # not prepared (tfds raises several types)
-    if not _tensorflow_available():
-      raise DataError(f'tfds dataset {name!r} is not prepared under {where}; {how}') from e
-    logging.warning('tfds dataset %r is not prepared under %s: preparing it now', name, where)
-    download_and_prepare(builder, name, data_dir)
-    split_sources = sources()
-
-  def read(source):
-    examples = [source[i] for i in range(len(source))]
-    images = np.stack([np.asarray(ex['image']) for ex in examples]).astype(np.uint8)
-    labels = np.array([ex['label'] for ex in examples], np.int32)
-    return images, labels
-
-  tr_x, tr_y = read(split_sources['train'])
-  te_x, te_y = read(split_sources['test'])
-  return _RawImages(tr_x, tr_y, te_x, te_y, builder.info.features['label'].num_classes)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -323,10 +171,6 @@ def local_eval_batches(split: Split, batch_size: int):
 
 
 # ---------------------------------------------------------------------- preparation
-def _tensorflow_available() -> bool:
-  return importlib.util.find_spec('tensorflow') is not None
-
-
 def prepare(name: str, data_dir: str | None = None) -> None:
   """Downloads tfds dataset ``name`` and writes it as ArrayRecord (what training reads).
 
@@ -338,7 +182,7 @@ def prepare(name: str, data_dir: str | None = None) -> None:
   if not name or name in SYNTHETIC_DATASETS or name.startswith(IMAGEFOLDER_PREFIX):
     raise DataError(f'{name!r} is not a tfds dataset; tfds names: {", ".join(TFDS_DATASETS)}, '
                     'or any other tfds name')
-  if not _tensorflow_available():
+  if not image_sources.tensorflow_available():
     raise DataError(f'preparing tfds dataset {name!r} needs TensorFlow: '
                     'pip install -e ".[prepare]"')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -358,7 +202,7 @@ def main(argv=None) -> int:
                       help='default: $TFDS_DATA_DIR, else tfds\' default')
   args = parser.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up chatter
-  if not sys.stderr.isatty() and _tensorflow_available():  # bars only for a terminal
+  if not sys.stderr.isatty() and image_sources.tensorflow_available():  # bars only for a terminal
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     tfds.disable_progress_bar()
   try:

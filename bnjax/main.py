@@ -97,12 +97,12 @@ def use_compilation_cache(setting: str) -> str | None:
   wins over ``CACHE_MIN_COMPILE_SECONDS``. JAX writes entries from process 0 only.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from bnjax import data  # pylint: disable=g-import-not-at-top
+  from bnjax import image_sources  # pylint: disable=g-import-not-at-top
   if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
     return os.environ['JAX_COMPILATION_CACHE_DIR'] or None
   if setting == 'off':
     return None
-  path = (os.path.join(data._default_cache_dir(), CACHE_SUBDIR)  # pylint: disable=protected-access
+  path = (os.path.join(image_sources.default_cache_dir(), CACHE_SUBDIR)
           if setting == 'auto' else os.path.expanduser(setting))
   jax.config.update('jax_compilation_cache_dir', path)
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:

@@ -24,8 +24,8 @@ Runs whose status.json says done or diverged are skipped, the others (never star
 killed, preempted, failed) start or resume; a failed run does not stop the others. At the
 end (and with ``--summary`` alone) it writes ``DIR/summary.csv``, ``DIR/training.png``
 and every paper figure the runs allow (``DIR/figures/``, as ``python -m bnjax.plots all``),
-and prints the table (each run's state as ``python -m bnjax.status`` tells it). Every
-run's config is built and checked before any run starts.
+and prints the table (each run's state as ``python -m bnjax.status`` tells it): see
+``bnjax.sweep_summary``. Every run's config is built and checked before any run starts.
 
 Signals: SIGTERM, SIGINT (Ctrl-C) and SIGHUP to the runner are passed on to every run in
 flight (each in its own session, so it hears them from the runner only); each checkpoints
@@ -37,7 +37,6 @@ Exit status: 0 when every run is done or diverged, 1 otherwise, 2 for a bad swee
 
 import argparse
 import ast
-import csv
 import dataclasses
 import importlib.util
 import itertools
@@ -53,7 +52,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
-from bnjax import interruptions, workdir
+from bnjax import interruptions, sweep_summary, workdir
 from bnjax import status as run_status
 
 FINISHED = ('done', 'diverged')
@@ -87,16 +86,11 @@ def run_name(overrides: dict) -> str:
   if 'name' in overrides:
     name = str(overrides['name'])
   else:
-    name = '_'.join(f'{k.split(".")[-1]}={_format(v)}' for k, v in overrides.items()) or 'base'
+    name = '_'.join(f'{k.split(".")[-1]}={sweep_summary.format_value(v)}'
+                    for k, v in overrides.items()) or 'base'
   if not re.fullmatch(r'[A-Za-z0-9._=+-]+', name):
     raise SweepError(f'run name {name!r} has characters a directory name should not have')
   return name
-
-
-def _format(v: Any) -> str:
-  if isinstance(v, (tuple, list)):
-    return '+'.join(_format(x) for x in v)
-  return f'{v:g}' if isinstance(v, float) else str(v)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, run: str) -> None:
@@ -194,10 +188,6 @@ def command(sweep_file: str, run: Run, extra_flags: Sequence[str] = ()) -> list[
 
 
 # ------------------------------------------------------------------ running sweeps
-def _attempts_file(root: pathlib.Path, run: Run) -> pathlib.Path:
-  return root / 'logs' / f'{run.name}.attempts.json'
-
-
 def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: Sequence[str],
             parallel: int) -> int | None:
   """Starts every unfinished run, ``parallel`` at a time, each logging to ROOT/logs/.
@@ -263,7 +253,7 @@ def _record_end(root: pathlib.Path, r: Run, proc: subprocess.Popen, t0: float, l
   """Closes a run's log, appends its exit and wall time to ROOT/logs/NAME.attempts.json."""
   log.close()
   wall = time.time() - t0
-  f = _attempts_file(root, r)
+  f = sweep_summary.attempts_file(root, r.name)
   attempts = json.loads(f.read_text()) if f.exists() else []
   attempts.append({'exit': proc.returncode, 'seconds': wall})
   f.write_text(json.dumps(attempts) + '\n')
@@ -271,57 +261,8 @@ def _record_end(root: pathlib.Path, r: Run, proc: subprocess.Popen, t0: float, l
   print(f'[sweep] {r.name}: {state} (exit {proc.returncode}) in {wall:.0f} s', flush=True)
 
 
-# ------------------------------------------------------------------------ summary
-SUMMARY_METRICS = ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy')
-
-
-def summarize(root: pathlib.Path, runs: list[Run]) -> list[dict]:
-  """One row per run: name, overrides, state (as ``bnjax.status`` tells it), steps, last
-  checkpoint, last status update, final metrics, wall time (s)."""
-  rows = []
-  for r in runs:
-    status = run_status.run_status(r.workdir)
-    overrides = ' '.join(f'{k}={_format(v)}' for k, v in r.overrides.items() if k != 'name')
-    row = {'name': r.name, 'overrides': overrides, 'state': status.state,
-           'steps': '' if status.step is None else status.step,
-           'last_checkpoint': '' if status.last_checkpoint is None else status.last_checkpoint,
-           'updated': run_status.format_age(status.age)}
-    last = {}
-    if (r.workdir / workdir.METRICS_FILE).exists():
-      for line in workdir.read_metrics(r.workdir):
-        last.update({k: v for k, v in line.items() if k in SUMMARY_METRICS})
-    row.update({k: f'{last[k]:.4g}' if k in last else '' for k in SUMMARY_METRICS})
-    f = _attempts_file(root, r)
-    row['wall_seconds'] = (f'{sum(a["seconds"] for a in json.loads(f.read_text())):.0f}'
-                           if f.exists() else '')
-    rows.append(row)
-  return rows
-
-
-def write_summary(root: pathlib.Path, runs: list[Run]) -> list[dict]:
-  """Prints the table, writes ROOT/summary.csv and ROOT/training.png."""
-  from bnjax import plots  # pylint: disable=g-import-not-at-top
-  rows = summarize(root, runs)
-  root.mkdir(parents=True, exist_ok=True)
-  with open(root / 'summary.csv', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0] if k != 'overrides'}
-  print('  '.join(k.ljust(w) for k, w in widths.items()))
-  for r in rows:
-    print('  '.join(str(r[k]).ljust(w) for k, w in widths.items()))
-  started = [r.workdir for r in runs if (r.workdir / workdir.METRICS_FILE).exists()]
-  if started:
-    plots.draw_sweep_training(started, root / 'training.png')
-    drawn = plots.draw_all([plots.load_run(w) for w in started], root / 'figures')
-    print(f'[sweep] paper figures in {root / "figures"}: '
-          f'{", ".join(n for n, what in drawn.items() if what == "drawn") or "none"}')
-  print(f'[sweep] summary in {root / "summary.csv"}, curves in {root / "training.png"}')
-  return rows
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+  """The runner's flags, and the extra --config.<field>=<value> flags for every run."""
   parser = argparse.ArgumentParser(
       prog='python -m bnjax.sweep', description=__doc__.splitlines()[0],
       epilog='Extra --config.<field>=<value> flags apply to every run.')
@@ -337,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, extra = parser.parse_known_args(argv)
   if args.parallel < 1:
     parser.error(f'--parallel must be >= 1, got {args.parallel}')
+  return args, extra
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args, extra = _parse_args(argv)
   root = pathlib.Path(args.root)
   try:
     runs = load(args.sweep_file, args.root, extra, [n for n in args.only.split(',') if n])
@@ -359,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signum = run_all(args.sweep_file, root, runs, extra, args.parallel)
     if signum is not None:
       return 128 + signum  # the shell's convention: 143 SIGTERM, 130 SIGINT, 129 SIGHUP
-  rows = write_summary(root, runs)
+  rows = sweep_summary.write_summary(root, runs)
   return 0 if all(r['state'] in FINISHED for r in rows) else 1
 
 

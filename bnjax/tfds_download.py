@@ -28,7 +28,8 @@ def download_and_prepare(builder, name: str, data_dir: str | None) -> None:
     cause = _network_failure(e)
     if cause is None:
       raise
-    from bnjax.data import DataError  # pylint: disable=g-import-not-at-top (data imports us)
+    # pylint: disable-next=g-import-not-at-top (image_sources imports us)
+    from bnjax.image_sources import DataError
     reason = (str(cause).splitlines() or [''])[0][:160]
     raise DataError(
         f'downloading tfds dataset {name!r} failed: the network is unreachable from here '

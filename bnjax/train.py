@@ -8,7 +8,7 @@ checkpoints and resuming, ``bnjax.metrics_log`` for the metric lines and diverge
 ``bnjax.interruptions`` for SIGTERM and Ctrl-C.
 
 Every quantity on the metrics line of step t is measured at the parameters theta_t,
-i.e. after t updates: the training loss on batch t, evaluation, probes.
+i.e. after t updates: the training loss on batch t, evaluation (``bnjax.evaluation``), probes.
 
 Data parallelism: one ``Mesh`` axis ``'data'`` over every device of every host. The
 batch is sharded along it, the state replicated; ``jax.jit`` inserts the all-reduces,
@@ -35,9 +35,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bnjax import checkpoints, config_lib, data, interruptions, metrics_log, models
+from bnjax import checkpoints, config_lib, data, evaluation, interruptions, metrics_log, models
 from bnjax import objective as objective_lib, scheduled_probes, workdir as workdir_lib
-from bnjax.models import norms
 
 
 @flax.struct.dataclass
@@ -224,7 +223,6 @@ def _compile(run: Run, state: TrainState) -> _Steps:
   config, model = run.config, run.model
   replicated = NamedSharding(run.mesh, P())
   chunk_sharding = NamedSharding(run.mesh, P(None, 'data'))
-  batch_sharding = NamedSharding(run.mesh, P('data'))
   state_sharding = jax.tree.map(lambda _: replicated, state)
 
   def chunk(state, batches, noise_data):
@@ -243,40 +241,8 @@ def _compile(run: Run, state: TrainState) -> _Steps:
   # Its raw data (uint32), placed on every device of every host.
   noise_data = np.asarray(jax.random.key_data(objective_lib.noise_base_key(config.seed)))
   noise_base = jax.make_array_from_process_local_data(replicated, noise_data, noise_data.shape)
-  return _Steps(chunk_fn, noise_base, _make_evaluate(run, replicated, batch_sharding),
-                chunk_sharding)
-
-
-def _make_evaluate(run: Run, replicated, batch_sharding) -> Callable:
-  """state -> {'eval_loss', 'eval_accuracy'} over the test split (host floats); a noisy
-  normaliser is also evaluated with its noise at its expectation ('..._expected_noise')."""
-  config, model = run.config, run.model
-  variants = {'': model}  # metric-name suffix -> model evaluated
-  if config.norm in norms.NOISY:
-    variants['_expected_noise'] = model.clone(
-        norm=functools.partial(model.norm, eval_noise='expectation'))
-  eval_fns = {suffix: jax.jit(objective_lib.make_eval_step(m, config.loss),
-                              in_shardings=(replicated, replicated, batch_sharding),
-                              out_shardings=replicated) for suffix, m in variants.items()}
-
-  def evaluate(state) -> dict[str, float]:
-    if run.dataset.test is None:
-      return {}
-    totals = {suffix: np.zeros(3) for suffix in eval_fns}
-    for local in data.local_eval_batches(run.dataset.test, config.eval_batch_size):
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-               for k, v in local.items()}
-      for suffix, eval_fn in eval_fns.items():
-        totals[suffix] += np.asarray(
-            jax.device_get(eval_fn(state.params, state.batch_stats, batch)))
-    out = {}
-    for suffix, t in totals.items():
-      out[f'eval_loss{suffix}'] = t[0] / t[2]
-      if config.loss == 'cross_entropy':
-        out[f'eval_accuracy{suffix}'] = t[1] / t[2]
-    return out
-
-  return evaluate
+  evaluate = evaluation.make_evaluate(config, model, run.dataset.test, run.mesh)
+  return _Steps(chunk_fn, noise_base, evaluate, chunk_sharding)
 
 
 def _chunk_length(config, step: int) -> int:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bnjax import data
+from bnjax import data, image_sources
 
 
 def test_tfds_source_reads_without_tensorflow_and_standardises():
@@ -72,7 +72,7 @@ def test_each_host_reads_only_its_slice(monkeypatch):
 
 def test_without_tensorflow_preparing_or_reading_an_unprepared_dataset_is_one_line(
     capsys, monkeypatch, tmp_path):
-  monkeypatch.setattr(data, '_tensorflow_available', lambda: False)
+  monkeypatch.setattr(image_sources, 'tensorflow_available', lambda: False)
   assert data.main(['prepare', 'cifar10']) == 1
   err = capsys.readouterr().err
   assert err == 'bnjax.data: preparing tfds dataset \'cifar10\' needs TensorFlow: pip install -e ".[prepare]"\n'

@@ -1,4 +1,5 @@
-"""Scheduled probes against independent answers: whole-block ICS, BN mode, weight distance.
+"""Scheduled probes against independent answers: whole-block ICS, BN mode, BN theorems,
+weight distance.
 
 (Their config checks are in test_config.py.)
 """
@@ -43,12 +44,14 @@ def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   return fns, state, batch, key, loss, grads
 
 
-def hand_written_loss(p, x, y):
-  """The same two-layer BN MLP written out in plain jax.numpy (independent of Flax)."""
+def hand_written_loss(p, x, y, dy=None):
+  """The same two-layer BN MLP written out in plain jax.numpy (independent of Flax).
+
+  dy: {k: [batch, units]} added to layer k's BN input."""
   eps = norms.BatchNorm.epsilon
   h = x
   for k in (1, 2):
-    h = h @ p[f'dense{k}']['kernel'] + p[f'dense{k}']['bias']
+    h = h @ p[f'dense{k}']['kernel'] + p[f'dense{k}']['bias'] + (dy or {}).get(k, 0.0)
     h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + eps) * p[f'norm{k}']['scale'] + p[f'norm{k}']['bias']
     h = jax.nn.relu(h)
   logits = h @ p['head']['kernel'] + p['head']['bias']
@@ -106,6 +109,21 @@ def test_hessian_probes_in_train_and_eval_bn_mode():
   assert abs(lam_train - lam_eval) > 0.05 * abs(lam_train)  # the modes are different losses
   np.testing.assert_allclose(out['eigenvalues'], [lam_train], rtol=1e-3)
   np.testing.assert_allclose(out['eval_eigenvalues'], [lam_eval], rtol=1e-3)
+
+
+def test_bn_theorems_gradients_are_those_of_the_hand_written_network():
+  fns, state, batch, key, loss, grads = mlp_setup(
+      {'bn_theorems': {'every': 1, 'layers': (1, 2), 'units': 4}})
+  out = jax.jit(fns['bn_theorems'].fn)(state, batch, key, loss, grads)
+  for k, width in ((1, 6), (2, 5)):
+    dy = jnp.zeros((16, width))
+    g = jax.grad(lambda d, k=k: hand_written_loss(state.params, batch['inputs'],
+                                                  batch['targets'], {k: d}))(dy)
+    grad_y_sq = np.sum(np.asarray(g, np.float64) ** 2, 0)[:4]  # the first 4 units
+    np.testing.assert_allclose(out[f'layer{k}/grad_y_sq'], grad_y_sq, rtol=1e-4)
+    np.testing.assert_allclose(out[f'layer{k}/thm41_rhs'], grad_y_sq, rtol=1e-3)  # Thm 4.1: =
+    lhs, rhs = (np.asarray(out[f'layer{k}/{f}'], np.float64) for f in ('curvature_y', 'thm42_rhs'))
+    assert np.all(lhs <= rhs + 1e-4 * np.abs(lhs).max())  # Thm 4.2: <=
 
 
 def test_weight_distance_is_zero_for_a_rescaled_unit_only_without_scale():

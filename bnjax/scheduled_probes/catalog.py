@@ -152,7 +152,7 @@ def _spectral_density(settings, ctx: Context):
 
 @register('bn_theorems', layers=LAYERS, units=ANY)
 def _bn_theorems(settings, ctx: Context):
-  config, model = ctx.config, ctx.model
+  config = ctx.config
   if config.norm != 'batch':
     raise ValueError(f"probes.bn_theorems needs norm 'batch' (got {config.norm!r}): "
                      'the theorems are about plain BatchNorm')
@@ -160,6 +160,13 @@ def _bn_theorems(settings, ctx: Context):
     raise ValueError('probes.bn_theorems needs bn_stats global (one statistics group)')
   layers = layer_numbers(ctx, 'bn_theorems', settings.layers)
   epsilon = config.norm_kwargs.get('epsilon', norms.BatchNorm.epsilon)
+  return _bn_theorems_probe(ctx.model, config.loss, layers, settings.units, epsilon)
+
+
+def _bn_theorems_probe(model, loss_name: str, layers: list[int], max_units: int,
+                       epsilon: float):
+  """fn(state, batch, key, loss, grads) -> both sides of Theorems 4.1 and 4.2 at each of
+  ``layers`` (BatchNorm with ``epsilon``), for its first ``max_units`` units."""
 
   def fn(state, batch, key, loss, grads):
     del loss, grads
@@ -176,10 +183,10 @@ def _bn_theorems(settings, ctx: Context):
                      'perturbations': perturbations}
         pred, _ = model.apply(variables, batch['inputs'], train=True, rngs={'noise': key},
                               mutable=['batch_stats'])
-        return objective_lib.loss_value(config.loss, pred, batch['targets'])
+        return objective_lib.loss_value(loss_name, pred, batch['targets'])
 
       y = acts[names.linear_out]
-      units = jnp.arange(min(settings.units, y.shape[-1]))
+      units = jnp.arange(min(max_units, y.shape[-1]))
       r = probes.batchnorm_theorems(loss_of_perturbation, y,
                                     state.params[names.norm]['scale'], epsilon, units)
       out.update(_per_layer(k, {'grad_y_sq': r.grad_y_sq, 'thm41_rhs': r.thm41_rhs,
