@@ -176,7 +176,7 @@ def test_an_x_marks_a_diverged_seeds_end_and_not_a_run_still_going(tmp_path):
   from bnjax.plots import panels, runs as runs_lib
   import matplotlib.pyplot as plt
   going = write_run(tmp_path, 'vgg', 'none', 0.5, diverge_at=None, seed=1)
-  diverged = write_run(tmp_path, 'vgg', 'none', 0.5, diverge_at=25, seed=2)
+  write_run(tmp_path, 'vgg', 'none', 0.5, diverge_at=25, seed=2)
   write_run(tmp_path, 'vgg', 'none', 0.5, seed=3)
   lines = (going / 'metrics.jsonl').read_text().splitlines()
   (going / 'metrics.jsonl').write_text('\n'.join(lines[:30]) + '\n')  # stopped at step 30
