@@ -85,12 +85,12 @@ FORWARD_IN_STEPS = 1 / 3
 # models.common.assumed_backend and probes._common.assumed_backend), so every platform
 # check takes an accelerator's branch.
 FORCED = (
-    "VGG convolutions as XLA's (no im2col) in the train steps and the probes' model "
-    '(models.common.use_im2col, models.for_control_flow)',
-    'XLA convolutions inside loops (probes.convolutions.for_loops leaves them)',
-    'activations not stored once (models.common.materialized)',
-    'landscape step sizes vmapped (probes.landscape.default_batch_size)',
-    'loss-surface points vmapped (probes.surface)',
+  "VGG convolutions as XLA's (no im2col) in the train steps and the probes' model "
+  '(models.common.use_im2col, models.for_control_flow)',
+  'XLA convolutions inside loops (probes.convolutions.for_loops leaves them)',
+  'activations not stored once (models.common.materialized)',
+  'landscape step sizes vmapped (probes.landscape.default_batch_size)',
+  'loss-surface points vmapped (probes.surface)',
 )
 
 
@@ -98,6 +98,7 @@ FORCED = (
 @dataclasses.dataclass(frozen=True)
 class Peak:
   """Dense peak FLOP/s of one JAX device of a chip, per matmul precision."""
+
   chip: str
   pattern: str  # regex searched in device_kind.lower()
   flops: dict  # precision ('bf16', 'fp16', 'tf32', 'fp32') -> FLOP/s of one JAX device
@@ -117,25 +118,25 @@ T = 1e12
 # (one per TensorCore), later TPUs and GPUs one. Tensor-core figures with float32
 # accumulation. More specific patterns first.
 PEAKS = (
-    Peak('TPU v2', r'^tpu v2', {'bf16': 45 * T / 2}),
-    Peak('TPU v3', r'^tpu v3', {'bf16': 123 * T / 2}),
-    Peak('TPU v4', r'^tpu v4$', {'bf16': 275 * T}),
-    Peak('TPU v5e', r'^tpu v5 ?(lite|e)', {'bf16': 197 * T}),
-    Peak('TPU v5p', r'^tpu v5p?$', {'bf16': 459 * T}),
-    Peak('TPU v6e (Trillium)', r'^tpu (v6|trillium)', {'bf16': 918 * T}),
-    Peak('H100 PCIe', r'h100.*pcie', {'bf16': 756 * T, 'tf32': 378 * T, 'fp32': 51.2 * T}),
-    Peak('H100 NVL', r'h100 nvl', {'bf16': 835 * T, 'tf32': 417.5 * T, 'fp32': 60 * T}),
-    Peak('H100 SXM', r'h100', {'bf16': 989 * T, 'tf32': 494.5 * T, 'fp32': 66.9 * T}),
-    Peak('H200', r'h200', {'bf16': 989 * T, 'tf32': 494.5 * T, 'fp32': 66.9 * T}),
-    Peak('A100', r'a100', {'bf16': 312 * T, 'tf32': 156 * T, 'fp32': 19.5 * T}),
-    Peak('L40S', r'l40s', {'bf16': 362 * T, 'tf32': 183 * T, 'fp32': 91.6 * T}),
-    Peak('L4', r'\bl4\b', {'bf16': 121 * T, 'tf32': 60 * T, 'fp32': 30.3 * T}),
-    Peak('A10', r'\ba10\b', {'bf16': 125 * T, 'tf32': 62.5 * T, 'fp32': 31.2 * T}),
-    Peak('RTX 4090', r'rtx 4090', {'bf16': 165.2 * T, 'tf32': 82.6 * T, 'fp32': 82.6 * T}),
-    Peak('RTX 3090', r'rtx 3090', {'bf16': 71 * T, 'tf32': 35.6 * T, 'fp32': 35.6 * T}),
-    Peak('V100 SXM2', r'v100.*sxm', {'fp16': 125 * T, 'fp32': 15.7 * T}),
-    Peak('V100', r'v100', {'fp16': 112 * T, 'fp32': 14 * T}),
-    Peak('T4', r'\bt4\b', {'fp16': 65 * T, 'fp32': 8.1 * T}),
+  Peak('TPU v2', r'^tpu v2', {'bf16': 45 * T / 2}),
+  Peak('TPU v3', r'^tpu v3', {'bf16': 123 * T / 2}),
+  Peak('TPU v4', r'^tpu v4$', {'bf16': 275 * T}),
+  Peak('TPU v5e', r'^tpu v5 ?(lite|e)', {'bf16': 197 * T}),
+  Peak('TPU v5p', r'^tpu v5p?$', {'bf16': 459 * T}),
+  Peak('TPU v6e (Trillium)', r'^tpu (v6|trillium)', {'bf16': 918 * T}),
+  Peak('H100 PCIe', r'h100.*pcie', {'bf16': 756 * T, 'tf32': 378 * T, 'fp32': 51.2 * T}),
+  Peak('H100 NVL', r'h100 nvl', {'bf16': 835 * T, 'tf32': 417.5 * T, 'fp32': 60 * T}),
+  Peak('H100 SXM', r'h100', {'bf16': 989 * T, 'tf32': 494.5 * T, 'fp32': 66.9 * T}),
+  Peak('H200', r'h200', {'bf16': 989 * T, 'tf32': 494.5 * T, 'fp32': 66.9 * T}),
+  Peak('A100', r'a100', {'bf16': 312 * T, 'tf32': 156 * T, 'fp32': 19.5 * T}),
+  Peak('L40S', r'l40s', {'bf16': 362 * T, 'tf32': 183 * T, 'fp32': 91.6 * T}),
+  Peak('L4', r'\bl4\b', {'bf16': 121 * T, 'tf32': 60 * T, 'fp32': 30.3 * T}),
+  Peak('A10', r'\ba10\b', {'bf16': 125 * T, 'tf32': 62.5 * T, 'fp32': 31.2 * T}),
+  Peak('RTX 4090', r'rtx 4090', {'bf16': 165.2 * T, 'tf32': 82.6 * T, 'fp32': 82.6 * T}),
+  Peak('RTX 3090', r'rtx 3090', {'bf16': 71 * T, 'tf32': 35.6 * T, 'fp32': 35.6 * T}),
+  Peak('V100 SXM2', r'v100.*sxm', {'fp16': 125 * T, 'fp32': 15.7 * T}),
+  Peak('V100', r'v100', {'fp16': 112 * T, 'fp32': 14 * T}),
+  Peak('T4', r'\bt4\b', {'fp16': 65 * T, 'fp32': 8.1 * T}),
 )
 
 
@@ -177,8 +178,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
   """'VGG-16 BN, batch 128, width 1' and the like, '+ probes' when the config has some."""
   kw = config.model_kwargs
   if config.model == 'dln':
-    return (f'DLN BN, {kw.depth} layers {kw.width}x{kw.width}, batch {config.batch_size}, '
-            f'{config.steps_per_call} steps a call')
+    return (
+      f'DLN BN, {kw.depth} layers {kw.width}x{kw.width}, batch {config.batch_size}, '
+      f'{config.steps_per_call} steps a call'
+    )
   model = config.model.upper().replace('VGG', 'VGG-')
   probes = ' + probes' if config.probes else ''
   return f'{model} BN, batch {config.batch_size}, width {kw.width:g}{probes}'
@@ -186,9 +189,14 @@ def describe(config: ml_collections.ConfigDict) -> str:
 
 def describe_probes(config: ml_collections.ConfigDict) -> str:
   """'activations (2, 5, 8), ics (2, 5), landscape (4 step sizes)' and the like."""
-  return ', '.join(f'{n} {tuple(p.layers)}' if 'layers' in p else
-                   f'{n} ({len(p.step_size_multipliers)} step sizes)' if n == 'landscape'
-                   else n for n, p in config.probes.items())
+  return ', '.join(
+    f'{n} {tuple(p.layers)}'
+    if 'layers' in p
+    else f'{n} ({len(p.step_size_multipliers)} step sizes)'
+    if n == 'landscape'
+    else n
+    for n, p in config.probes.items()
+  )
 
 
 def trainer_chunk(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -203,14 +211,20 @@ def trainer_chunk(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
   key = noise_base_key(config.seed)
   train_step, scan_step = (
-      make_train_step(make_objective(m, config.loss), tx, key, config.learning_rate)
-      for m in (model, for_control_flow(model)))
+    make_train_step(make_objective(m, config.loss), tx, key, config.learning_rate)
+    for m in (model, for_control_flow(model))
+  )
   chunk = make_train_chunk(train_step, build_probes(config, model, tx), key, scan_step)
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, 'data'))
-  jitted = jax.jit(chunk, in_shardings=(replicated, sharded),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
-  init = jax.jit(lambda x: TrainState.create(init_variables(model, config.seed, x), tx),
-                 out_shardings=replicated)
+  jitted = jax.jit(
+    chunk,
+    in_shardings=(replicated, sharded),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+  init = jax.jit(
+    lambda x: TrainState.create(init_variables(model, config.seed, x), tx), out_shardings=replicated
+  )
   return jitted, init, random_batches(config)
 
 
@@ -219,11 +233,15 @@ def random_batches(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   k, b = config.steps_per_call, config.batch_size
   if config.model == 'dln':
     split = dln_gaussian(config.seed, b, config.model_kwargs.width).train
-    return {'inputs': np.broadcast_to(split.inputs, (k, *split.inputs.shape)),
-            'targets': np.broadcast_to(split.targets, (k, *split.targets.shape))}
+    return {
+      'inputs': np.broadcast_to(split.inputs, (k, *split.inputs.shape)),
+      'targets': np.broadcast_to(split.targets, (k, *split.targets.shape)),
+    }
   rng = np.random.default_rng(config.seed)
-  return {'inputs': rng.standard_normal((k, b, 32, 32, 3), np.float32),
-          'targets': rng.integers(0, 10, (k, b)).astype(np.int32)}
+  return {
+    'inputs': rng.standard_normal((k, b, 32, 32, 3), np.float32),
+    'targets': rng.integers(0, 10, (k, b)).astype(np.int32),
+  }
 
 
 def xla_flops(cost_analysis) -> float:
@@ -254,6 +272,7 @@ def time_chunk(compiled, state, batches, repeats: int, at_step: int | None = Non
 @dataclasses.dataclass
 class Row:
   """One row of the table. Times in seconds; flops and memory of one device."""
+
   name: str
   what: str
   batch: int  # examples per step, all devices
@@ -271,9 +290,13 @@ class Row:
   def derived(self, peak_flops: float) -> dict:
     """The row as JSON, with examples/s, FLOP/s (all devices) and the fraction of the
     peak of one device, ``peak_flops``."""
-    return dict(dataclasses.asdict(self), examples_per_s=self.batch / self.step_s,
-                flops_per_s=self.flops * self.devices / self.step_s, peak_flops=peak_flops,
-                peak_fraction=self.flops / self.step_s / peak_flops)
+    return dict(
+      dataclasses.asdict(self),
+      examples_per_s=self.batch / self.step_s,
+      flops_per_s=self.flops * self.devices / self.step_s,
+      peak_flops=peak_flops,
+      peak_fraction=self.flops / self.step_s / peak_flops,
+    )
 
 
 def measure(name: str, what: str, config, mesh, repeats: int) -> Row:
@@ -294,20 +317,29 @@ def measure(name: str, what: str, config, mesh, repeats: int) -> Row:
   memory = compiled.memory_analysis()
   stats = mesh.devices.flat[0].memory_stats() or {}
   # XLA's cost analysis counts a loop body once: a DLN call's figure is one step's.
-  return Row(name, what, config.batch_size, mesh.size, compile_s, step_s / k,
-             xla_flops(compiled.cost_analysis()), xla_flops(lowered.cost_analysis()),
-             memory.argument_size_in_bytes + memory.output_size_in_bytes +
-             memory.temp_size_in_bytes if memory else math.nan,
-             memory.alias_size_in_bytes if memory else math.nan,
-             stats.get('peak_bytes_in_use'), not_due and not_due / k,
-             describe_probes(config))
+  return Row(
+    name,
+    what,
+    config.batch_size,
+    mesh.size,
+    compile_s,
+    step_s / k,
+    xla_flops(compiled.cost_analysis()),
+    xla_flops(lowered.cost_analysis()),
+    memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+    if memory
+    else math.nan,
+    memory.alias_size_in_bytes if memory else math.nan,
+    stats.get('peak_bytes_in_use'),
+    not_due and not_due / k,
+    describe_probes(config),
+  )
 
 
 def lowered_flops(config, mesh) -> float:
   """XLA's FLOPs of ``config``'s chunk before compilation (tracing only, no compile)."""
   jitted, init, batches = trainer_chunk(config, mesh)
-  state = jax.eval_shape(init, jax.ShapeDtypeStruct((1, *batches['inputs'].shape[2:]),
-                                                    jnp.float32))
+  state = jax.eval_shape(init, jax.ShapeDtypeStruct((1, *batches['inputs'].shape[2:]), jnp.float32))
   shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches.items()}
   return xla_flops(jitted.lower(state, shapes).cost_analysis())
 
@@ -316,6 +348,7 @@ def lowered_flops(config, mesh) -> float:
 @dataclasses.dataclass(frozen=True)
 class StepTimes:
   """Seconds on this device at the sweep's scale."""
+
   plain: float  # a train step where no probe is due
   probe: float  # a step with the every-100-steps probes due
   hvp: float  # one Hessian-vector product of a Hessian probe
@@ -323,9 +356,11 @@ class StepTimes:
 
 
 # Hessian-vector products of one call of each Hessian probe, per BN mode probed.
-HVPS = {'top_eigenvalues': lambda p: p.num_iterations,
-        'hessian_trace': lambda p: p.num_samples,
-        'spectral_density': lambda p: p.num_probes * p.num_iterations}
+HVPS = {
+  'top_eigenvalues': lambda p: p.num_iterations,
+  'hessian_trace': lambda p: p.num_samples,
+  'spectral_density': lambda p: p.num_probes * p.num_iterations,
+}
 
 
 def schedule_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -341,8 +376,11 @@ def schedule_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
   counts = dict(steps=config.num_steps, plain=0, probe=0, hessian=0, hvps=0)
   for step in range(config.num_steps):
     due = [n for n, probe in probes.items() if probe.due(step)]
-    hvps = sum(HVPS[n](config.probes[n]) * (2 if config.probes[n].get('bn_mode') == 'both'
-                                            else 1) for n in due if n in HVPS)
+    hvps = sum(
+      HVPS[n](config.probes[n]) * (2 if config.probes[n].get('bn_mode') == 'both' else 1)
+      for n in due
+      if n in HVPS
+    )
     counts['hvps'] += hvps
     counts['hessian' if hvps else 'probe' if due else 'plain'] += 1
   evals = (math.ceil(config.num_steps / config.eval_every) if config.eval_every else 0) + 1
@@ -366,31 +404,45 @@ def project(configs: list, times: StepTimes) -> dict:
   batch = statistics.mean(c.batch_size for c in configs)
   per_pass = total['eval_examples'] / max(total['eval_passes'], 1) / batch
   parts = [
-      ['plain steps', total['plain'], times.plain],
-      ['probe steps (every-100 probes due)', total['probe'], times.probe],
-      ['Hessian probe steps (as a probe step)', total['hessian'], times.probe],
-      [f'  + their Hessian-vector products (~{HVP_IN_GRADIENTS:g} probe gradients each)',
-       total['hvps'], times.hvp],
-      [f'eval passes ({per_pass:g} train batches of examples, forward '
-       f'~{FORWARD_IN_STEPS:.2g} of a step)', total['eval_passes'],
-       per_pass * FORWARD_IN_STEPS * times.plain],
-      ['compilation, once per run', len(configs), times.compile],
+    ['plain steps', total['plain'], times.plain],
+    ['probe steps (every-100 probes due)', total['probe'], times.probe],
+    ['Hessian probe steps (as a probe step)', total['hessian'], times.probe],
+    [
+      f'  + their Hessian-vector products (~{HVP_IN_GRADIENTS:g} probe gradients each)',
+      total['hvps'],
+      times.hvp,
+    ],
+    [
+      f'eval passes ({per_pass:g} train batches of examples, forward '
+      f'~{FORWARD_IN_STEPS:.2g} of a step)',
+      total['eval_passes'],
+      per_pass * FORWARD_IN_STEPS * times.plain,
+    ],
+    ['compilation, once per run', len(configs), times.compile],
   ]
   parts = [[what, n, each, n * each] for what, n, each in parts]
-  return {'runs': len(configs), 'steps': total['steps'], 'parts': parts,
-          'total_s': sum(p[3] for p in parts)}
+  return {
+    'runs': len(configs),
+    'steps': total['steps'],
+    'parts': parts,
+    'total_s': sum(p[3] for p in parts),
+  }
 
 
 def probe_gradients(config: ml_collections.ConfigDict) -> float:
   """Gradients a step of ``config`` with its every-100 probes due computes beyond its own:
   one per landscape step size and per ICS layer, a forward pass for the activations."""
   p = config.probes
-  return (len(p.landscape.step_size_multipliers) if 'landscape' in p else 0) + (
-      len(p.ics.layers) if 'ics' in p else 0) + (FORWARD_IN_STEPS if 'activations' in p else 0)
+  return (
+    (len(p.landscape.step_size_multipliers) if 'landscape' in p else 0)
+    + (len(p.ics.layers) if 'ics' in p else 0)
+    + (FORWARD_IN_STEPS if 'activations' in p else 0)
+  )
 
 
-def paper_step_times(rows: dict, probe_config, reduced: bool, force: bool,
-                     mesh) -> tuple[StepTimes, str]:
+def paper_step_times(
+  rows: dict, probe_config, reduced: bool, force: bool, mesh
+) -> tuple[StepTimes, str]:
   """The projection's step times from the measured rows (``Row.derived``), and how.
 
   Full size: the probe row is the paper's program, timed with and without probes due.
@@ -403,8 +455,10 @@ def paper_step_times(rows: dict, probe_config, reduced: bool, force: bool,
   hvp_share = HVP_IN_GRADIENTS / probe_gradients(probe_config)
   if not reduced:
     plain, due = probe['step_s_not_due'], probe['step_s']
-    return (StepTimes(plain, due, max(due - plain, 0) * hvp_share, probe['compile_s']),
-            'probe row with and without probes due; compilation: the probe row\'s')
+    return (
+      StepTimes(plain, due, max(due - plain, 0) * hvp_share, probe['compile_s']),
+      "probe row with and without probes due; compilation: the probe row's",
+    )
   paper = vgg_config('batch')
   paper.probes = ml_collections.ConfigDict()
   if force:
@@ -412,11 +466,13 @@ def paper_step_times(rows: dict, probe_config, reduced: bool, force: bool,
   scale = lowered_flops(paper, mesh) / rows['vgg16']['lowered_flops']
   plain = rows['vgg16']['step_s'] * scale
   ratio = probe['step_s'] / probe['step_s_not_due']
-  note = (f'reduced sizes: plain step = the measured {rows["vgg16"]["what"]} step x {scale:.1f} '
-          "(XLA's FLOPs of the paper's program / of the measured one) as if at the same "
-          'FLOP/s, which small widths keep low: it errs long; probe step = plain x '
-          f'{ratio:.2f} (the probe row, due / not due); compilation: the probe row\'s '
-          '(reduced config)')
+  note = (
+    f'reduced sizes: plain step = the measured {rows["vgg16"]["what"]} step x {scale:.1f} '
+    "(XLA's FLOPs of the paper's program / of the measured one) as if at the same "
+    'FLOP/s, which small widths keep low: it errs long; probe step = plain x '
+    f"{ratio:.2f} (the probe row, due / not due); compilation: the probe row's "
+    '(reduced config)'
+  )
   hvp = max(ratio - 1, 0) * plain * hvp_share
   return StepTimes(plain, plain * ratio, hvp, probe['compile_s']), note
 
@@ -424,16 +480,25 @@ def paper_step_times(rows: dict, probe_config, reduced: bool, force: bool,
 # ------------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--reduced', action=argparse.BooleanOptionalAction, default=None,
-                      help='small sizes (default: on CPU only)')
-  parser.add_argument('--devices', type=int, default=0,
-                      help='data-parallel over the first N local devices (0: all)')
+  parser.add_argument(
+    '--reduced',
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help='small sizes (default: on CPU only)',
+  )
+  parser.add_argument(
+    '--devices', type=int, default=0, help='data-parallel over the first N local devices (0: all)'
+  )
   parser.add_argument('--json', default='', help='also write the table as JSON here')
   parser.add_argument('--rows', default=','.join(ROWS), help=f'a subset of {",".join(ROWS)}')
-  parser.add_argument('--repeats', type=int, default=0,
-                      help='timed repetitions per row (0: 3 reduced, 20 otherwise)')
-  parser.add_argument('--force-accelerator-paths', action='store_true',
-                      help="on CPU, take an accelerator's code paths where bnjax has a switch")
+  parser.add_argument(
+    '--repeats', type=int, default=0, help='timed repetitions per row (0: 3 reduced, 20 otherwise)'
+  )
+  parser.add_argument(
+    '--force-accelerator-paths',
+    action='store_true',
+    help="on CPU, take an accelerator's code paths where bnjax has a switch",
+  )
   args = parser.parse_args(argv)
   args.rows = [r for r in args.rows.split(',') if r]
   unknown = sorted(set(args.rows) - set(ROWS))
@@ -462,42 +527,58 @@ def measure_rows(args, mesh, reduced: bool, repeats: int) -> tuple[dict, dict, d
     peaks[name] = table.step_flops if table else matmul_ceiling(mesh, n, repeats)
     print(f'  {name}: {rows[name].step_s * 1e3:.1f} ms a step', file=sys.stderr, flush=True)
   if table:
-    peak = {'flops': table.step_flops, 'precision': table.step_precision, 'table': table.flops,
-            'source': f'{table.chip}, vendor dense peak at {table.step_precision} (the '
-                      "precision of a float32 matmul at JAX's default on it)"}
+    peak = {
+      'flops': table.step_flops,
+      'precision': table.step_precision,
+      'table': table.flops,
+      'source': f'{table.chip}, vendor dense peak at {table.step_precision} (the '
+      "precision of a float32 matmul at JAX's default on it)",
+    }
   else:
-    peak = {'flops': statistics.median(peaks.values()) if peaks else math.nan, 'table': None,
-            'precision': 'float32 at default precision',
-            'source': f'not in the table: measured, a float32 {n}x{n} matmul at default '
-                      f'precision sharded like the steps, median of {repeats}, beside each '
-                      'row (the median of those)'}
+    peak = {
+      'flops': statistics.median(peaks.values()) if peaks else math.nan,
+      'table': None,
+      'precision': 'float32 at default precision',
+      'source': f'not in the table: measured, a float32 {n}x{n} matmul at default '
+      f'precision sharded like the steps, median of {repeats}, beside each '
+      'row (the median of those)',
+    }
   return {name: row.derived(peaks[name]) for name, row in rows.items()}, configs, peak
 
 
 def run_check(args) -> dict:
   """Measures the rows and projects the paper VGG set; the report as a JSON-able dict."""
   t0 = time.perf_counter()
-  devices = jax.local_devices()[:args.devices or None]
+  devices = jax.local_devices()[: args.devices or None]
   if args.devices and len(devices) < args.devices:
     sys.exit(f'--devices={args.devices}, but this host has {len(devices)} local devices')
-  mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,), devices=devices)
   reduced = jax.default_backend() == 'cpu' if args.reduced is None else args.reduced
   repeats = args.repeats or (3 if reduced else 20)
   rows, configs, peak = measure_rows(args, mesh, reduced, repeats)
   report = {
-      'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
-      'devices': mesh.size, 'reduced': reduced, 'repeats': repeats,
-      'forced_accelerator_paths': list(FORCED) if args.force_accelerator_paths else [],
-      'compilation_cache': jax.config.jax_compilation_cache_dir or None,
-      'peak': peak, 'rows': list(rows.values()), 'projection': None}
+    'backend': jax.default_backend(),
+    'device_kind': devices[0].device_kind,
+    'devices': mesh.size,
+    'reduced': reduced,
+    'repeats': repeats,
+    'forced_accelerator_paths': list(FORCED) if args.force_accelerator_paths else [],
+    'compilation_cache': jax.config.jax_compilation_cache_dir or None,
+    'peak': peak,
+    'rows': list(rows.values()),
+    'projection': None,
+  }
   if {'vgg16', 'probe'} <= rows.keys():
-    times, note = paper_step_times(rows, configs['probe'][1], reduced,
-                                   args.force_accelerator_paths, mesh)
+    times, note = paper_step_times(
+      rows, configs['probe'][1], reduced, args.force_accelerator_paths, mesh
+    )
     sweep = [run.config for run in load_sweep(str(PAPER_VGG_SWEEP), root='unused')]
-    report['projection'] = dict(project(sweep, times), note=note,
-                                times=dataclasses.asdict(times),
-                                sweep=str(PAPER_VGG_SWEEP.relative_to(ROOT)))
+    report['projection'] = dict(
+      project(sweep, times),
+      note=note,
+      times=dataclasses.asdict(times),
+      sweep=str(PAPER_VGG_SWEEP.relative_to(ROOT)),
+    )
   report['wall_s'] = time.perf_counter() - t0
   return report
 
@@ -529,32 +610,57 @@ def format_report(r: dict) -> str:
   peak = r['peak']
   sizes = 'REDUCED sizes (--reduced)' if r['reduced'] else 'paper sizes'
   lines = [
-      f'bnjax accelerator check: {r["backend"]}, {r["devices"]} x {r["device_kind"]!r}, '
-      f"data-parallel over a 'data' mesh axis; {sizes}; median of {r['repeats']} after a "
-      'warm-up',
-      'precision: float32; train steps at JAX\'s default matmul precision (bnjax sets none), '
-      "probes at 'highest'",
-      f'peak of one device: {si(peak["flops"], "FLOP/s")} ({peak["source"]})',
-      f'compilation cache: {r["compilation_cache"] or "off"}']
+    f'bnjax accelerator check: {r["backend"]}, {r["devices"]} x {r["device_kind"]!r}, '
+    f"data-parallel over a 'data' mesh axis; {sizes}; median of {r['repeats']} after a "
+    'warm-up',
+    "precision: float32; train steps at JAX's default matmul precision (bnjax sets none), "
+    "probes at 'highest'",
+    f'peak of one device: {si(peak["flops"], "FLOP/s")} ({peak["source"]})',
+    f'compilation cache: {r["compilation_cache"] or "off"}',
+  ]
   for text in r['forced_accelerator_paths']:
     lines.append(f'forced on CPU: {text}')
-  header = ('row', 'what', 'compile', 'step', 'examples/s', 'FLOP/step', 'FLOP/s', 'of peak',
-            'XLA memory', 'peak in use')
+  header = (
+    'row',
+    'what',
+    'compile',
+    'step',
+    'examples/s',
+    'FLOP/step',
+    'FLOP/s',
+    'of peak',
+    'XLA memory',
+    'peak in use',
+  )
   table = [header]
   for row in r['rows']:
-    table.append((row['name'], row['what'], duration(row['compile_s']), duration(row['step_s']),
-                  f'{row["examples_per_s"]:,.0f}', si(row['flops'] * row['devices']),
-                  si(row['flops_per_s']), f'{row["peak_fraction"]:.3f}', mib(row['memory_bytes']),
-                  mib(row['peak_bytes_in_use'])))
+    table.append(
+      (
+        row['name'],
+        row['what'],
+        duration(row['compile_s']),
+        duration(row['step_s']),
+        f'{row["examples_per_s"]:,.0f}',
+        si(row['flops'] * row['devices']),
+        si(row['flops_per_s']),
+        f'{row["peak_fraction"]:.3f}',
+        mib(row['memory_bytes']),
+        mib(row['peak_bytes_in_use']),
+      )
+    )
   widths = [max(len(t[i]) for t in table) for i in range(len(header))]
   lines += [''] + ['  '.join(c.ljust(w) for c, w in zip(t, widths)).rstrip() for t in table]
-  lines.append('FLOP/step and FLOP/s: all devices; of peak: one device against its peak. XLA '
-               'memory: compiled arguments + outputs + temporaries of one device; peak in use: '
-               "the device's own count so far (n/a: this backend keeps none)")
+  lines.append(
+    'FLOP/step and FLOP/s: all devices; of peak: one device against its peak. XLA '
+    'memory: compiled arguments + outputs + temporaries of one device; peak in use: '
+    "the device's own count so far (n/a: this backend keeps none)"
+  )
   for row in r['rows']:
     if row['step_s_not_due'] is not None:
-      lines.append(f'{row["name"]}: probes due: {row["probes"]}; the same program at a step '
-                   f'where none is due (99 steps in 100): {duration(row["step_s_not_due"])}')
+      lines.append(
+        f'{row["name"]}: probes due: {row["probes"]}; the same program at a step '
+        f'where none is due (99 steps in 100): {duration(row["step_s_not_due"])}'
+      )
   lines += format_projection(r['projection'], r['devices'])
   lines.append(f'check wall time: {r["wall_s"]:.0f} s (after imports)')
   return '\n'.join(lines)
@@ -563,8 +669,11 @@ def format_report(r: dict) -> str:
 def format_projection(p: dict | None, devices: int) -> list[str]:
   if p is None:
     return ['', 'projection: needs the rows vgg16 and probe']
-  lines = ['', f'projected wall time of the paper-scale VGG set ({p["sweep"]}) on {devices} '
-           f'device(s), runs one after another: {p["runs"]} runs, {p["steps"]:,} steps']
+  lines = [
+    '',
+    f'projected wall time of the paper-scale VGG set ({p["sweep"]}) on {devices} '
+    f'device(s), runs one after another: {p["runs"]} runs, {p["steps"]:,} steps',
+  ]
   for what, n, each, total in p['parts']:
     lines.append(f'  {what:<70} {n:>9,} x {duration(each):>9} = {duration(total)}')
   lines.append(f'  {"total":<70} {"":>23} {duration(p["total_s"])}')

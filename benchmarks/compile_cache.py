@@ -22,18 +22,35 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LINE = re.compile(r'first step after ([\d.]+) s: compilation ([\d.]+) s \(tracing ([\d.]+), '
-                  r'lowering ([\d.]+), XLA or cache ([\d.]+); (\d+) programs from the persistent '
-                  r'cache in ([\d.]+) s')
-FIELDS = ('first step s', 'compilation s', 'tracing s', 'lowering s', 'XLA or cache s',
-          'cache hits', 'cache read s')
+LINE = re.compile(
+  r'first step after ([\d.]+) s: compilation ([\d.]+) s \(tracing ([\d.]+), '
+  r'lowering ([\d.]+), XLA or cache ([\d.]+); (\d+) programs from the persistent '
+  r'cache in ([\d.]+) s'
+)
+FIELDS = (
+  'first step s',
+  'compilation s',
+  'tracing s',
+  'lowering s',
+  'XLA or cache s',
+  'cache hits',
+  'cache read s',
+)
 
 
-def run_once(config: str, flags: list[str], workdir: pathlib.Path,
-             cache: pathlib.Path) -> dict[str, float]:
+def run_once(
+  config: str, flags: list[str], workdir: pathlib.Path, cache: pathlib.Path
+) -> dict[str, float]:
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  cmd = [sys.executable, '-m', 'bnjax.main', f'--config={config}', f'--workdir={workdir}',
-         f'--config.compilation_cache={cache}', *flags]
+  cmd = [
+    sys.executable,
+    '-m',
+    'bnjax.main',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    f'--config.compilation_cache={cache}',
+    *flags,
+  ]
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   match = LINE.search(done.stderr)
   if done.returncode != 0 or not match:
@@ -47,18 +64,23 @@ def main():
   args, flags = parser.parse_known_args()
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
-    runs = {'empty cache': run_once(args.config, flags, tmp / 'a', tmp / 'cache'),
-            'again': run_once(args.config, flags, tmp / 'b', tmp / 'cache'),
-            'another seed': run_once(args.config, [*flags, '--config.seed=1'], tmp / 'c',
-                                     tmp / 'cache')}
+    runs = {
+      'empty cache': run_once(args.config, flags, tmp / 'a', tmp / 'cache'),
+      'again': run_once(args.config, flags, tmp / 'b', tmp / 'cache'),
+      'another seed': run_once(args.config, [*flags, '--config.seed=1'], tmp / 'c', tmp / 'cache'),
+    }
   first = runs['empty cache']
   print(f'{args.config} {" ".join(flags)}')
-  print(f'{"run":14s}' + ''.join(f'{f:>16s}' for f in FIELDS) + '  compilation ratio'
-        '  first-step ratio')
+  print(
+    f'{"run":14s}' + ''.join(f'{f:>16s}' for f in FIELDS) + '  compilation ratio  first-step ratio'
+  )
   for name, r in runs.items():
-    print(f'{name:14s}' + ''.join(f'{r[f]:16.1f}' for f in FIELDS) +
-          f'{r["compilation s"] / first["compilation s"]:19.2f}'
-          f'{r["first step s"] / first["first step s"]:18.2f}')
+    print(
+      f'{name:14s}'
+      + ''.join(f'{r[f]:16.1f}' for f in FIELDS)
+      + f'{r["compilation s"] / first["compilation s"]:19.2f}'
+      f'{r["first step s"] / first["first step s"]:18.2f}'
+    )
 
 
 if __name__ == '__main__':

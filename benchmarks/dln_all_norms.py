@@ -42,8 +42,11 @@ def main():
       state = train.train_and_evaluate(config, workdir)
       seconds = time.perf_counter() - t
     total += seconds
-    print(f'dln_{name:8s} {args.steps} steps, probes every {args.probe_every}: {seconds:6.1f} s '
-          f'({args.steps / seconds:.0f} steps/s, {state})', flush=True)
+    print(
+      f'dln_{name:8s} {args.steps} steps, probes every {args.probe_every}: {seconds:6.1f} s '
+      f'({args.steps / seconds:.0f} steps/s, {state})',
+      flush=True,
+    )
   print(f'total {total:.1f} s  (goal: < 300 s for 10,000 steps, probes every step)')
 
 

@@ -29,10 +29,13 @@ def step_time(norm: str, steps: int, repeats: int) -> float:
   tx = optax.sgd(1e-6)
   v = model.init(jax.random.key(2), x, train=False)
   state = train.TrainState.create(v, tx)
-  step = train.make_train_step(objective.make_objective(model, 'sum_squared'), tx,
-                               jax.random.key(3), 1e-6)
-  batches = {'inputs': jnp.broadcast_to(x, (steps, *x.shape)),
-             'targets': jnp.broadcast_to(y, (steps, *y.shape))}
+  step = train.make_train_step(
+    objective.make_objective(model, 'sum_squared'), tx, jax.random.key(3), 1e-6
+  )
+  batches = {
+    'inputs': jnp.broadcast_to(x, (steps, *x.shape)),
+    'targets': jnp.broadcast_to(y, (steps, *y.shape)),
+  }
   run = jax.jit(lambda s, b: jax.lax.scan(lambda s, b: step(s, b), s, b)[0].params)
   return median_time(run, state, batches, repeats=repeats) / steps
 

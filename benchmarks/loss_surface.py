@@ -44,9 +44,11 @@ def vgg_loss(name: str, width: float, batch: int):
 
   def loss_for(b):
     def loss_fn(p):
-      out, _ = model.apply({'params': p, 'batch_stats': b['stats']}, b['x'], train=True,
-                           mutable=['batch_stats'])
+      out, _ = model.apply(
+        {'params': p, 'batch_stats': b['stats']}, b['x'], train=True, mutable=['batch_stats']
+      )
       return optax.softmax_cross_entropy_with_integer_labels(out, b['y']).mean()
+
     return loss_fn
 
   return loss_for, variables['params'], {'x': x, 'y': y, 'stats': variables['batch_stats']}
@@ -62,12 +64,16 @@ def sides(loss_for, params, d, batch, batch_sizes):
   a, b = (m.reshape(-1) for m in jnp.meshgrid(grid, grid, indexing='ij'))
   fns = {}
   for bs in batch_sizes:
-    surface = jax.jit(lambda p, d, batch, bs=bs: probes.loss_surface(
-        loss_for(batch), p, d, grid, batch_size=bs).loss)
+    surface = jax.jit(
+      lambda p, d, batch, bs=bs: (
+        probes.loss_surface(loss_for(batch), p, d, grid, batch_size=bs).loss
+      )
+    )
     fns[f'surface bs={bs}'] = lambda f=surface: f(params, d, batch)
   one = jax.jit(with_precision(lambda p, d, a, b, batch: loss_for(batch)(shifted(p, d, a, b))))
-  fns['python loop'] = lambda: jnp.stack([one(params, d, a[i], b[i], batch)
-                                          for i in range(GRID * GRID)])
+  fns['python loop'] = lambda: jnp.stack(
+    [one(params, d, a[i], b[i], batch) for i in range(GRID * GRID)]
+  )
 
   def fori(p, d, batch):
     body = lambda i, out: out.at[i].set(loss_for(batch)(shifted(p, d, a[i], b[i])))
@@ -99,22 +105,28 @@ def main():
   for name, losses in results.items():  # every side computes the same surface
     gap = float(jnp.max(jnp.abs(losses.reshape(-1) - reference) / jnp.abs(reference)))
     assert gap < 1e-4, f'{name} differs from the python loop by {gap:.2g} (relative)'
-  print(f'{args.model} with BN (train mode), width {args.width}, batch {args.batch}, '
-        f'{jax.default_backend()}, {sum(x.size for x in jax.tree.leaves(params)):,} params; '
-        f'{GRID} x {GRID} grid; {args.rounds} rounds of {args.repeats} calls per side')
+  print(
+    f'{args.model} with BN (train mode), width {args.width}, batch {args.batch}, '
+    f'{jax.default_backend()}, {sum(x.size for x in jax.tree.leaves(params)):,} params; '
+    f'{GRID} x {GRID} grid; {args.rounds} rounds of {args.repeats} calls per side'
+  )
   t = interleaved_times(fns, args.rounds, args.repeats)
   loops = ('python loop', 'fori_loop')
   best = [min(p, f) for p, f in zip(t['python loop'], t['fori_loop'])]
   for name in loops:
-    print(f'  {name:14s} {spread(t[name])}  ({statistics.median(t[name]) / GRID**2 * 1e3:.2f}'
-          ' ms a loss)')
+    print(
+      f'  {name:14s} {spread(t[name])}  ({statistics.median(t[name]) / GRID**2 * 1e3:.2f}'
+      ' ms a loss)'
+    )
   for name in fns:
     if name in loops:
       continue
     ratios = [s / r for s, r in zip(t[name], best)]
-    print(f'  {name:14s} {spread(t[name])}  surface / faster loop = '
-          f'{statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})'
-          '   (target <= 1.2)')
+    print(
+      f'  {name:14s} {spread(t[name])}  surface / faster loop = '
+      f'{statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})'
+      '   (target <= 1.2)'
+    )
 
 
 if __name__ == '__main__':

@@ -51,9 +51,14 @@ def main():
 
   def loss_fn_for(batch, model=model):
     def loss_fn(p):
-      out, _ = model.apply({'params': p, 'batch_stats': batch['stats']}, batch['x'], train=True,
-                           mutable=['batch_stats'])
+      out, _ = model.apply(
+        {'params': p, 'batch_stats': batch['stats']},
+        batch['x'],
+        train=True,
+        mutable=['batch_stats'],
+      )
       return optax.softmax_cross_entropy_with_integer_labels(out, batch['y']).mean()
+
     return loss_fn
 
   n_layers = models.num_layers(model)
@@ -64,28 +69,38 @@ def main():
   # that ratios compare like with like. (A `with` around jax.jit would not do: jit traces
   # at the first call.)
   loss_and_grad = jax.jit(with_precision(lambda p, b: jax.value_and_grad(loss_fn_for(b))(p)))
-  train_step = jax.jit(with_precision(lambda p, b: jax.tree.map(
-      lambda w, g: w - lr * g, p, jax.grad(loss_fn_for(b))(p))))
+  train_step = jax.jit(
+    with_precision(
+      lambda p, b: jax.tree.map(lambda w, g: w - lr * g, p, jax.grad(loss_fn_for(b))(p))
+    )
+  )
   v = jax.tree.map(jnp.ones_like, params)
   hvp = jax.jit(lambda p, b, v: probes.hvp(loss_fn_for(b), p, v))
   # The other exact ordering, for comparison (probes.hvp is forward-over-reverse).
-  hvp_rev_fwd = jax.jit(with_precision(lambda p, b, v: jax.grad(
-      lambda q: jax.jvp(loss_fn_for(b), (q,), (v,))[1])(p)))
+  hvp_rev_fwd = jax.jit(
+    with_precision(lambda p, b, v: jax.grad(lambda q: jax.jvp(loss_fn_for(b), (q,), (v,))[1])(p))
+  )
   landscape = jax.jit(lambda p, b: probes.gradient_landscape(loss_fn_for(b), p, step_sizes))
   # As in training, where the step's loss and gradient are at hand: passed in.
-  landscape_g = jax.jit(lambda p, b, l, g: probes.gradient_landscape(
-      loss_fn_for(b), p, step_sizes, gradient=g, loss_at_start=l))
+  landscape_g = jax.jit(
+    lambda p, b, l, g: probes.gradient_landscape(
+      loss_fn_for(b), p, step_sizes, gradient=g, loss_at_start=l
+    )
+  )
   loss0, grads = loss_and_grad(params, batch)
   new_params = train_step(params, batch)
   ics = jax.jit(lambda p, q, b: probes.ics(loss_fn_for(b), p, q, layers))
   # Lanczos loops over HVPs: the model as differentiated inside control flow (on CPU its
   # convolutions as slices + matmul, see bnjax.models.for_control_flow).
   loop_model = models.for_control_flow(model)
-  eig = jax.jit(lambda p, b, k: probes.top_eigenvalues(loss_fn_for(b, loop_model), p, k, k=1,
-                                                       num_iterations=20))
+  eig = jax.jit(
+    lambda p, b, k: probes.top_eigenvalues(loss_fn_for(b, loop_model), p, k, k=1, num_iterations=20)
+  )
 
-  print(f'{args.model} with BatchNorm, batch {args.batch}, {jax.default_backend()}, '
-        f'{sum(a.size for a in jax.tree.leaves(params)):,} parameters, {n_layers} conv layers')
+  print(
+    f'{args.model} with BatchNorm, batch {args.batch}, {jax.default_backend()}, '
+    f'{sum(a.size for a in jax.tree.leaves(params)):,} parameters, {n_layers} conv layers'
+  )
   t_lg = timed(loss_and_grad, params, batch, repeats=args.repeats)
   t_step = timed(train_step, params, batch, repeats=args.repeats)
   t_hvp = timed(hvp, params, batch, v, repeats=args.repeats)
@@ -93,30 +108,38 @@ def main():
   t_land = timed(landscape, params, batch, repeats=args.repeats)
   t_land_g = timed(landscape_g, params, batch, loss0, grads, repeats=args.repeats)
   t_ics = timed(ics, params, new_params, batch, repeats=max(1, args.repeats // 2))
+
   # Many products at the same params (Lanczos, Hutchinson): hvp_operator's marginal cost.
   def products(n):
     def f(p, b, v):
       apply_h = probes.hvp_operator(loss_fn_for(b), p)
       return [apply_h(jax.tree.map(lambda a: a * (i + 1.0), v)) for i in range(n)]
+
     return jax.jit(f)
+
   t_op1 = timed(products(1), params, batch, v, repeats=args.repeats)
   t_op5 = timed(products(5), params, batch, v, repeats=args.repeats)
   print(f'hvp / loss-and-grad:                  {t_hvp / t_lg:5.2f}x   (target <= 2.2)')
   print(f'  ... reverse-over-forward instead:   {t_hvp_rf / t_lg:5.2f}x')
   print(f'  ... each further product of hvp_operator: {(t_op5 - t_op1) / 4 / t_lg:5.2f}x')
-  print(f'landscape(4 etas) / train step, in training (the step\'s loss and gradient given): '
-        f'{t_land_g / t_step:5.2f}x   (target <= 4.5)')
+  print(
+    f"landscape(4 etas) / train step, in training (the step's loss and gradient given): "
+    f'{t_land_g / t_step:5.2f}x   (target <= 4.5)'
+  )
   print(f'  ... standalone (computes g itself: one more gradient): {t_land / t_step:5.2f}x')
-  print(f'ics({n_layers} layers) / loss-and-grad:         {t_ics / t_lg:5.2f}x   '
-        f'(target <= {n_layers})')
+  print(
+    f'ics({n_layers} layers) / loss-and-grad:         {t_ics / t_lg:5.2f}x   (target <= {n_layers})'
+  )
 
   r = jax.block_until_ready(eig(params, batch, jax.random.key(3)))  # compiles
   t = time.perf_counter()
   r = jax.block_until_ready(eig(params, batch, jax.random.key(3)))
   t_eig = time.perf_counter() - t
   rel = float(r.residuals[0] / jnp.abs(r.eigenvalues[0]))
-  print(f'Lanczos, 20 HVPs: lambda_max {float(r.eigenvalues[0]):.4g}, relative residual '
-        f'{rel:.1e}   (target <= 1e-3); {t_eig / t_hvp:.1f} standalone hvp times')
+  print(
+    f'Lanczos, 20 HVPs: lambda_max {float(r.eigenvalues[0]):.4g}, relative residual '
+    f'{rel:.1e}   (target <= 1e-3); {t_eig / t_hvp:.1f} standalone hvp times'
+  )
   vec = jax.tree.map(lambda a: jax.random.normal(jax.random.key(4), a.shape), params)
   vec = jax.tree.map(lambda a: a / tree_norm(vec), vec)
   power_rel = None
@@ -131,8 +154,10 @@ def main():
 
   m_lg = peak_bytes(loss_and_grad, params, batch)
   m_hvp = peak_bytes(hvp, params, batch, v)
-  print(f'peak memory: loss-and-grad {m_lg / 2**20:.0f} MiB, hvp {m_hvp / 2**20:.0f} MiB, '
-        f'ratio {m_hvp / m_lg:.2f}x   (target <= 2)')
+  print(
+    f'peak memory: loss-and-grad {m_lg / 2**20:.0f} MiB, hvp {m_hvp / 2**20:.0f} MiB, '
+    f'ratio {m_hvp / m_lg:.2f}x   (target <= 2)'
+  )
 
 
 if __name__ == '__main__':

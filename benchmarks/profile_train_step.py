@@ -61,14 +61,18 @@ def jax_profile(step, state, batch, steps: int) -> tuple[float, dict[str, float]
     if e.get('ph') == 'X':
       totals[e['name']] += e['dur'] / 1e3 / steps  # microseconds -> ms per step
   step_ms = max(t for name, t in totals.items() if 'block_until_ready' in name)
-  thunks = {n: t for n, t in totals.items()  # not the executor, runtime or Python frames
-            if not n.startswith(('ThunkExecutor', '$')) and '::' not in n and '(' not in n}
+  thunks = {
+    n: t
+    for n, t in totals.items()  # not the executor, runtime or Python frames
+    if not n.startswith(('ThunkExecutor', '$')) and '::' not in n and '(' not in n
+  }
   return step_ms, thunks
 
 
 def torch_profile(step, steps: int) -> tuple[float, dict[str, float]]:
   """(ms a step, {aten op: self CPU ms a step}) of ``steps`` PyTorch steps."""
   import torch  # pylint: disable=g-import-not-at-top
+
   for _ in range(2):
     step()
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -86,8 +90,11 @@ def main():
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--top', type=int, default=30)
-  parser.add_argument('--torch', action='store_true',
-                      help='also profile the same VGG in PyTorch eager (BatchNorm, width 1)')
+  parser.add_argument(
+    '--torch',
+    action='store_true',
+    help='also profile the same VGG in PyTorch eager (BatchNorm, width 1)',
+  )
   args = parser.parse_args()
   if args.torch and (args.norm != 'batch' or args.width != 1.0):
     parser.error('--torch compares the BatchNorm VGG at width 1 only')
@@ -101,9 +108,11 @@ def main():
     state, m = step(state, batch)
   jax.block_until_ready(m)
   step_ms, thunks = jax_profile(step, state, batch, args.steps)
-  print(f'{args.model} {args.norm} train step, width {args.width}, batch {args.batch}: '
-        f'{step_ms:.1f} ms a step (wall time of block_until_ready); top thunks, ms a step:')
-  for name, t in sorted(thunks.items(), key=lambda nt: -nt[1])[:args.top]:
+  print(
+    f'{args.model} {args.norm} train step, width {args.width}, batch {args.batch}: '
+    f'{step_ms:.1f} ms a step (wall time of block_until_ready); top thunks, ms a step:'
+  )
+  for name, t in sorted(thunks.items(), key=lambda nt: -nt[1])[: args.top]:
     print(f'{t:8.2f}  {name:32s} {ops.get(name, "(added by XLA: a layout change or copy)")}')
   print(f'sum of all {len(thunks)} thunk rows: {sum(thunks.values()):.1f} ms a step')
   if torch_step is None:
@@ -113,8 +122,10 @@ def main():
   torch_conv = sum(t for n, t in torch_ops.items() if 'convolution' in n)
   print('\nside by side, ms a step          bnjax    torch')
   print(f'step                          {step_ms:8.1f} {torch_ms:8.1f}')
-  print(f'convolutions (fwd + bwd)      {step_ms - other:8.1f} {torch_conv:8.1f}'
-        '   (bnjax: the step minus the other rows)')
+  print(
+    f'convolutions (fwd + bwd)      {step_ms - other:8.1f} {torch_conv:8.1f}'
+    '   (bnjax: the step minus the other rows)'
+  )
   print(f'everything else               {other:8.1f} {torch_ms - torch_conv:8.1f}')
   added = sum(t for n, t in thunks.items() if n not in ops)
   print(f'{"  of it XLA layouts, copies":30s}{added:8.1f}')

@@ -50,8 +50,11 @@ def jax_step_and_forward(name: str, batch: int):
   """bnjax's train step and train-mode forward pass of VGG ``name`` as no-argument
   callables; the step carries its (donated) state from call to call."""
   model, state, step, batch_ = vgg_train_step(name, batch)
-  forward = jax.jit(lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=True,
-                                                mutable=['batch_stats'])[0])
+  forward = jax.jit(
+    lambda p, s, x: model.apply(
+      {'params': p, 'batch_stats': s}, x, train=True, mutable=['batch_stats']
+    )[0]
+  )
   holder = {'state': state}
 
   def run_step():
@@ -78,9 +81,11 @@ def main():
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--repeats', type=int, default=3, help='calls per side in each round')
   args = parser.parse_args()
-  print(f'train step, batch {args.batch}, float32, {jax.default_backend()}; '
-        f'matmul ceiling {matmul_gflops():.0f} GFLOP/s; {args.rounds} rounds of '
-        f'{args.repeats} calls per side, interleaved')
+  print(
+    f'train step, batch {args.batch}, float32, {jax.default_backend()}; '
+    f'matmul ceiling {matmul_gflops():.0f} GFLOP/s; {args.rounds} rounds of '
+    f'{args.repeats} calls per side, interleaved'
+  )
   for name in args.models.split(','):
     gflop = step_gflop(name, args.batch)
     fns = dict(zip(('bnjax step', 'bnjax forward'), jax_step_and_forward(name, args.batch)))
@@ -90,15 +95,19 @@ def main():
     t = interleaved_times(fns, args.rounds, args.repeats)
     j_step, j_fwd = statistics.median(t['bnjax step']), statistics.median(t['bnjax forward'])
     if torch_fns is None:
-      print(f'{name}: bnjax step {j_step:.3f} s ({gflop / j_step:.0f} GFLOP/s), '
-            f'forward {j_fwd:.3f} s (torch not installed)')
+      print(
+        f'{name}: bnjax step {j_step:.3f} s ({gflop / j_step:.0f} GFLOP/s), '
+        f'forward {j_fwd:.3f} s (torch not installed)'
+      )
       continue
     t_step, t_fwd = statistics.median(t['torch step']), statistics.median(t['torch forward'])
-    print(f'{name} ({gflop:.3g} GFLOP a step): step bnjax/torch = '
-          f'{ratio_summary(t["bnjax step"], t["torch step"])}  (bnjax {j_step:.3f} s = '
-          f'{gflop / j_step:.0f} GFLOP/s, torch {t_step:.3f} s = {gflop / t_step:.0f} GFLOP/s); '
-          f'forward bnjax/torch = {ratio_summary(t["bnjax forward"], t["torch forward"])}  '
-          f'(bnjax {j_fwd:.3f} s, torch {t_fwd:.3f} s; target: step ratio <= 1.0, stretch <= 0.8)')
+    print(
+      f'{name} ({gflop:.3g} GFLOP a step): step bnjax/torch = '
+      f'{ratio_summary(t["bnjax step"], t["torch step"])}  (bnjax {j_step:.3f} s = '
+      f'{gflop / j_step:.0f} GFLOP/s, torch {t_step:.3f} s = {gflop / t_step:.0f} GFLOP/s); '
+      f'forward bnjax/torch = {ratio_summary(t["bnjax forward"], t["torch forward"])}  '
+      f'(bnjax {j_fwd:.3f} s, torch {t_fwd:.3f} s; target: step ratio <= 1.0, stretch <= 0.8)'
+    )
 
 
 if __name__ == '__main__':

@@ -18,8 +18,12 @@ def vgg_train_step(name: str, batch_size: int, norm: str = 'batch', width: float
   y = jax.random.randint(jax.random.key(1), (batch_size,), 0, 10)
   tx = optax.sgd(0.1)
   state = train.TrainState.create(model.init(jax.random.key(2), x[:1], train=False), tx)
-  step = jax.jit(train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx,
-                                       jax.random.key(3), 0.1), donate_argnums=0)
+  step = jax.jit(
+    train.make_train_step(
+      objective.make_objective(model, 'cross_entropy'), tx, jax.random.key(3), 0.1
+    ),
+    donate_argnums=0,
+  )
   return model, state, step, {'inputs': x, 'targets': y}
 
 
@@ -28,14 +32,18 @@ def torch_vgg(layout, inplace_relu: bool = True):
   a 3x3 conv (padding 1) + BatchNorm2d + ReLU, per 'M' a 2x2 max-pool, then one linear
   head sized from the pools; PyTorch's default init. A ``torch.nn.Sequential``."""
   from torch import nn  # pylint: disable=g-import-not-at-top
+
   layers, c, hw = [], 3, 32
   for entry in layout:
     if entry == 'M':
       layers.append(nn.MaxPool2d(2))
       hw //= 2
     else:
-      layers += [nn.Conv2d(c, entry, 3, padding=1), nn.BatchNorm2d(entry),
-                 nn.ReLU(inplace=inplace_relu)]
+      layers += [
+        nn.Conv2d(c, entry, 3, padding=1),
+        nn.BatchNorm2d(entry),
+        nn.ReLU(inplace=inplace_relu),
+      ]
       c = entry
   return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * hw * hw, 10))
 

@@ -21,8 +21,9 @@ COMMIT_MARKER = workdir_lib.COMMIT_MARKER
 def manager(workdir: str | pathlib.Path, max_to_keep: int | None) -> ocp.CheckpointManager:
   """The manager of ``workdir``'s checkpoints; closing it waits for its saves to finish."""
   return ocp.CheckpointManager(
-      (pathlib.Path(workdir) / DIRECTORY).absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    (pathlib.Path(workdir) / DIRECTORY).absolute(),
+    options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+  )
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -44,20 +45,28 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any) -> Any | Non
     # orbax (0.12) writes this marker into a step directory as its last act of a save;
     # a directory without it was never committed, whatever else it holds.
     if not (pathlib.Path(mgr.directory) / str(step) / COMMIT_MARKER).exists():
-      logging.warning('checkpoint at step %d has no %s (never committed); trying an older one',
-                      step, COMMIT_MARKER)
+      logging.warning(
+        'checkpoint at step %d has no %s (never committed); trying an older one',
+        step,
+        COMMIT_MARKER,
+      )
       continue
     try:
       state = mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
       logging.info('resumed from checkpoint at step %d', step)
       return state
     except Exception as e:  # orbax raises many types for damaged files
-      logging.warning('checkpoint at step %d cannot be read (%s: %s); trying an older one',
-                      step, type(e).__name__, (str(e).splitlines() or [''])[0][:200])
+      logging.warning(
+        'checkpoint at step %d cannot be read (%s: %s); trying an older one',
+        step,
+        type(e).__name__,
+        (str(e).splitlines() or [''])[0][:200],
+      )
   if steps:
     raise RuntimeError(
-        f'checkpoints exist in {mgr.directory} (steps {steps}) but none can be read; '
-        'refusing to train from scratch over them: move them away to start afresh')
+      f'checkpoints exist in {mgr.directory} (steps {steps}) but none can be read; '
+      'refusing to train from scratch over them: move them away to start afresh'
+    )
   return None
 
 

@@ -46,6 +46,7 @@ def __getattr__(name: str):
   code that still calls them here (configs/sweeps, tests); they live in bnjax.experiments."""
   if name in ('base', 'vgg', 'dln'):
     from bnjax import experiments  # pylint: disable=g-import-not-at-top  (it imports us)
+
     return getattr(experiments, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
@@ -74,45 +75,62 @@ def _positive_int(c, field: str, allow_zero: bool = False) -> None:
 def _check_names(c: ml_collections.ConfigDict) -> None:
   for field in ('model', 'norm', 'dataset', 'loss', 'bn_stats', 'compilation_cache'):
     _require(isinstance(c[field], str), f'config.{field} must be a string, got {c[field]!r}')
-  _require(c.model in models.MODELS,
-           f'unknown model {c.model!r}; valid names: {", ".join(models.MODELS)}')
+  _require(
+    c.model in models.MODELS, f'unknown model {c.model!r}; valid names: {", ".join(models.MODELS)}'
+  )
   with _refused():
     models.get_normalizer(c.norm, **c.norm_kwargs.to_dict())
     data.check_name(c.dataset)
     tensorboard.check_mode(c.tensorboard)
   _require(c.loss in LOSSES, f'unknown loss {c.loss!r}; valid: {", ".join(LOSSES)}')
   _require(c.bn_stats in BN_STATS, f'unknown bn_stats {c.bn_stats!r}; valid: {", ".join(BN_STATS)}')
-  _require(c.compilation_cache != '', "config.compilation_cache must be 'auto', 'off' or a "
-           'directory, got an empty string')
+  _require(
+    c.compilation_cache != '',
+    "config.compilation_cache must be 'auto', 'off' or a directory, got an empty string",
+  )
 
 
 def _check_numbers(c: ml_collections.ConfigDict, num_devices: int) -> None:
   lr = c.learning_rate
   number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
-  _require(number and math.isfinite(lr) and lr > 0,
-           f'config.learning_rate must be a finite number > 0, got {lr!r}')
-  _require(isinstance(c.momentum, (int, float)) and 0 <= c.momentum < 1,
-           f'config.momentum must be in [0, 1), got {c.momentum!r}')
+  _require(
+    number and math.isfinite(lr) and lr > 0,
+    f'config.learning_rate must be a finite number > 0, got {lr!r}',
+  )
+  _require(
+    isinstance(c.momentum, (int, float)) and 0 <= c.momentum < 1,
+    f'config.momentum must be in [0, 1), got {c.momentum!r}',
+  )
   for field in ('batch_size', 'eval_batch_size', 'steps_per_call', 'max_checkpoints_to_keep'):
     _positive_int(c, field)
   for field in ('num_steps', 'seed', 'eval_every', 'checkpoint_every'):
     _positive_int(c, field, allow_zero=True)
   every = c.status_every_seconds
-  _require(isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0,
-           f'config.status_every_seconds must be a number > 0, got {every!r}')
+  _require(
+    isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0,
+    f'config.status_every_seconds must be a number > 0, got {every!r}',
+  )
   for field in ('batch_size', 'eval_batch_size'):
-    _require(c[field] % num_devices == 0,
-             f'config.{field}={c[field]} is not divisible by the {num_devices} devices')
+    _require(
+      c[field] % num_devices == 0,
+      f'config.{field}={c[field]} is not divisible by the {num_devices} devices',
+    )
 
 
 def _check_combinations(c: ml_collections.ConfigDict, num_devices: int) -> None:
-  _require(c.model != 'dln' or c.dataset == 'dln_gaussian',
-           f'model dln needs dataset dln_gaussian, got {c.dataset!r}')
-  _require(c.dataset != 'dln_gaussian' or c.model == 'dln',
-           f'dataset dln_gaussian is for model dln, got {c.model!r}')
-  _require((c.loss == 'sum_squared') == (c.dataset == 'dln_gaussian'),
-           f'loss {c.loss!r} does not fit dataset {c.dataset!r} '
-           '(sum_squared is for dln_gaussian, cross_entropy for classification)')
+  _require(
+    c.model != 'dln' or c.dataset == 'dln_gaussian',
+    f'model dln needs dataset dln_gaussian, got {c.dataset!r}',
+  )
+  _require(
+    c.dataset != 'dln_gaussian' or c.model == 'dln',
+    f'dataset dln_gaussian is for model dln, got {c.model!r}',
+  )
+  _require(
+    (c.loss == 'sum_squared') == (c.dataset == 'dln_gaussian'),
+    f'loss {c.loss!r} does not fit dataset {c.dataset!r} '
+    '(sum_squared is for dln_gaussian, cross_entropy for classification)',
+  )
   if c.bn_stats == 'per_device':
     _require(c.batch_size % num_devices == 0, 'per-device BN statistics need batch % devices == 0')
 
@@ -129,10 +147,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
 
 # ------------------------------------------------------------- command-line overrides
 _PARSERS = {  # the parsers of ml_collections' --config.FIELD=VALUE, by the field's type
-    int: (flags.IntegerParser(), 'an integer'),
-    float: (flags.FloatParser(), 'a number'),
-    bool: (flags.BooleanParser(), 'true or false'),
-    str: (flags.ArgumentParser(), 'a string'),
+  int: (flags.IntegerParser(), 'an integer'),
+  float: (flags.FloatParser(), 'a number'),
+  bool: (flags.BooleanParser(), 'true or false'),
+  str: (flags.ArgumentParser(), 'a string'),
 }
 
 
@@ -142,21 +160,29 @@ def _field_value(config: ml_collections.ConfigDict, item: str) -> tuple[str, Any
   if message := unknown_override(config, field):
     raise ConfigError(f'config argument {item!r}: {message}')
   if '.' in field or isinstance(config[field], ml_collections.ConfigDict):
-    raise ConfigError(f'config argument {item!r}: only top-level fields are set here; '
-                      f'use --config.{field if "." in field else field + ".<field>"}=...')
+    raise ConfigError(
+      f'config argument {item!r}: only top-level fields are set here; '
+      f'use --config.{field if "." in field else field + ".<field>"}=...'
+    )
   if type(config[field]) not in _PARSERS:
-    raise ConfigError(f'config argument {item!r}: config.{field} is a '
-                      f'{type(config[field]).__name__}; use --config.{field}=...')
+    raise ConfigError(
+      f'config argument {item!r}: config.{field} is a '
+      f'{type(config[field]).__name__}; use --config.{field}=...'
+    )
   parser, kind = _PARSERS[type(config[field])]
   try:
     return field, parser.parse(text)
   except ValueError:
-    raise ConfigError(f'config argument {item!r}: config.{field} must be {kind}, '
-                      f'got {text!r}') from None
+    raise ConfigError(
+      f'config argument {item!r}: config.{field} must be {kind}, got {text!r}'
+    ) from None
 
 
-def apply_arg(config: ml_collections.ConfigDict, arg: str | None,
-              **words: Callable[[ml_collections.ConfigDict], None]) -> ml_collections.ConfigDict:
+def apply_arg(
+  config: ml_collections.ConfigDict,
+  arg: str | None,
+  **words: Callable[[ml_collections.ConfigDict], None],
+) -> ml_collections.ConfigDict:
   """``config`` changed by ``arg``, the argument after a config file's ':' (see above).
 
   ``words`` maps each word the experiment accepts (``local``) to its change of the config.
@@ -200,8 +226,9 @@ def unknown_override(config: ml_collections.ConfigDict, field: str) -> str | Non
       names = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
       full = [f'{prefix}.{n}' if prefix else n for n in close or sorted(names)]
-      hint = (f'; closest: {", ".join(full)}' if close else
-              f'; valid: {", ".join(full)}' if full else '')
+      hint = (
+        f'; closest: {", ".join(full)}' if close else f'; valid: {", ".join(full)}' if full else ''
+      )
       return f'config has no field {field!r}{hint}'
     node = node[part]
   return None

@@ -55,14 +55,15 @@ class Dataset:
 
 
 def describe_datasets() -> str:
-  return ', '.join(TFDS_DATASETS + SYNTHETIC_DATASETS +
-                   (IMAGEFOLDER_PREFIX + 'PATH', TFDS_PREFIX + 'NAME'))
+  return ', '.join(
+    TFDS_DATASETS + SYNTHETIC_DATASETS + (IMAGEFOLDER_PREFIX + 'PATH', TFDS_PREFIX + 'NAME')
+  )
 
 
 def check_name(name: str) -> None:
   """Raises ValueError for an unknown dataset name or a missing local path."""
   if name.startswith(IMAGEFOLDER_PREFIX):
-    path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+    path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
     if not path.exists():
       raise ValueError(f'local dataset path {str(path)!r} does not exist')
     return
@@ -72,9 +73,16 @@ def check_name(name: str) -> None:
     raise ValueError(f'unknown dataset {name!r}; valid names: {describe_datasets()}')
 
 
-def load(name: str, *, seed: int = 0, cache_dir: str = '', tfds_data_dir: str = '',
-         dln_num_examples: int = 1000, dln_dim: int = 10,
-         skip_unreadable_images: bool = False) -> Dataset:
+def load(
+  name: str,
+  *,
+  seed: int = 0,
+  cache_dir: str = '',
+  tfds_data_dir: str = '',
+  dln_num_examples: int = 1000,
+  dln_dim: int = 10,
+  skip_unreadable_images: bool = False,
+) -> Dataset:
   """Loads dataset ``name`` into host memory, preprocessed.
 
   An image folder with unreadable images raises DataError naming the first and counting
@@ -84,9 +92,10 @@ def load(name: str, *, seed: int = 0, cache_dir: str = '', tfds_data_dir: str = 
   if name == 'dln_gaussian':
     return dln_gaussian(seed, dln_num_examples, dln_dim)
   if name.startswith(IMAGEFOLDER_PREFIX):
-    path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+    path = pathlib.Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
     raw = image_sources.load_imagefolder(
-        path, pathlib.Path(cache_dir or image_sources.default_cache_dir()), skip_unreadable_images)
+      path, pathlib.Path(cache_dir or image_sources.default_cache_dir()), skip_unreadable_images
+    )
   else:
     raw = image_sources.load_tfds(name.removeprefix(TFDS_PREFIX), tfds_data_dir or None)
   return _standardise(raw)
@@ -111,9 +120,11 @@ def _standardise(raw: image_sources.RawImages) -> Dataset:
   shift = (mean / std).astype(np.float32)
   prep = lambda im: im.astype(np.float32) * scale - shift
   return Dataset(
-      train=Split(prep(raw.train_images), raw.train_labels.astype(np.int32)),
-      test=Split(prep(raw.test_images), raw.test_labels.astype(np.int32)),
-      num_classes=raw.num_classes, skipped_images=raw.skipped)
+    train=Split(prep(raw.train_images), raw.train_labels.astype(np.int32)),
+    test=Split(prep(raw.test_images), raw.test_labels.astype(np.int32)),
+    num_classes=raw.num_classes,
+    skipped_images=raw.skipped,
+  )
 
 
 # ---------------------------------------------------------------------------- batches
@@ -131,7 +142,7 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
     raise ValueError(f'batch size {batch_size} exceeds the {num_examples} training examples')
   per_epoch = num_examples // batch_size
   epoch, i = divmod(step, per_epoch)
-  return _epoch_order(num_examples, seed, epoch)[i * batch_size:(i + 1) * batch_size]
+  return _epoch_order(num_examples, seed, epoch)[i * batch_size : (i + 1) * batch_size]
 
 
 def host_slice(global_batch_size: int) -> slice:
@@ -143,16 +154,21 @@ def host_slice(global_batch_size: int) -> slice:
   return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
 
-def local_train_batches(split: Split, batch_size: int, seed: int, first_step: int,
-                        num_steps: int) -> dict[str, np.ndarray]:
+def local_train_batches(
+  split: Split, batch_size: int, seed: int, first_step: int, num_steps: int
+) -> dict[str, np.ndarray]:
   """This host's slices of the batches of steps first_step .. first_step+num_steps-1.
 
   Returns {'inputs': [num_steps, batch_size / hosts, ...], 'targets': [...]}; only this
   host's examples are gathered.
   """
   own = host_slice(batch_size)
-  idx = np.stack([batch_indices(len(split), batch_size, seed, s)[own]
-                  for s in range(first_step, first_step + num_steps)])
+  idx = np.stack(
+    [
+      batch_indices(len(split), batch_size, seed, s)[own]
+      for s in range(first_step, first_step + num_steps)
+    ]
+  )
   return {'inputs': split.inputs[idx], 'targets': split.targets[idx]}
 
 
@@ -180,30 +196,41 @@ def prepare(name: str, data_dir: str | None = None) -> None:
   """
   name = name.removeprefix(TFDS_PREFIX)
   if not name or name in SYNTHETIC_DATASETS or name.startswith(IMAGEFOLDER_PREFIX):
-    raise DataError(f'{name!r} is not a tfds dataset; tfds names: {", ".join(TFDS_DATASETS)}, '
-                    'or any other tfds name')
+    raise DataError(
+      f'{name!r} is not a tfds dataset; tfds names: {", ".join(TFDS_DATASETS)}, '
+      'or any other tfds name'
+    )
   if not image_sources.tensorflow_available():
-    raise DataError(f'preparing tfds dataset {name!r} needs TensorFlow: '
-                    'pip install -e ".[prepare]"')
+    raise DataError(
+      f'preparing tfds dataset {name!r} needs TensorFlow: pip install -e ".[prepare]"'
+    )
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   # The format goes to the builder itself (tfds fixes it at the first construction).
-  download_and_prepare(tfds.builder(name, data_dir=data_dir, file_format='array_record'),
-                       name, data_dir)
+  download_and_prepare(
+    tfds.builder(name, data_dir=data_dir, file_format='array_record'), name, data_dir
+  )
 
 
 def main(argv=None) -> int:
   import argparse  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog='python -m bnjax.data',
-                                   description='Prepare a tfds dataset (ArrayRecord) for training.')
+
+  parser = argparse.ArgumentParser(
+    prog='python -m bnjax.data', description='Prepare a tfds dataset (ArrayRecord) for training.'
+  )
   parser.add_argument('command', choices=['prepare'])
   parser.add_argument('name', help=f'{", ".join(TFDS_DATASETS)} or any tfds name')
-  parser.add_argument('--data_dir', default=os.environ.get('TFDS_DATA_DIR'),
-                      help='default: $TFDS_DATA_DIR, else tfds\' default')
+  parser.add_argument(
+    '--data_dir',
+    default=os.environ.get('TFDS_DATA_DIR'),
+    help="default: $TFDS_DATA_DIR, else tfds' default",
+  )
   args = parser.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's start-up chatter
   if not sys.stderr.isatty() and image_sources.tensorflow_available():  # bars only for a terminal
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     tfds.disable_progress_bar()
   try:
     prepare(args.name, args.data_dir)

@@ -17,8 +17,12 @@ from bnjax import data, objective as objective_lib
 from bnjax.models import norms
 
 
-def make_evaluate(config: ml_collections.ConfigDict, model: nn.Module, test: data.Split | None,
-                  mesh: jax.sharding.Mesh) -> Callable:
+def make_evaluate(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  test: data.Split | None,
+  mesh: jax.sharding.Mesh,
+) -> Callable:
   """Returns evaluate(state) -> {'eval_loss', 'eval_accuracy'} over ``test`` (host floats).
 
   Batches of ``config.eval_batch_size`` are sharded over ``mesh``'s 'data' axis, the
@@ -30,21 +34,29 @@ def make_evaluate(config: ml_collections.ConfigDict, model: nn.Module, test: dat
   variants = {'': model}  # metric-name suffix -> model evaluated
   if config.norm in norms.NOISY:
     variants['_expected_noise'] = model.clone(
-        norm=functools.partial(model.norm, eval_noise='expectation'))
-  eval_fns = {suffix: jax.jit(objective_lib.make_eval_step(m, config.loss),
-                              in_shardings=(replicated, replicated, batch_sharding),
-                              out_shardings=replicated) for suffix, m in variants.items()}
+      norm=functools.partial(model.norm, eval_noise='expectation')
+    )
+  eval_fns = {
+    suffix: jax.jit(
+      objective_lib.make_eval_step(m, config.loss),
+      in_shardings=(replicated, replicated, batch_sharding),
+      out_shardings=replicated,
+    )
+    for suffix, m in variants.items()
+  }
 
   def evaluate(state) -> dict[str, float]:
     if test is None:
       return {}
     totals = {suffix: np.zeros(3) for suffix in eval_fns}
     for local in data.local_eval_batches(test, config.eval_batch_size):
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-               for k, v in local.items()}
+      batch = {
+        k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()
+      }
       for suffix, eval_fn in eval_fns.items():
         totals[suffix] += np.asarray(
-            jax.device_get(eval_fn(state.params, state.batch_stats, batch)))
+          jax.device_get(eval_fn(state.params, state.batch_stats, batch))
+        )
     out = {}
     for suffix, t in totals.items():
       out[f'eval_loss{suffix}'] = t[0] / t[2]

@@ -59,10 +59,12 @@ def vgg(norm: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.norm = norm
   c.model_kwargs.width = 1.0
   c.probes.landscape = ml_collections.ConfigDict(
-      {'every': 100, 'step_size_multipliers': (0.5, 1.0, 2.0, 4.0)})
+    {'every': 100, 'step_size_multipliers': (0.5, 1.0, 2.0, 4.0)}
+  )
   c.probes.ics = ml_collections.ConfigDict({'every': 100, 'layers': (5, 10)})
   c.probes.activations = ml_collections.ConfigDict(
-      {'every': 100, 'layers': (2, 3, 9, 11, 13), 'seed': 0})
+    {'every': 100, 'layers': (2, 3, 9, 11, 13), 'seed': 0}
+  )
 
   def shrink(c):  # about a minute on a 2-core CPU
     c.model = 'vgg11'
@@ -96,10 +98,10 @@ def dln(norm: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 2000
   c.steps_per_call = 100
   c.probes.landscape = ml_collections.ConfigDict(
-      {'every': 100, 'step_size_multipliers': (0.01, 0.1, 1.0, 10.0, 30.0)})
+    {'every': 100, 'step_size_multipliers': (0.01, 0.1, 1.0, 10.0, 30.0)}
+  )
   c.probes.ics = ml_collections.ConfigDict({'every': 100, 'layers': (9, 17)})
-  c.probes.activations = ml_collections.ConfigDict(
-      {'every': 100, 'layers': (1, 11, 24), 'seed': 0})
+  c.probes.activations = ml_collections.ConfigDict({'every': 100, 'layers': (1, 11, 24), 'seed': 0})
 
   def shrink(c):
     c.num_steps = 1000

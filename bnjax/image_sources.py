@@ -63,8 +63,9 @@ def _source_fingerprint(path: pathlib.Path) -> str:
   return h.hexdigest()[:16]
 
 
-def load_imagefolder(path: pathlib.Path, cache_dir: pathlib.Path,
-                     skip_unreadable: bool = False) -> RawImages:
+def load_imagefolder(
+  path: pathlib.Path, cache_dir: pathlib.Path, skip_unreadable: bool = False
+) -> RawImages:
   """The images of ``{train,test}/<class>/<image>`` under ``path`` (a folder or tarball).
 
   Decoded once, then read from ``cache_dir``'s ``.npz``. Unreadable images raise
@@ -73,25 +74,37 @@ def load_imagefolder(path: pathlib.Path, cache_dir: pathlib.Path,
   cache = cache_dir / f'imagefolder-{_source_fingerprint(path)}.npz'
   if cache.exists():
     with np.load(cache) as z:
-      return RawImages(z['train_images'], z['train_labels'], z['test_images'],
-                       z['test_labels'], int(z['num_classes']))
+      return RawImages(
+        z['train_images'],
+        z['train_labels'],
+        z['test_images'],
+        z['test_labels'],
+        int(z['num_classes']),
+      )
   logging.info('decoding %s once; caching to %s', path, cache)
   raw, unreadable = _decode_imagefolder(path)
   if unreadable:
     first, error = unreadable[0]
     if not skip_unreadable:
       raise DataError(
-          f'{path}: cannot read image {first} ({error}); {len(unreadable) - 1} other '
-          f'image(s) unreadable too. Replace them, or set '
-          '--config.data.skip_unreadable_images=True to train without them')
-    logging.warning('%s: left out %d unreadable image(s), e.g. %s (%s)', path,
-                    len(unreadable), first, error)
+        f'{path}: cannot read image {first} ({error}); {len(unreadable) - 1} other '
+        f'image(s) unreadable too. Replace them, or set '
+        '--config.data.skip_unreadable_images=True to train without them'
+      )
+    logging.warning(
+      '%s: left out %d unreadable image(s), e.g. %s (%s)', path, len(unreadable), first, error
+    )
     return dataclasses.replace(raw, skipped=len(unreadable))  # never cached: a partial decode
   cache_dir.mkdir(parents=True, exist_ok=True)
   tmp = cache.with_name(cache.name + f'.tmp{os.getpid()}.npz')
-  np.savez(tmp, train_images=raw.train_images, train_labels=raw.train_labels,
-           test_images=raw.test_images, test_labels=raw.test_labels,
-           num_classes=raw.num_classes)
+  np.savez(
+    tmp,
+    train_images=raw.train_images,
+    train_labels=raw.train_labels,
+    test_images=raw.test_images,
+    test_labels=raw.test_labels,
+    num_classes=raw.num_classes,
+  )
   os.replace(tmp, cache)  # atomic: concurrent hosts never read a half-written cache
   return raw
 
@@ -154,15 +167,19 @@ def load_tfds(name: str, data_dir: str | None) -> RawImages:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   where = data_dir or 'the default TFDS data dir'
-  how = (f'prepare it once (needs TensorFlow and internet): pip install -e ".[prepare]" && '
-         f'python -m bnjax.data prepare {name}')
+  how = (
+    f'prepare it once (needs TensorFlow and internet): pip install -e ".[prepare]" && '
+    f'python -m bnjax.data prepare {name}'
+  )
   try:
     # ArrayRecord from the start: tfds fixes a builder's format at its first construction.
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
   except Exception as e:  # tfds raises many types for unknown or unreadable datasets
     first_line = (str(e).splitlines() or [''])[0][:200]
-    raise DataError(f'tfds dataset {name!r} cannot be read under {where} '
-                    f'({type(e).__name__}: {first_line}); {how}') from e
+    raise DataError(
+      f'tfds dataset {name!r} cannot be read under {where} '
+      f'({type(e).__name__}: {first_line}); {how}'
+    ) from e
   sources = lambda: {s: builder.as_data_source(split=s) for s in ('train', 'test')}
   try:
     split_sources = sources()

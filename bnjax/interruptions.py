@@ -68,8 +68,11 @@ class StopRequest:
 
   def handler(self, signum, frame):
     del frame
-    logging.warning('%s: saving a checkpoint and stopping%s', signal.Signals(signum).name,
-                    ' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else '')
+    logging.warning(
+      '%s: saving a checkpoint and stopping%s',
+      signal.Signals(signum).name,
+      ' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else '',
+    )
     if self.signum is None:
       self.signum = signum
     if signum == signal.SIGINT:
@@ -89,6 +92,7 @@ def _reached_preemption_sync_point(call: int) -> bool:
   if 'jax' not in sys.modules:  # this module stays JAX-free for bnjax.sweep
     return False
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   return multihost_utils.reached_preemption_sync_point(call)
 
 

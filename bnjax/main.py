@@ -31,17 +31,20 @@ from ml_collections import config_flags
 
 from bnjax import xla_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and checkpoints.')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize().')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
 _HEARTBEAT = flags.DEFINE_integer(
-    'heartbeat_timeout_seconds', 120,
-    'Multi-host: a process silent this long counts as lost; every other process then '
-    'exits with an error naming it (so a dead host never leaves the rest waiting).')
+  'heartbeat_timeout_seconds',
+  120,
+  'Multi-host: a process silent this long counts as lost; every other process then '
+  'exits with an error naming it (so a dead host never leaves the rest waiting).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 EXIT_WORKDIR_IN_USE = 3
 CACHE_SUBDIR = 'jax-compilation'  # under the bnjax cache dir ($BNJAX_CACHE or ~/.cache/bnjax)
@@ -62,8 +65,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except (AttributeError, flags.IllegalFlagValueError):
     from bnjax import config_lib  # pylint: disable=g-import-not-at-top
+
     spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
-    overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
+    overrides = [a[len('--config.') :].split('=', 1)[0] for a in argv if a.startswith('--config.')]
     if spec is None:
       raise
     try:
@@ -98,12 +102,16 @@ def use_compilation_cache(setting: str) -> str | None:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from bnjax import image_sources  # pylint: disable=g-import-not-at-top
+
   if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
     return os.environ['JAX_COMPILATION_CACHE_DIR'] or None
   if setting == 'off':
     return None
-  path = (os.path.join(image_sources.default_cache_dir(), CACHE_SUBDIR)
-          if setting == 'auto' else os.path.expanduser(setting))
+  path = (
+    os.path.join(image_sources.default_cache_dir(), CACHE_SUBDIR)
+    if setting == 'auto'
+    else os.path.expanduser(setting)
+  )
   jax.config.update('jax_compilation_cache_dir', path)
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', CACHE_MIN_COMPILE_SECONDS)
@@ -114,14 +122,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from bnjax import interruptions  # pylint: disable=g-import-not-at-top
+
   # First thing: a signal during start-up (imports, data, compilation) stops the run at
   # its first step, with a checkpoint, instead of killing it without one.
   with interruptions.StopRequest() as stop:
     try:
       _main(stop)
     except KeyboardInterrupt:
-      print('bnjax: stopped at once by a second Ctrl-C; rerun to resume from the last '
-            'checkpoint', file=sys.stderr)
+      print(
+        'bnjax: stopped at once by a second Ctrl-C; rerun to resume from the last checkpoint',
+        file=sys.stderr,
+      )
       sys.exit(interruptions.EXIT_INTERRUPTED)
 
 
@@ -130,13 +141,20 @@ def _main(stop):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   xla_flags.apply(_CONFIG.value.get('model'))  # before jax starts its backend, which reads them
   import jax  # pylint: disable=g-import-not-at-top
+
   if _MULTIHOST.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               heartbeat_timeout_seconds=_HEARTBEAT.value)
+    jax.distributed.initialize(
+      _COORDINATOR.value,
+      _NUM_PROCESSES.value,
+      _PROCESS_ID.value,
+      heartbeat_timeout_seconds=_HEARTBEAT.value,
+    )
   from bnjax import config_lib, data, interruptions, train  # pylint: disable=g-import-not-at-top
   from bnjax import workdir  # pylint: disable=g-import-not-at-top
-  logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
-               jax.devices())
+
+  logging.info(
+    'JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(), jax.devices()
+  )
   cache = use_compilation_cache(_CONFIG.value.get('compilation_cache', 'auto'))
   logging.info('persistent compilation cache: %s', cache or 'off')
   try:
@@ -153,8 +171,11 @@ def _main(stop):
   except OSError as e:
     if e.errno != errno.ENOSPC:
       raise
-    print(f'bnjax: disk full ({e}); status.json says failed; rerun to resume from the last '
-          'checkpoint once there is space', file=sys.stderr)
+    print(
+      f'bnjax: disk full ({e}); status.json says failed; rerun to resume from the last '
+      'checkpoint once there is space',
+      file=sys.stderr,
+    )
     sys.exit(1)
   logging.info('run %s; metrics in %s/metrics.jsonl', state, _WORKDIR.value)
   if state == 'preempted':

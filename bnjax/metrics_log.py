@@ -30,9 +30,11 @@ import numpy as np
 
 from bnjax import workdir as workdir_lib
 
-_COMPILE_EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'tracing',
-                   '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lowering',
-                   '/jax/core/compile/backend_compile_duration': 'XLA or cache'}
+_COMPILE_EVENTS = {
+  '/jax/core/compile/jaxpr_trace_duration': 'tracing',
+  '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lowering',
+  '/jax/core/compile/backend_compile_duration': 'XLA or cache',
+}
 _CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 _CACHE_READ_EVENT = '/jax/compilation_cache/cache_retrieval_time_sec'
 # (start, end) of every compilation phase JAX reported in this process, by phase; nested
@@ -76,8 +78,11 @@ def seconds_since_process_start() -> float:
   """Wall time since this process started (the kernel's start time; Linux)."""
   try:
     ticks = int(pathlib.Path('/proc/self/stat').read_text().rsplit(')', 1)[-1].split()[19])
-    boot = next(int(l.split()[1]) for l in pathlib.Path('/proc/stat').read_text().splitlines()
-                if l.startswith('btime'))
+    boot = next(
+      int(l.split()[1])
+      for l in pathlib.Path('/proc/stat').read_text().splitlines()
+      if l.startswith('btime')
+    )
     return time.time() - boot - ticks / os.sysconf('SC_CLK_TCK')
   except (OSError, ValueError, StopIteration):
     return time.time() - _IMPORTED
@@ -87,9 +92,11 @@ def first_step_line() -> str:
   """'first step after T s: compilation C s (...)', from ``COMPILE_SPANS`` so far."""
   phases = ', '.join(f'{p} {_union(COMPILE_SPANS[p]):.1f}' for p in _COMPILE_EVENTS.values())
   total = _union([s for p in _COMPILE_EVENTS.values() for s in COMPILE_SPANS[p]])
-  return (f'first step after {seconds_since_process_start():.1f} s: compilation {total:.1f} s '
-          f'({phases}; {CACHE_HITS[0]} programs from the persistent cache in '
-          f'{CACHE_HITS[1]:.1f} s)')
+  return (
+    f'first step after {seconds_since_process_start():.1f} s: compilation {total:.1f} s '
+    f'({phases}; {CACHE_HITS[0]} programs from the persistent cache in '
+    f'{CACHE_HITS[1]:.1f} s)'
+  )
 
 
 class MetricsLog:
@@ -101,8 +108,13 @@ class MetricsLog:
   and the terminal progress line.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, wd: workdir_lib.Workdir,
-               probe_fns: dict[str, Any], first_line: dict[str, float] | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    wd: workdir_lib.Workdir,
+    probe_fns: dict[str, Any],
+    first_line: dict[str, float] | None = None,
+  ):
     """``probe_fns``: the run's probes by name (``due(step)``: on its schedule);
     ``first_line``: fields for the first line this log writes (then forgotten)."""
     self.config, self.wd, self.probe_fns = config, wd, probe_fns
@@ -139,8 +151,10 @@ class MetricsLog:
     """Fields for the final status.json: the non-finite probe values' count, if any."""
     if not self.nonfinite_probe_values:
       return {}
-    logging.warning('non-finite probe values (recorded as NaN/inf in metrics.jsonl): %s',
-                    self.nonfinite_probe_values)
+    logging.warning(
+      'non-finite probe values (recorded as NaN/inf in metrics.jsonl): %s',
+      self.nonfinite_probe_values,
+    )
     return {'nonfinite_probe_values': self.nonfinite_probe_values}
 
   def _write(self, first_step: int, device_metrics, extra: dict[str, float]) -> None:
@@ -153,8 +167,11 @@ class MetricsLog:
     lines = []
     for i in range(k):
       step = first_step + i
-      line = {'step': step, 'steps_per_second': sps,
-              'examples_per_second': sps * self.config.batch_size}
+      line = {
+        'step': step,
+        'steps_per_second': sps,
+        'examples_per_second': sps * self.config.batch_size,
+      }
       line.update({n: _to_json(v[i]) for n, v in metrics.items()})
       line.update(self._probe_fields(step, probe_out, i))
       if i == 0:
@@ -182,17 +199,28 @@ class MetricsLog:
       for field, v in out.items():
         key = f'probe/{name}/{field}'
         fields[key] = _to_json(v[i])
-        bad = int(np.size(v[i]) - np.isfinite(v[i]).sum()) if np.issubdtype(
-            np.asarray(v[i]).dtype, np.floating) else 0
+        bad = (
+          int(np.size(v[i]) - np.isfinite(v[i]).sum())
+          if np.issubdtype(np.asarray(v[i]).dtype, np.floating)
+          else 0
+        )
         if bad:
           self.nonfinite_probe_values[key] = self.nonfinite_probe_values.get(key, 0) + bad
     return fields
 
   def _log_progress(self, last: dict, steps_per_second: float) -> None:
-    shown = ' '.join(f'{n} {last[n]:.4g}' for n in
-                     ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy') if n in last)
-    logging.info('step %d/%d  %s  (%.1f steps/s)', last['step'] + 1, self.config.num_steps,
-                 shown, steps_per_second)
+    shown = ' '.join(
+      f'{n} {last[n]:.4g}'
+      for n in ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy')
+      if n in last
+    )
+    logging.info(
+      'step %d/%d  %s  (%.1f steps/s)',
+      last['step'] + 1,
+      self.config.num_steps,
+      shown,
+      steps_per_second,
+    )
 
 
 def _to_json(x):

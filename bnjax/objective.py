@@ -32,8 +32,12 @@ def make_objective(model: nn.Module, loss: str) -> Callable:
 
   def objective(params, batch_stats, batch, noise_key):
     out, updates = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, batch['inputs'], train=True,
-        rngs={'noise': noise_key}, mutable=['batch_stats'])
+      {'params': params, 'batch_stats': batch_stats},
+      batch['inputs'],
+      train=True,
+      rngs={'noise': noise_key},
+      mutable=['batch_stats'],
+    )
     new_stats = updates.get('batch_stats', batch_stats)
     value = loss_value(loss, out, batch['targets'])
     metrics = {'train_loss': value}
@@ -48,8 +52,7 @@ def make_eval_step(model: nn.Module, loss: str) -> Callable:
   """eval_step(params, batch_stats, batch) -> sums of loss, correct, count (running stats)."""
 
   def eval_step(params, batch_stats, batch):
-    out = model.apply({'params': params, 'batch_stats': batch_stats}, batch['inputs'],
-                      train=False)
+    out = model.apply({'params': params, 'batch_stats': batch_stats}, batch['inputs'], train=False)
     mask = batch['mask']
     if loss == 'cross_entropy':
       per_example = optax.softmax_cross_entropy_with_integer_labels(out, batch['targets'])

@@ -35,6 +35,7 @@ DEFAULT_HEARTBEAT_SECONDS = 60.0  # the config's default status_every_seconds
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
   """One run as ``python -m bnjax.status`` shows it."""
+
   name: str
   state: str  # status.json's state, 'stopped', 'running?' or 'not started'
   step: int | None
@@ -84,8 +85,11 @@ def format_age(seconds: float | None) -> str:
     return ''
   for unit, size in (('d', 86400), ('h', 3600), ('min', 60)):
     if seconds >= 2 * size:
-      return f'{seconds / size:.1f} {unit} ago' if unit in ('h', 'd') else (
-          f'{seconds / size:.0f} {unit} ago')
+      return (
+        f'{seconds / size:.1f} {unit} ago'
+        if unit in ('h', 'd')
+        else (f'{seconds / size:.0f} {unit} ago')
+      )
   return f'{seconds:.0f} s ago'
 
 
@@ -104,22 +108,33 @@ def find_runs(path: str | pathlib.Path) -> list[pathlib.Path]:
 def table(statuses: Sequence[RunStatus]) -> list[str]:
   """The lines ``python -m bnjax.status`` prints: a header, then one per run."""
   rows = [('name', 'state', 'step', 'last_checkpoint', 'updated')]
-  rows += [(s.name, s.state, '' if s.step is None else str(s.step),
-            '' if s.last_checkpoint is None else str(s.last_checkpoint), format_age(s.age))
-           for s in statuses]
+  rows += [
+    (
+      s.name,
+      s.state,
+      '' if s.step is None else str(s.step),
+      '' if s.last_checkpoint is None else str(s.last_checkpoint),
+      format_age(s.age),
+    )
+    for s in statuses
+  ]
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   return ['  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def main(argv: Sequence[str]) -> int:
   if len(argv) != 1 or argv[0].startswith('-'):
-    print('usage: python -m bnjax.status DIR|ROOT  (a run\'s workdir or a sweep root)',
-          file=sys.stderr)
+    print(
+      "usage: python -m bnjax.status DIR|ROOT  (a run's workdir or a sweep root)", file=sys.stderr
+    )
     return 2
   runs = find_runs(argv[0])
   if not runs:
-    print(f'bnjax.status: no run in {argv[0]} (no status.json or config.json there or in '
-          'its subdirectories)', file=sys.stderr)
+    print(
+      f'bnjax.status: no run in {argv[0]} (no status.json or config.json there or in '
+      'its subdirectories)',
+      file=sys.stderr,
+    )
     return 1
   print('\n'.join(table([run_status(r) for r in runs])))
   return 0

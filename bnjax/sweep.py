@@ -70,8 +70,10 @@ def axis(field: str, values: Sequence[Any]) -> list[dict]:
 
 def product(*axes: list[dict]) -> list[dict]:
   """Every combination of the axes' entries (the first axis varies slowest)."""
-  return [dict(itertools.chain.from_iterable(d.items() for d in combo))
-          for combo in itertools.product(*axes)]
+  return [
+    dict(itertools.chain.from_iterable(d.items() for d in combo))
+    for combo in itertools.product(*axes)
+  ]
 
 
 def zip_(*axes: list[dict]) -> list[dict]:
@@ -86,8 +88,10 @@ def run_name(overrides: dict) -> str:
   if 'name' in overrides:
     name = str(overrides['name'])
   else:
-    name = '_'.join(f'{k.split(".")[-1]}={sweep_summary.format_value(v)}'
-                    for k, v in overrides.items()) or 'base'
+    name = (
+      '_'.join(f'{k.split(".")[-1]}={sweep_summary.format_value(v)}' for k, v in overrides.items())
+      or 'base'
+    )
   if not re.fullmatch(r'[A-Za-z0-9._=+-]+', name):
     raise SweepError(f'run name {name!r} has characters a directory name should not have')
   return name
@@ -96,6 +100,7 @@ def run_name(overrides: dict) -> str:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, run: str) -> None:
   """Sets each dotted field; unknown fields and wrong types raise SweepError."""
   from bnjax import config_lib  # pylint: disable=g-import-not-at-top
+
   for field, value in overrides.items():
     if field == 'name':
       continue
@@ -142,10 +147,12 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def load(sweep_file: str, root: str, extra_flags: Sequence[str] = (),
-         only: Sequence[str] = ()) -> list[Run]:
+def load(
+  sweep_file: str, root: str, extra_flags: Sequence[str] = (), only: Sequence[str] = ()
+) -> list[Run]:
   """The sweep's runs, every config built and validated (SweepError before any run)."""
   from bnjax import config_lib  # pylint: disable=g-import-not-at-top
+
   path = pathlib.Path(sweep_file)
   if not path.is_file():
     raise SweepError(f'no sweep file {sweep_file}')
@@ -183,13 +190,20 @@ def load(sweep_file: str, root: str, extra_flags: Sequence[str] = (),
 
 def command(sweep_file: str, run: Run, extra_flags: Sequence[str] = ()) -> list[str]:
   """The one process that trains (or resumes) ``run``."""
-  return [sys.executable, '-m', 'bnjax.main', f'--config={sweep_file}:{run.name}',
-          f'--workdir={run.workdir}', *extra_flags]
+  return [
+    sys.executable,
+    '-m',
+    'bnjax.main',
+    f'--config={sweep_file}:{run.name}',
+    f'--workdir={run.workdir}',
+    *extra_flags,
+  ]
 
 
 # ------------------------------------------------------------------ running sweeps
-def run_all(sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: Sequence[str],
-            parallel: int) -> int | None:
+def run_all(
+  sweep_file: str, root: pathlib.Path, runs: list[Run], extra_flags: Sequence[str], parallel: int
+) -> int | None:
   """Starts every unfinished run, ``parallel`` at a time, each logging to ROOT/logs/.
 
   Returns None when every run ended, or the first signal (SIGTERM, SIGINT, SIGHUP) that
@@ -209,13 +223,23 @@ def _start(root: pathlib.Path, run: Run, cmd: list[str], preexec) -> tuple[subpr
   log = open(root / 'logs' / f'{run.name}.log', 'a')
   log.write(f'\n$ {shlex.join(cmd)}\n')
   log.flush()
-  proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True, preexec_fn=preexec)
+  proc = subprocess.Popen(
+    cmd,
+    stdin=subprocess.DEVNULL,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    start_new_session=True,
+    preexec_fn=preexec,
+  )
   return proc, log
 
 
-def _start_and_wait(root: pathlib.Path, commands: list[tuple[Run, list[str]]], parallel: int,
-                    forwarder: interruptions.Forwarder) -> None:
+def _start_and_wait(
+  root: pathlib.Path,
+  commands: list[tuple[Run, list[str]]],
+  parallel: int,
+  forwarder: interruptions.Forwarder,
+) -> None:
   """Runs the command of every unfinished run, ``parallel`` at a time, until every run
   ended or, after a signal, the runs in flight ended."""
   (root / 'logs').mkdir(parents=True, exist_ok=True)
@@ -238,9 +262,12 @@ def _start_and_wait(root: pathlib.Path, commands: list[tuple[Run, list[str]]], p
       running.append((r, proc, time.time(), log))
     if len(forwarder.received) > announced:
       announced = len(forwarder.received)
-      print(f'[sweep] {signal.Signals(forwarder.received[-1]).name}: passed on to the '
-            f'{len(running)} runs in flight; waiting for them to checkpoint and stop; rerun '
-            'to resume', flush=True)
+      print(
+        f'[sweep] {signal.Signals(forwarder.received[-1]).name}: passed on to the '
+        f'{len(running)} runs in flight; waiting for them to checkpoint and stop; rerun '
+        'to resume',
+        flush=True,
+      )
     forwarder.forward([proc for _, proc, _, _ in running])
     time.sleep(0.2)
     for item in list(running):
@@ -264,16 +291,21 @@ def _record_end(root: pathlib.Path, r: Run, proc: subprocess.Popen, t0: float, l
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
   """The runner's flags, and the extra --config.<field>=<value> flags for every run."""
   parser = argparse.ArgumentParser(
-      prog='python -m bnjax.sweep', description=__doc__.splitlines()[0],
-      epilog='Extra --config.<field>=<value> flags apply to every run.')
+    prog='python -m bnjax.sweep',
+    description=__doc__.splitlines()[0],
+    epilog='Extra --config.<field>=<value> flags apply to every run.',
+  )
   parser.add_argument('sweep_file')
   parser.add_argument('--root', required=True, help='sweep root: one workdir per run')
   parser.add_argument('--parallel', type=int, default=1, help='runs at a time (default 1)')
   parser.add_argument('--only', default='', help='comma-separated run names')
   parser.add_argument('--dry-run', action='store_true', help='print the commands only')
   parser.add_argument('--list', action='store_true', help='print the run names only')
-  parser.add_argument('--tfds-datasets', action='store_true',
-                      help='print the tfds datasets the runs read (for launchers\' set-up)')
+  parser.add_argument(
+    '--tfds-datasets',
+    action='store_true',
+    help="print the tfds datasets the runs read (for launchers' set-up)",
+  )
   parser.add_argument('--summary', action='store_true', help='only the summary of the runs')
   args, extra = parser.parse_known_args(argv)
   if args.parallel < 1:
@@ -294,9 +326,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if args.tfds_datasets:
     from bnjax import data  # pylint: disable=g-import-not-at-top
+
     names = {r.config.dataset for r in runs}
-    print('\n'.join(sorted({n.removeprefix(data.TFDS_PREFIX) for n in names
-                             if n in data.TFDS_DATASETS or n.startswith(data.TFDS_PREFIX)})))
+    print(
+      '\n'.join(
+        sorted(
+          {
+            n.removeprefix(data.TFDS_PREFIX)
+            for n in names
+            if n in data.TFDS_DATASETS or n.startswith(data.TFDS_PREFIX)
+          }
+        )
+      )
+    )
     return 0
   if args.dry_run:
     print('\n'.join(shlex.join(command(args.sweep_file, r, extra)) for r in runs))

@@ -35,18 +35,23 @@ def summarize(root: pathlib.Path, runs: list['sweep.Run']) -> list[dict]:
   for r in runs:
     status = run_status.run_status(r.workdir)
     overrides = ' '.join(f'{k}={format_value(v)}' for k, v in r.overrides.items() if k != 'name')
-    row = {'name': r.name, 'overrides': overrides, 'state': status.state,
-           'steps': '' if status.step is None else status.step,
-           'last_checkpoint': '' if status.last_checkpoint is None else status.last_checkpoint,
-           'updated': run_status.format_age(status.age)}
+    row = {
+      'name': r.name,
+      'overrides': overrides,
+      'state': status.state,
+      'steps': '' if status.step is None else status.step,
+      'last_checkpoint': '' if status.last_checkpoint is None else status.last_checkpoint,
+      'updated': run_status.format_age(status.age),
+    }
     last = {}
     if (r.workdir / workdir.METRICS_FILE).exists():
       for line in workdir.read_metrics(r.workdir):
         last.update({k: v for k, v in line.items() if k in SUMMARY_METRICS})
     row.update({k: f'{last[k]:.4g}' if k in last else '' for k in SUMMARY_METRICS})
     f = attempts_file(root, r.name)
-    row['wall_seconds'] = (f'{sum(a["seconds"] for a in json.loads(f.read_text())):.0f}'
-                           if f.exists() else '')
+    row['wall_seconds'] = (
+      f'{sum(a["seconds"] for a in json.loads(f.read_text())):.0f}' if f.exists() else ''
+    )
     rows.append(row)
   return rows
 
@@ -54,6 +59,7 @@ def summarize(root: pathlib.Path, runs: list['sweep.Run']) -> list[dict]:
 def write_summary(root: pathlib.Path, runs: list['sweep.Run']) -> list[dict]:
   """Prints the table, writes ROOT/summary.csv and ROOT/training.png."""
   from bnjax import plots  # pylint: disable=g-import-not-at-top
+
   rows = summarize(root, runs)
   root.mkdir(parents=True, exist_ok=True)
   with open(root / 'summary.csv', 'w', newline='') as f:
@@ -68,7 +74,9 @@ def write_summary(root: pathlib.Path, runs: list['sweep.Run']) -> list[dict]:
   if started:
     plots.draw_sweep_training(started, root / 'training.png')
     drawn = plots.draw_all([plots.load_run(w) for w in started], root / 'figures')
-    print(f'[sweep] paper figures in {root / "figures"}: '
-          f'{", ".join(n for n, what in drawn.items() if what == "drawn") or "none"}')
+    print(
+      f'[sweep] paper figures in {root / "figures"}: '
+      f'{", ".join(n for n, what in drawn.items() if what == "drawn") or "none"}'
+    )
   print(f'[sweep] summary in {root / "summary.csv"}, curves in {root / "training.png"}')
   return rows

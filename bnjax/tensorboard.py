@@ -27,8 +27,9 @@ def check_mode(mode: str) -> None:
   if mode not in MODES:
     raise ValueError(f'config.tensorboard must be one of {MODES}, got {mode!r}')
   if mode == 'on' and not available():
-    raise ValueError('config.tensorboard is on but tensorboardX is not installed: '
-                     'pip install -e ".[tensorboard]"')
+    raise ValueError(
+      'config.tensorboard is on but tensorboardX is not installed: pip install -e ".[tensorboard]"'
+    )
 
 
 class EventWriter:
@@ -36,6 +37,7 @@ class EventWriter:
 
   def __init__(self, logdir: pathlib.Path, purge_step: int | None = None):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
     # purge_step: a resumed run rewrites the steps after its checkpoint; TensorBoard then
     # hides the earlier attempt's events from that step on.
     self._writer = SummaryWriter(str(logdir), purge_step=purge_step, flush_secs=10)

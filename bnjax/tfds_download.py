@@ -4,9 +4,20 @@ traceback of requests' retries."""
 
 # Exception types (by name: requests, urllib3, urllib and tfds each have their own) that
 # mean the download host could not be reached, as opposed to a disk or format problem.
-_NETWORK_ERRORS = ('ConnectionError', 'ConnectTimeout', 'ReadTimeout', 'Timeout',
-                   'ProxyError', 'MaxRetryError', 'NewConnectionError', 'NameResolutionError',
-                   'URLError', 'SSLError', 'gaierror', 'DownloadError')
+_NETWORK_ERRORS = (
+  'ConnectionError',
+  'ConnectTimeout',
+  'ReadTimeout',
+  'Timeout',
+  'ProxyError',
+  'MaxRetryError',
+  'NewConnectionError',
+  'NameResolutionError',
+  'URLError',
+  'SSLError',
+  'gaierror',
+  'DownloadError',
+)
 
 
 def _network_failure(e: BaseException) -> BaseException | None:
@@ -30,9 +41,11 @@ def download_and_prepare(builder, name: str, data_dir: str | None) -> None:
       raise
     # pylint: disable-next=g-import-not-at-top (image_sources imports us)
     from bnjax.image_sources import DataError
+
     reason = (str(cause).splitlines() or [''])[0][:160]
     raise DataError(
-        f'downloading tfds dataset {name!r} failed: the network is unreachable from here '
-        f'({type(cause).__name__}: {reason}); on a machine with internet run '
-        f'`python -m bnjax.data prepare {name} --data_dir=DIR`, copy DIR to this machine and '
-        'point TFDS_DATA_DIR (or --config.data.tfds_data_dir) at it') from e
+      f'downloading tfds dataset {name!r} failed: the network is unreachable from here '
+      f'({type(cause).__name__}: {reason}); on a machine with internet run '
+      f'`python -m bnjax.data prepare {name} --data_dir=DIR`, copy DIR to this machine and '
+      'point TFDS_DATA_DIR (or --config.data.tfds_data_dir) at it'
+    ) from e

@@ -50,12 +50,12 @@ class TrainState:
   def create(cls, variables: dict, tx: optax.GradientTransformation) -> 'TrainState':
     """Step 0 from a model's ``init`` variables (``batch_stats`` empty if it has none)."""
     params = variables['params']
-    return cls(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
-               tx.init(params))
+    return cls(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}), tx.init(params))
 
 
-def make_train_step(objective: Callable, tx: optax.GradientTransformation,
-                    base_key: jax.Array, learning_rate: float) -> Callable:
+def make_train_step(
+  objective: Callable, tx: optax.GradientTransformation, base_key: jax.Array, learning_rate: float
+) -> Callable:
   """train_step(state, batch, before_update=None) -> (state, metrics); one SGD update.
 
   ``before_update(loss, grads)``, if given, runs between the gradient and the update, and
@@ -83,8 +83,12 @@ def _unset(s: jax.ShapeDtypeStruct) -> jax.Array:
   return jnp.full(s.shape, fill, s.dtype)
 
 
-def make_train_chunk(train_step: Callable, probe_fns: dict[str, scheduled_probes.Probe],
-                     base_key: jax.Array, scan_train_step: Callable | None = None) -> Callable:
+def make_train_chunk(
+  train_step: Callable,
+  probe_fns: dict[str, scheduled_probes.Probe],
+  base_key: jax.Array,
+  scan_train_step: Callable | None = None,
+) -> Callable:
   """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan`` (k > 1).
 
   batches: {'inputs': [k, B, ...], ...}. Each probe runs before the update of every step
@@ -128,6 +132,7 @@ def make_train_chunk(train_step: Callable, probe_fns: dict[str, scheduled_probes
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What one run trains with, built once by ``train_and_evaluate``."""
+
   config: ml_collections.ConfigDict
   workdir: workdir_lib.Workdir
   checkpoint_manager: ocp.CheckpointManager
@@ -148,8 +153,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int | None) -> n
   return models.from_config(config, num_classes)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       stop: interruptions.StopRequest | None = None) -> str:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, stop: interruptions.StopRequest | None = None
+) -> str:
   """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final state name.
 
   Raises ConfigError before touching ``workdir`` when the config cannot run, and
@@ -163,9 +169,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return train_and_evaluate(config, workdir, stop)
   config_lib.validate(config, jax.device_count())
   workdir_lib.check_workdir(workdir, config)
-  dataset = data.load(config.dataset, seed=config.seed, cache_dir=config.data.cache_dir,
-                      tfds_data_dir=config.data.tfds_data_dir,
-                      skip_unreadable_images=config.data.skip_unreadable_images)
+  dataset = data.load(
+    config.dataset,
+    seed=config.seed,
+    cache_dir=config.data.cache_dir,
+    tfds_data_dir=config.data.tfds_data_dir,
+    skip_unreadable_images=config.data.skip_unreadable_images,
+  )
   model = build_model(config, dataset.num_classes)
   tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
   probe_fns = scheduled_probes.build(config, model, tx)  # checks probe layers against model
@@ -179,13 +189,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       with checkpoints.manager(wd.path, config.max_checkpoints_to_keep) as mgr:
         return _run(Run(config, wd, mgr, dataset, model, tx, probe_fns, data_mesh(), stop))
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint
-      wd.set_final_status('interrupted', last_checkpoint=checkpoints.latest_committed_step(wd.path),
-                          note='stopped at once by a second Ctrl-C; a rerun resumes from '
-                          'the last checkpoint')
+      wd.set_final_status(
+        'interrupted',
+        last_checkpoint=checkpoints.latest_committed_step(wd.path),
+        note='stopped at once by a second Ctrl-C; a rerun resumes from the last checkpoint',
+      )
       raise
     except Exception as e:
-      wd.set_final_status('failed', error=f'{type(e).__name__}: {e}',
-                          last_checkpoint=checkpoints.latest_committed_step(wd.path))
+      wd.set_final_status(
+        'failed',
+        error=f'{type(e).__name__}: {e}',
+        last_checkpoint=checkpoints.latest_committed_step(wd.path),
+      )
       raise
     finally:
       wd.close()
@@ -194,6 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 @dataclasses.dataclass(frozen=True)
 class _Steps:
   """The jitted functions of a run and its sharding, built once (see ``_compile``)."""
+
   chunk: Callable  # (state, batches [k, B, ...], noise_base) -> (state, (metrics, probes))
   noise_base: jax.Array  # the data of the run's noise key, an argument: seeds share chunk
   evaluate: Callable  # state -> {'eval_loss', 'eval_accuracy'} (host floats)
@@ -211,11 +227,13 @@ def _initial_state(run: Run) -> TrainState:
   seed = jnp.asarray(run.config.seed, jnp.int32)
   abstract_state = jax.eval_shape(init, seed, sample)
   abstract_with_sharding = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state
+  )
   state = checkpoints.restore_latest(run.checkpoint_manager, abstract_with_sharding)
   if state is None:
     state = jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract_state))(
-        seed, sample)
+      seed, sample
+    )
   return state
 
 
@@ -231,13 +249,19 @@ def _compile(run: Run, state: TrainState) -> _Steps:
     # Inside lax.scan (several steps per call): the same model, fast inside control flow.
     noise_base = jax.random.wrap_key_data(noise_data)
     train_step, scan_train_step = (
-        make_train_step(objective_lib.make_objective(m, config.loss), run.tx, noise_base,
-                        config.learning_rate) for m in (model, models.for_control_flow(model)))
-    return make_train_chunk(train_step, run.probe_fns, noise_base, scan_train_step)(state,
-                                                                                   batches)
+      make_train_step(
+        objective_lib.make_objective(m, config.loss), run.tx, noise_base, config.learning_rate
+      )
+      for m in (model, models.for_control_flow(model))
+    )
+    return make_train_chunk(train_step, run.probe_fns, noise_base, scan_train_step)(state, batches)
 
-  chunk_fn = jax.jit(chunk, in_shardings=(state_sharding, chunk_sharding, replicated),
-                     out_shardings=(state_sharding, replicated), donate_argnums=0)
+  chunk_fn = jax.jit(
+    chunk,
+    in_shardings=(state_sharding, chunk_sharding, replicated),
+    out_shardings=(state_sharding, replicated),
+    donate_argnums=0,
+  )
   # Its raw data (uint32), placed on every device of every host.
   noise_data = np.asarray(jax.random.key_data(objective_lib.noise_base_key(config.seed)))
   noise_base = jax.make_array_from_process_local_data(replicated, noise_data, noise_data.shape)
@@ -258,9 +282,14 @@ def _run(run: Run) -> str:
   """Trains from the newest checkpoint (or step 0) until the run ends, saves what its end
   calls for and writes status.json; returns the final state's name."""
   wd, mgr = run.workdir, run.checkpoint_manager
-  logging.info('process %d/%d, %d local / %d global devices, mesh %s',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), dict(run.mesh.shape))
+  logging.info(
+    'process %d/%d, %d local / %d global devices, mesh %s',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    dict(run.mesh.shape),
+  )
   state = _initial_state(run)
   step = int(state.step)
   wd.truncate_metrics(step)
@@ -268,15 +297,24 @@ def _run(run: Run) -> str:
   steps = _compile(run, state)
   # Unreadable images left out: recorded on the first line this (re)start writes.
   skipped = run.dataset.skipped_images
-  log = metrics_log.MetricsLog(run.config, wd, run.probe_fns,
-                               first_line={'data/skipped_images': skipped} if skipped else {})
+  log = metrics_log.MetricsLog(
+    run.config, wd, run.probe_fns, first_line={'data/skipped_images': skipped} if skipped else {}
+  )
   state, step, final = _train(run, steps, log, state, step)
   counts = log.status_fields()
   if final == 'diverged':  # keep the last good checkpoint, save nothing after it
-    wd.set_status('diverged', step=log.diverged, last_finite_loss=log.last_finite_loss,
-                  last_checkpoint=mgr.latest_step(), **counts)
-    logging.warning('loss is not finite at step %d; stopped (last finite loss %s)',
-                    log.diverged, log.last_finite_loss)
+    wd.set_status(
+      'diverged',
+      step=log.diverged,
+      last_finite_loss=log.last_finite_loss,
+      last_checkpoint=mgr.latest_step(),
+      **counts,
+    )
+    logging.warning(
+      'loss is not finite at step %d; stopped (last finite loss %s)',
+      log.diverged,
+      log.last_finite_loss,
+    )
     return final
   if mgr.latest_step() != step:
     checkpoints.save(mgr, step, state)
@@ -291,8 +329,9 @@ def _run(run: Run) -> str:
   return final
 
 
-def _train(run: Run, steps: _Steps, log: metrics_log.MetricsLog, state: TrainState,
-           step: int) -> tuple[TrainState, int, str]:
+def _train(
+  run: Run, steps: _Steps, log: metrics_log.MetricsLog, state: TrainState, step: int
+) -> tuple[TrainState, int, str]:
   """The loop: from ``step`` to num_steps, ``_chunk_length`` steps a call, evaluating and
   checkpointing on schedule; SIGTERM, SIGHUP or Ctrl-C (``run.stop``) stops it after the
   call in flight. status.json says 'running' with the step, rewritten at least every
@@ -313,8 +352,9 @@ def _train(run: Run, steps: _Steps, log: metrics_log.MetricsLog, state: TrainSta
     k = _chunk_length(config, step)
     extra = steps.evaluate(state) if config.eval_every and step % config.eval_every == 0 else {}
     local = data.local_train_batches(run.dataset.train, config.batch_size, config.seed, step, k)
-    batches = {n: jax.make_array_from_process_local_data(steps.chunk_sharding, v)
-               for n, v in local.items()}
+    batches = {
+      n: jax.make_array_from_process_local_data(steps.chunk_sharding, v) for n, v in local.items()
+    }
     state, device_metrics = steps.chunk(state, batches, steps.noise_base)
     # The log writes the previous call's metrics: the device never waits for the host.
     if log.submit(step, device_metrics, extra) is not None:

@@ -29,10 +29,20 @@ METRICS_FILE = 'metrics.jsonl'
 STATUS_FILE = 'status.json'
 LOCK_FILE = 'lock.json'
 # Fields a rerun may change without changing the run that the workdir holds.
-RESUMABLE_FIELDS = ('num_steps', 'log_every_seconds', 'checkpoint_every', 'eval_every',
-                    'max_checkpoints_to_keep', 'eval_batch_size', 'steps_per_call',
-                    'data.cache_dir', 'data.tfds_data_dir', 'tensorboard',
-                    'status_every_seconds', 'compilation_cache')
+RESUMABLE_FIELDS = (
+  'num_steps',
+  'log_every_seconds',
+  'checkpoint_every',
+  'eval_every',
+  'max_checkpoints_to_keep',
+  'eval_batch_size',
+  'steps_per_call',
+  'data.cache_dir',
+  'data.tfds_data_dir',
+  'tensorboard',
+  'status_every_seconds',
+  'compilation_cache',
+)
 CHECKPOINTS_DIR = 'checkpoints'  # as bnjax.checkpoints.DIRECTORY (which imports JAX)
 COMMIT_MARKER = 'commit_success.txt'  # orbax's last write into a committed checkpoint
 
@@ -44,8 +54,9 @@ class WorkdirInUse(RuntimeError):
 class Workdir:
   """The files of one run. Only the writer (host 0) writes metrics, status and config."""
 
-  def __init__(self, path: str | pathlib.Path, tensorboard_mode: str = 'off',
-               is_writer: bool = True):
+  def __init__(
+    self, path: str | pathlib.Path, tensorboard_mode: str = 'off', is_writer: bool = True
+  ):
     self.path = pathlib.Path(path)
     self.is_writer = is_writer
     self.tensorboard_mode = tensorboard_mode
@@ -66,8 +77,7 @@ class Workdir:
   def set_status(self, state: str, **fields) -> None:
     """Writes status.json whole: ``state``, ``fields``, when (``updated``) and by whom
     (``pid``, ``host``, ``pid_start``: see ``process_alive``)."""
-    self.write_json(STATUS_FILE, dict(state=state, updated=time.time(), **this_process(),
-                                      **fields))
+    self.write_json(STATUS_FILE, dict(state=state, updated=time.time(), **this_process(), **fields))
 
   def set_final_status(self, state: str, **fields) -> None:
     """``set_status`` on the way out of a failed run: a write that fails (a full disk)
@@ -75,8 +85,7 @@ class Workdir:
     try:
       self.set_status(state, **fields)
     except OSError as e:
-      logging.error('cannot write %s/%s (%s); it may still say running', self.path,
-                    STATUS_FILE, e)
+      logging.error('cannot write %s/%s (%s); it may still say running', self.path, STATUS_FILE, e)
 
   @contextlib.contextmanager
   def lock(self):
@@ -166,8 +175,9 @@ class Heartbeat:
       self._write(step)
 
   def _write(self, step: int) -> None:
-    self.wd.set_status('running', step=step, last_checkpoint=self.last_checkpoint,
-                       status_every_seconds=self.every)
+    self.wd.set_status(
+      'running', step=step, last_checkpoint=self.last_checkpoint, status_every_seconds=self.every
+    )
     self._written = time.time()
 
 
@@ -207,28 +217,35 @@ def check_workdir(workdir: str | pathlib.Path, config) -> None:
   """
   # Imported here: config_lib imports JAX, which readers of metrics (plots, sweeps) skip.
   from bnjax import config_lib  # pylint: disable=g-import-not-at-top
+
   f = pathlib.Path(workdir) / CONFIG_FILE
   if not f.exists():
     return
   saved = json.loads(f.read_text())
   current = json.loads(config.to_json())
   defaults = json.loads(config_lib.base().to_json())
-  differing = [k for k in differing_fields(saved, current) if k not in
-               RESUMABLE_FIELDS and not _new_field_at_default(k, saved, current, defaults)]
+  differing = [
+    k
+    for k in differing_fields(saved, current)
+    if k not in RESUMABLE_FIELDS and not _new_field_at_default(k, saved, current, defaults)
+  ]
   if differing:
     raise config_lib.ConfigError(
-        f'{workdir} holds a run of a different config (fields differ: {", ".join(differing)}); '
-        'use another --workdir or the same config')
+      f'{workdir} holds a run of a different config (fields differ: {", ".join(differing)}); '
+      'use another --workdir or the same config'
+    )
 
 
 def _new_field_at_default(field: str, saved: dict, current: dict, defaults: dict) -> bool:
   """A field added to bnjax after the run started, set to its default: not a change."""
+
   def get(d, keys):
     for key in keys:
       if not isinstance(d, dict) or key not in d:
         return '<absent>'
       d = d[key]
     return d
+
   keys = field.split('.')
   return get(saved, keys) == '<absent>' and get(current, keys) == get(defaults, keys) != '<absent>'
 
@@ -245,8 +262,9 @@ def _link_or_take_over(tmp: pathlib.Path, path: pathlib.Path) -> bool:
   if holder is not None and not _lock_holder_gone(holder):
     since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))
     raise WorkdirInUse(
-        f'{path.parent} is in use by process {holder.get("pid")} on '
-        f'{holder.get("host")} (since {since}); if that process is gone, delete {path}')
+      f'{path.parent} is in use by process {holder.get("pid")} on '
+      f'{holder.get("host")} (since {since}); if that process is gone, delete {path}'
+    )
   logging.warning('taking over %s from %s, which no longer runs', path, holder)
   path.unlink(missing_ok=True)
   return False
@@ -266,9 +284,11 @@ def _lock_holder_gone(holder: dict) -> bool:
 
 def latest_checkpoint(workdir: str | pathlib.Path) -> int | None:
   """The newest committed checkpoint step in ``workdir`` (None if there is none)."""
-  steps = [int(p.parent.name)
-           for p in (pathlib.Path(workdir) / CHECKPOINTS_DIR).glob(f'*/{COMMIT_MARKER}')
-           if p.parent.name.isdigit()]
+  steps = [
+    int(p.parent.name)
+    for p in (pathlib.Path(workdir) / CHECKPOINTS_DIR).glob(f'*/{COMMIT_MARKER}')
+    if p.parent.name.isdigit()
+  ]
   return max(steps, default=None)
 
 

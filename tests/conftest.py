@@ -5,10 +5,12 @@ XLA_FLAGS must be set before jax is imported, hence here, at collection time.
 
 import os
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
-os.environ.setdefault('BNJAX_CACHE', os.path.join(os.environ.get('TMPDIR', '/tmp'),
-                                                  'bnjax-test-cache'))
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
+os.environ.setdefault(
+  'BNJAX_CACHE', os.path.join(os.environ.get('TMPDIR', '/tmp'), 'bnjax-test-cache')
+)
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -28,6 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def tiny_image_tarball(tmp_path_factory) -> pathlib.Path:
   """A CIFAR-like tarball: train/<class>/*.png and test/<class>/*.png, 3 classes, 32x32."""
   from PIL import Image
+
   root = tmp_path_factory.mktemp('imgs')
   src = root / 'cifar-mini'
   rng = np.random.default_rng(0)

@@ -27,10 +27,15 @@ def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
   jax_compilation_cache_dir set. Entries are keyed by program, flags and versions.
   """
   return dict(
-      os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
-      JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true', PYTHON=sys.executable,
-      JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+    os.environ,
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+    JAX_PLATFORMS='cpu',
+    JAX_DISABLE_MOST_OPTIMIZATIONS='true',
+    PYTHON=sys.executable,
+    JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+  )
 
 
 # ------------------------------------------------------------------------ configs
@@ -51,13 +56,24 @@ def small_dln(**overrides):
 
 def main_args(workdir, num_steps=3000, **overrides):
   """bnjax.main on a small DLN that runs long enough to be interrupted."""
-  args = [f'--config={ROOT}/configs/dln_bn.py', f'--workdir={workdir}',
-          '--config.model_kwargs.depth=4', f'--config.num_steps={num_steps}',
-          '--config.steps_per_call=10', '--config.checkpoint_every=100',
-          '--config.probes.ics.every=0', '--config.probes.activations.every=0',
-          '--config.probes.landscape.every=0']
-  return [sys.executable, '-m', 'bnjax.main', *args,
-          *(f'--config.{k}={v}' for k, v in overrides.items())]
+  args = [
+    f'--config={ROOT}/configs/dln_bn.py',
+    f'--workdir={workdir}',
+    '--config.model_kwargs.depth=4',
+    f'--config.num_steps={num_steps}',
+    '--config.steps_per_call=10',
+    '--config.checkpoint_every=100',
+    '--config.probes.ics.every=0',
+    '--config.probes.activations.every=0',
+    '--config.probes.landscape.every=0',
+  ]
+  return [
+    sys.executable,
+    '-m',
+    'bnjax.main',
+    *args,
+    *(f'--config.{k}={v}' for k, v in overrides.items()),
+  ]
 
 
 # ---------------------------------------------------------------------- processes
@@ -65,22 +81,32 @@ def main_args(workdir, num_steps=3000, **overrides):
 # terminal has them, whatever the suite was started with (a script's `pytest &` ignores
 # SIGINT, `nohup` SIGHUP, and a process keeps the signals it was started ignoring). An exec
 # in a new interpreter, not a preexec_fn: forking the multithreaded test process is unsafe.
-AS_IN_A_TERMINAL = [sys.executable, '-c', 'import os, signal, sys\n'
-                    'for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n'
-                    'os.execvp(sys.argv[1], sys.argv[1:])']
+AS_IN_A_TERMINAL = [
+  sys.executable,
+  '-c',
+  'import os, signal, sys\n'
+  'for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n'
+  'os.execvp(sys.argv[1], sys.argv[1:])',
+]
 
 
 def start(args, devices=1, **kwargs):
   """``args`` in a subprocess (same pid as the returned Popen's) as from a terminal."""
-  kwargs = {'env': subprocess_env(devices), 'stdout': subprocess.PIPE,
-            'stderr': subprocess.PIPE, 'text': True, **kwargs}
+  kwargs = {
+    'env': subprocess_env(devices),
+    'stdout': subprocess.PIPE,
+    'stderr': subprocess.PIPE,
+    'text': True,
+    **kwargs,
+  }
   return subprocess.Popen([*AS_IN_A_TERMINAL, *map(str, args)], cwd=ROOT, **kwargs)
 
 
 def start_main(args, workdir, devices=1, **kwargs):
   """``python -m bnjax.main --workdir=workdir *args``."""
-  return start([sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], devices,
-               **kwargs)
+  return start(
+    [sys.executable, '-m', 'bnjax.main', f'--workdir={workdir}', *args], devices, **kwargs
+  )
 
 
 def wait_for(predicate, proc=None, timeout=300):
@@ -97,8 +123,11 @@ def processes_of(path) -> list[int]:
   needle, pids = f'{path}/'.encode(), []
   for proc in pathlib.Path('/proc').iterdir():
     try:
-      if (proc.name.isdigit() and needle in (proc / 'cmdline').read_bytes() and
-          (proc / 'stat').read_text().rsplit(')', 1)[-1].split()[0] != 'Z'):
+      if (
+        proc.name.isdigit()
+        and needle in (proc / 'cmdline').read_bytes()
+        and (proc / 'stat').read_text().rsplit(')', 1)[-1].split()[0] != 'Z'
+      ):
         pids.append(int(proc.name))
     except OSError:  # gone meanwhile
       continue
@@ -139,5 +168,6 @@ def steps_in(workdir) -> list[int]:
 
 
 def checkpoint_steps(workdir) -> list[int]:
-  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir()
-                if p.name.isdigit())
+  return sorted(
+    int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').iterdir() if p.name.isdigit()
+  )

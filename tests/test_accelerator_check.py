@@ -22,8 +22,9 @@ BUDGET_S = 120  # the reduced check on a 2-core CPU (issue 25)
 
 def _load_benchmark():
   sys.path.insert(0, str(ROOT / 'benchmarks'))  # its sibling timing.py
-  spec = importlib.util.spec_from_file_location('accelerator', ROOT / 'benchmarks' /
-                                                'accelerator.py')
+  spec = importlib.util.spec_from_file_location(
+    'accelerator', ROOT / 'benchmarks' / 'accelerator.py'
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -32,7 +33,9 @@ def _load_benchmark():
 accelerator = _load_benchmark()
 
 
-@pytest.mark.parametrize('kind, chip, precision, flops', [
+@pytest.mark.parametrize(
+  'kind, chip, precision, flops',
+  [
     ('TPU v2', 'TPU v2', 'bf16', 22.5e12),  # a TensorCore: half a chip
     ('TPU v3', 'TPU v3', 'bf16', 61.5e12),
     ('TPU v4', 'TPU v4', 'bf16', 275e12),
@@ -51,7 +54,8 @@ accelerator = _load_benchmark()
     ('Tesla V100-SXM2-16GB', 'V100 SXM2', 'fp32', 15.7e12),
     ('Tesla V100-PCIE-32GB', 'V100', 'fp32', 14e12),
     ('Tesla T4', 'T4', 'fp32', 8.1e12),
-])
+  ],
+)
 def test_peak_table_lookup(kind, chip, precision, flops):
   peak = accelerator.lookup_peak(kind)
   assert (peak.chip, peak.step_precision) == (chip, precision)
@@ -73,7 +77,8 @@ def _small_vgg_config(norm='batch'):
   c = experiments.vgg(norm)
   c.num_steps = 1000
   c.probes.top_eigenvalues = ml_collections.ConfigDict(
-      {'every': 500, 'k': 1, 'num_iterations': 20, 'seed': 0, 'bn_mode': 'both'})
+    {'every': 500, 'k': 1, 'num_iterations': 20, 'seed': 0, 'bn_mode': 'both'}
+  )
   return c
 
 
@@ -82,8 +87,9 @@ def test_schedule_counts_by_hand():
   # Probes every 100 steps: 0, 100, ..., 900; the Hessian probe at 0 and 500, each
   # 20 Lanczos iterations in 2 BN modes. Evaluation at step 0 and at the end, 20 batches
   # of 512 each (10,000 test images, the last batch padded).
-  assert counts == dict(steps=1000, plain=990, probe=8, hessian=2, hvps=80, eval_passes=2,
-                        eval_examples=2 * 20 * 512)
+  assert counts == dict(
+    steps=1000, plain=990, probe=8, hessian=2, hvps=80, eval_passes=2, eval_examples=2 * 20 * 512
+  )
   noisy = accelerator.schedule_counts(_small_vgg_config('noisy_batch'))
   assert noisy['eval_passes'] == 4  # also with the noise at its expectation
 
@@ -91,9 +97,14 @@ def test_schedule_counts_by_hand():
 def test_projection_arithmetic_by_hand():
   times = accelerator.StepTimes(plain=1.0, probe=5.0, hvp=3.0, compile=7.0)
   p = accelerator.project([_small_vgg_config()], times)
-  expected = (990 * 1.0 + 8 * 5.0 + 2 * 5.0 + 80 * 3.0  # steps, probes, HVPs
-              + 2 * (10240 / 128) / 3 * 1.0  # two eval passes, a forward a third of a step
-              + 7.0)  # one compilation
+  expected = (
+    990 * 1.0
+    + 8 * 5.0
+    + 2 * 5.0
+    + 80 * 3.0  # steps, probes, HVPs
+    + 2 * (10240 / 128) / 3 * 1.0  # two eval passes, a forward a third of a step
+    + 7.0
+  )  # one compilation
   assert p['total_s'] == pytest.approx(expected)
   assert p['runs'] == 1 and p['steps'] == 1000
   assert sum(part[3] for part in p['parts']) == pytest.approx(expected)
@@ -104,11 +115,23 @@ def test_probe_step_gradients_and_the_hvp_estimate():
   config = experiments.vgg('batch')
   assert accelerator.probe_gradients(config) == pytest.approx(4 + 2 + 1 / 3)
   assert accelerator.probe_gradients(experiments.vgg('batch', 'local')) == pytest.approx(6 + 1 / 3)
-  probe = accelerator.Row('probe', '', 128, 1, compile_s=60.0, step_s=0.8, flops=1.0,
-                          lowered_flops=1.0, memory_bytes=1.0, donated_bytes=1.0,
-                          peak_bytes_in_use=None, step_s_not_due=0.1).derived(1e9)
-  times, _ = accelerator.paper_step_times({'probe': probe}, config, reduced=False, force=False,
-                                          mesh=None)
+  probe = accelerator.Row(
+    'probe',
+    '',
+    128,
+    1,
+    compile_s=60.0,
+    step_s=0.8,
+    flops=1.0,
+    lowered_flops=1.0,
+    memory_bytes=1.0,
+    donated_bytes=1.0,
+    peak_bytes_in_use=None,
+    step_s_not_due=0.1,
+  ).derived(1e9)
+  times, _ = accelerator.paper_step_times(
+    {'probe': probe}, config, reduced=False, force=False, mesh=None
+  )
   # (0.8 - 0.1) s for 19/3 gradients; an HVP 2.4 of them.
   assert times == accelerator.StepTimes(0.1, 0.8, pytest.approx(0.7 / (19 / 3) * 2.4), 60.0)
 
@@ -157,12 +180,20 @@ def _run_check(tmp_path, *flags, devices=1):
   no compilation cache (every compile counts) and ``devices`` CPU devices."""
   out = tmp_path / 'check.json'
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
+  env.update(
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=str(ROOT),
+  )
   t, cpu = time.perf_counter(), _cpu_s_of_children()
-  run = subprocess.run([sys.executable, 'benchmarks/accelerator.py', '--reduced',
-                        f'--json={out}', *flags], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=20 * BUDGET_S)
+  run = subprocess.run(
+    [sys.executable, 'benchmarks/accelerator.py', '--reduced', f'--json={out}', *flags],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=20 * BUDGET_S,
+  )
   wall, cpu = time.perf_counter() - t, _cpu_s_of_children() - cpu
   assert run.returncode == 0, run.stderr[-3000:]
   return json.loads(out.read_text()), run.stdout, wall, cpu
@@ -172,8 +203,14 @@ def _check_rows(report, names):
   assert [r['name'] for r in report['rows']] == names
   for row in report['rows']:
     # donated_bytes > 0: the state's buffers donated and reused, as on GPU and TPU.
-    for field in ('step_s', 'flops_per_s', 'examples_per_s', 'compile_s', 'memory_bytes',
-                  'donated_bytes'):
+    for field in (
+      'step_s',
+      'flops_per_s',
+      'examples_per_s',
+      'compile_s',
+      'memory_bytes',
+      'donated_bytes',
+    ):
       assert math.isfinite(row[field]) and row[field] > 0, (row['name'], field, row[field])
     assert 0 < row['peak_fraction'] <= 1.5, (row['name'], row['peak_fraction'])
 
@@ -200,8 +237,9 @@ def test_the_reduced_check_runs_within_its_budget(tmp_path):
 
 @pytest.mark.slow
 def test_forced_accelerator_paths_over_two_devices(tmp_path):
-  report, stdout, _, _ = _run_check(tmp_path, '--force-accelerator-paths', '--rows=vgg11,dln',
-                                    devices=2)
+  report, stdout, _, _ = _run_check(
+    tmp_path, '--force-accelerator-paths', '--rows=vgg11,dln', devices=2
+  )
   assert report['devices'] == 2
   assert len(report['forced_accelerator_paths']) == 5
   _check_rows(report, ['vgg11', 'dln'])

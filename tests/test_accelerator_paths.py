@@ -24,14 +24,16 @@ def _vgg_probes():
   def run(params, batch_stats, x, y):
     def loss_fn(p):
       logits, _ = models.for_control_flow(model).apply(
-          {'params': p, 'batch_stats': batch_stats}, x, train=True, mutable=['batch_stats'])
+        {'params': p, 'batch_stats': batch_stats}, x, train=True, mutable=['batch_stats']
+      )
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     key = jax.random.key(2)
     top = probes.top_eigenvalues(loss_fn, params, key, k=1, num_iterations=6)
     landscape = probes.gradient_landscape(loss_fn, params, jnp.asarray([0.01, 0.1]))
-    surface = probes.loss_surface(loss_fn, params, probes.random_directions(key, params, 1),
-                                  jnp.linspace(-0.5, 0.5, 3))
+    surface = probes.loss_surface(
+      loss_fn, params, probes.random_directions(key, params, 1), jnp.linspace(-0.5, 0.5, 3)
+    )
     return jax.value_and_grad(loss_fn)(params), top.eigenvalues, landscape, surface.loss
 
   return run(variables['params'], variables['batch_stats'], x, y)

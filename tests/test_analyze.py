@@ -20,8 +20,18 @@ from bnjax import checkpoints, data, models, objective, plots, probes, train
 from bnjax.analyze import layout, run, table
 from bnjax.plots import measures, numbers
 from bnjax.analyze.__main__ import main
-from small_runs import (ROOT, has_checkpoint, main_args, metric_lines, small_dln, start, status,
-                        steps_in, subprocess_env, wait_for)
+from small_runs import (
+  ROOT,
+  has_checkpoint,
+  main_args,
+  metric_lines,
+  small_dln,
+  start,
+  status,
+  steps_in,
+  subprocess_env,
+  wait_for,
+)
 
 STEPS = [0, 10, 20, 30, 40]  # step 0 (rebuilt) and the committed checkpoints
 
@@ -44,8 +54,9 @@ def workdir(trained, tmp_path) -> pathlib.Path:
 
 
 def _analyze(workdir, probe, **fields):
-  return run.analyze_workdir(workdir, run.Request(probe, fields.pop('name', probe), **fields),
-                             echo=lambda _: None)
+  return run.analyze_workdir(
+    workdir, run.Request(probe, fields.pop('name', probe), **fields), echo=lambda _: None
+  )
 
 
 def _lines(workdir, name):
@@ -65,8 +76,9 @@ def _trainer_state(workdir, step):
     state = init()
   else:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                            jax.eval_shape(init))
+    abstract = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), jax.eval_shape(init)
+    )
     with checkpoints.manager(workdir, None) as mgr:
       state = mgr.restore(step, args=ocp.args.StandardRestore(abstract))
   return config, dataset, model, state
@@ -83,17 +95,25 @@ def _direct_loss(workdir, step, num_batches, bn_mode='train'):
     batch = {'inputs': b['inputs'][i], 'targets': b['targets'][i]}
     if bn_mode == 'train':
       return objective_fn(params, state.batch_stats, batch, jax.random.key(0))[0]
-    out = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch['inputs'],
-                      train=False)
+    out = model.apply(
+      {'params': params, 'batch_stats': state.batch_stats}, batch['inputs'], train=False
+    )
     return objective.loss_value(config.loss, out, batch['targets'])
 
-  return (lambda params: sum(one(params, i) for i in range(num_batches)) / num_batches,
-          state.params)
+  return (
+    lambda params: sum(one(params, i) for i in range(num_batches)) / num_batches,
+    state.params,
+  )
 
 
 def test_top_eigenvalues_equal_the_probe_on_the_trainers_own_states(workdir):
-  outcome = _analyze(workdir, 'top_eigenvalues', items=(('k', '2'), ('num_iterations', '12')),
-                     steps=('0', '20'), num_batches=2)
+  outcome = _analyze(
+    workdir,
+    'top_eigenvalues',
+    items=(('k', '2'), ('num_iterations', '12')),
+    steps=('0', '20'),
+    num_batches=2,
+  )
   assert outcome.computed == [0, 20]
   for line in _lines(workdir, 'top_eigenvalues'):
     loss_fn, params = _direct_loss(workdir, line['step'], 2)
@@ -102,10 +122,14 @@ def test_top_eigenvalues_equal_the_probe_on_the_trainers_own_states(workdir):
     assert line['settings']['args'] == {'k': 2, 'num_iterations': 12}
 
 
-
 def test_operator_ef_is_the_empirical_fisher_of_the_examples_analysed(workdir):
-  _analyze(workdir, 'top_eigenvalues', steps=('20',), num_batches=2,
-           items=(('k', '2'), ('num_iterations', '60'), ('operator', 'ef')))
+  _analyze(
+    workdir,
+    'top_eigenvalues',
+    steps=('20',),
+    num_batches=2,
+    items=(('k', '2'), ('num_iterations', '60'), ('operator', 'ef')),
+  )
   [line] = _lines(workdir, 'top_eigenvalues')
   # Dense: per-example gradients of l_n = ||f_n - y_n||^2 / K (the DLN's summed squared
   # error, K = 2 batches averaged), each batch through BN with its own statistics.
@@ -114,8 +138,12 @@ def test_operator_ef_is_the_empirical_fisher_of_the_examples_analysed(workdir):
   flat, unravel = jax.flatten_util.ravel_pytree(state.params)
 
   def example_losses(vector, i):  # [B]
-    out, _ = model.apply({'params': unravel(vector), 'batch_stats': state.batch_stats},
-                         b['inputs'][i], train=True, mutable=['batch_stats'])
+    out, _ = model.apply(
+      {'params': unravel(vector), 'batch_stats': state.batch_stats},
+      b['inputs'][i],
+      train=True,
+      mutable=['batch_stats'],
+    )
     return jax.numpy.sum(jax.numpy.square(out - b['targets'][i]), axis=-1) / 2
 
   per_example = np.concatenate([jax.jacrev(example_losses)(flat, i) for i in range(2)])
@@ -123,6 +151,7 @@ def test_operator_ef_is_the_empirical_fisher_of_the_examples_analysed(workdir):
   expected = np.linalg.eigvalsh(per_example.T @ per_example)[::-1][:2]
   np.testing.assert_allclose(line['eigenvalues'], expected, rtol=1e-3)
   assert line['settings']['args']['operator'] == 'ef'
+
 
 @pytest.mark.parametrize('bn_mode', ['train', 'eval'])
 def test_the_loss_analysed_is_the_runs_loss_in_either_bn_mode(workdir, bn_mode):
@@ -153,8 +182,10 @@ def test_a_line_per_committed_step_and_a_second_run_writes_nothing(workdir):
   assert _analyze(workdir, 'hessian_trace', items=(('num_samples', '4'),)).computed == STEPS
   after = _files(workdir)
   written = {p.relative_to(workdir) for p in after if before.get(p) != after[p]}
-  assert written == {pathlib.Path('analysis/hessian_trace.jsonl'),
-                     pathlib.Path('analysis/hessian_trace.png')}  # nothing else, no lock
+  assert written == {
+    pathlib.Path('analysis/hessian_trace.jsonl'),
+    pathlib.Path('analysis/hessian_trace.png'),
+  }  # nothing else, no lock
   assert [l['step'] for l in _lines(workdir, 'hessian_trace')] == STEPS
   again = _analyze(workdir, 'hessian_trace', items=(('num_samples', '4'),))
   assert again.computed == [] and again.skipped == len(STEPS)
@@ -165,8 +196,13 @@ def test_other_settings_are_refused_and_go_to_a_file_of_their_own(workdir):
   _analyze(workdir, 'top_eigenvalues', steps=('0',), items=(('num_iterations', '5'),))
   with pytest.raises(table.AnalysisError, match=r'args\.k.*--name'):
     _analyze(workdir, 'top_eigenvalues', steps=('0',), items=(('k', '2'), ('num_iterations', '5')))
-  _analyze(workdir, 'top_eigenvalues', name='top2', steps=('0',),
-           items=(('k', '2'), ('num_iterations', '5')))
+  _analyze(
+    workdir,
+    'top_eigenvalues',
+    name='top2',
+    steps=('0',),
+    items=(('k', '2'), ('num_iterations', '5')),
+  )
   assert len(_lines(workdir, 'top2')[0]['eigenvalues']) == 2
 
 
@@ -181,36 +217,51 @@ def test_an_uncommitted_checkpoint_is_ignored(workdir):
 
 
 def test_layout_names_are_the_checkpoints(tmp_path):
-  assert (layout.CHECKPOINTS, layout.COMMIT_MARKER) == (checkpoints.DIRECTORY,
-                                                        checkpoints.COMMIT_MARKER)
+  assert (layout.CHECKPOINTS, layout.COMMIT_MARKER) == (
+    checkpoints.DIRECTORY,
+    checkpoints.COMMIT_MARKER,
+  )
 
 
 def test_probe_arguments_are_read_as_the_probe_declares_them():
   config = {'learning_rate': 0.1, 'probes': {'landscape': {'step_size_multipliers': [1, 2]}}}
-  assert table.probe_kwargs('adaptive_sharpness', [('rho', '0.05'), ('kind', 'average'),
-                                                   ('p', 'inf'), ('ignore', 'bias,norm'),
-                                                   ('random-init', 'true')], config) == {
-      'rho': 0.05, 'kind': 'average', 'p': float('inf'), 'ignore': ('bias', 'norm'),
-      'random_init': True}
-  assert table.probe_kwargs('top_eigenvalues', [('k', '3'), ('num_iterations', 'None')],
-                            config) == {'k': 3, 'num_iterations': None}
+  assert table.probe_kwargs(
+    'adaptive_sharpness',
+    [
+      ('rho', '0.05'),
+      ('kind', 'average'),
+      ('p', 'inf'),
+      ('ignore', 'bias,norm'),
+      ('random-init', 'true'),
+    ],
+    config,
+  ) == {
+    'rho': 0.05,
+    'kind': 'average',
+    'p': float('inf'),
+    'ignore': ('bias', 'norm'),
+    'random_init': True,
+  }
+  assert table.probe_kwargs(
+    'top_eigenvalues', [('k', '3'), ('num_iterations', 'None')], config
+  ) == {'k': 3, 'num_iterations': None}
   assert table.probe_kwargs('gradient_landscape', [], config) == {'step_sizes': (0.1, 0.2)}
 
 
 BAD_INPUT = [
-    (['--probe=top_eigenvalue'], 'unknown probe'),
-    (['--probe=top_eigenvalues', '--kk=3'], "no argument 'kk'"),
-    (['--probe=top_eigenvalues', '--arg', 'k=1.5'], 'must be an integer'),
-    (['--probe=adaptive_sharpness'], 'needs --rho=VALUE'),
-    (['--probe=adaptive_sharpness', '--rho=1', '--kind=best'], 'must be one of'),
-    (['--probe=loss_surface', '--grid=1:-1:5'], 'LO:HI:N'),
-    (['--probe=loss_surface', '--directions=sideways'], 'unknown direction'),
-    (['--probe=loss_surface', '--directions=gradient', '--grid2=-1:1:3'], '2-D grid'),
-    (['--probe=hessian_trace', '--steps=first'], '--steps'),
-    (['--probe=hessian_trace', '--bn-mode=test'], 'invalid choice'),
-    (['--probe=hessian_trace', '--name=../out'], 'a file stem'),
-    (['--probe=hessian_trace', '--grid=-1:1:3'], 'for --probe=loss_surface only'),
-    (['--probe=top_eigenvalues', '--operator=fisher'], 'use --operator=ef or ggn'),
+  (['--probe=top_eigenvalue'], 'unknown probe'),
+  (['--probe=top_eigenvalues', '--kk=3'], "no argument 'kk'"),
+  (['--probe=top_eigenvalues', '--arg', 'k=1.5'], 'must be an integer'),
+  (['--probe=adaptive_sharpness'], 'needs --rho=VALUE'),
+  (['--probe=adaptive_sharpness', '--rho=1', '--kind=best'], 'must be one of'),
+  (['--probe=loss_surface', '--grid=1:-1:5'], 'LO:HI:N'),
+  (['--probe=loss_surface', '--directions=sideways'], 'unknown direction'),
+  (['--probe=loss_surface', '--directions=gradient', '--grid2=-1:1:3'], '2-D grid'),
+  (['--probe=hessian_trace', '--steps=first'], '--steps'),
+  (['--probe=hessian_trace', '--bn-mode=test'], 'invalid choice'),
+  (['--probe=hessian_trace', '--name=../out'], 'a file stem'),
+  (['--probe=hessian_trace', '--grid=-1:1:3'], 'for --probe=loss_surface only'),
+  (['--probe=top_eigenvalues', '--operator=fisher'], 'use --operator=ef or ggn'),
 ]
 
 
@@ -236,16 +287,24 @@ def test_the_surface_figure_has_a_panel_per_run_and_step(trained, tmp_path):
   assert np.shape(_lines(two_d, 'loss_surface')[0]['loss']) == (4, 3)
   out = tmp_path / 'surface.png'
   titles = plots.draw('surface', [plots.load_run(two_d), plots.load_run(one_d)], out)
-  assert titles == ['two_d: step 0', 'two_d: step 20', 'two_d: step 40',
-                    'one_d: loss along one direction']
+  assert titles == [
+    'two_d: step 0',
+    'two_d: step 20',
+    'two_d: step 40',
+    'one_d: loss along one direction',
+  ]
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert (two_d / 'analysis' / 'loss_surface.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-
 def test_the_layers_figure_and_table_give_each_weight_layers_block(workdir, tmp_path):
-  _analyze(workdir, 'top_eigenvalues', name=measures.LAYERS, steps=('0', 'last'),
-           items=(('blocks', 'layers'), ('num_iterations', '12')))
+  _analyze(
+    workdir,
+    'top_eigenvalues',
+    name=measures.LAYERS,
+    steps=('0', 'last'),
+    items=(('blocks', 'layers'), ('num_iterations', '12')),
+  )
   lines = _lines(workdir, measures.LAYERS)
   blocks = lines[0]['eigenvalues']
   assert sorted(blocks) == ['dense1', 'dense2', 'dense3', 'dense4', 'norm1', 'norm2', 'norm3']
@@ -255,12 +314,20 @@ def test_the_layers_figure_and_table_give_each_weight_layers_block(workdir, tmp_
   assert plots.draw('layers', [plots.load_run(workdir)], out) == [workdir.name]
   table = numbers.analyses([plots.load_run(workdir)])
   top = int(np.argmax(values))
-  assert f'0: {measures.fmt(min(values), 4)} - {measures.fmt(values[top], 4)} (#{top + 1})' \
-      in table[-2]
+  assert (
+    f'0: {measures.fmt(min(values), 4)} - {measures.fmt(values[top], 4)} (#{top + 1})' in table[-2]
+  )
+
 
 def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'bnjax.analyze', *map(str, args)], cwd=ROOT,
-                        env=subprocess_env(), capture_output=True, text=True, timeout=900)
+  return subprocess.run(
+    [sys.executable, '-m', 'bnjax.analyze', *map(str, args)],
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
 
 
 @pytest.mark.slow
@@ -280,9 +347,14 @@ def test_a_sweep_root_analyses_each_workdir_and_a_rerun_skips_them(trained, tmp_
   assert '2 workdir(s): 4 step(s) computed, 0 already done' in first.stdout
   second = _cli(*args)
   assert second.returncode == 0 and '0 step(s) computed, 4 already done' in second.stdout
-  plotted = subprocess.run([sys.executable, '-m', 'bnjax.plots', 'analysis', '--root', root,
-                            '--out', tmp_path / 'a.png'], cwd=ROOT, env=subprocess_env(),
-                           capture_output=True, text=True, timeout=600)
+  plotted = subprocess.run(
+    [sys.executable, '-m', 'bnjax.plots', 'analysis', '--root', root, '--out', tmp_path / 'a.png'],
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert plotted.returncode == 0 and (tmp_path / 'a.png').stat().st_size > 10_000
 
 
@@ -295,10 +367,14 @@ def test_a_listed_step_without_a_checkpoint_is_reported_and_fails_the_exit_statu
 
 
 def test_json_of_results_keeps_dicts_and_lists():
-  fields = run.to_json({'a': np.float32(1.5), 'b': (np.arange(2), np.ones(1)),
-                        'c': {'dense1/kernel': np.float32(2)}})
-  assert json.loads(json.dumps(fields)) == {'a': 1.5, 'b': [[0, 1], [1.0]],
-                                            'c': {'dense1/kernel': 2.0}}
+  fields = run.to_json(
+    {'a': np.float32(1.5), 'b': (np.arange(2), np.ones(1)), 'c': {'dense1/kernel': np.float32(2)}}
+  )
+  assert json.loads(json.dumps(fields)) == {
+    'a': 1.5,
+    'b': [[0, 1], [1.0]],
+    'c': {'dense1/kernel': 2.0},
+  }
 
 
 @pytest.mark.slow

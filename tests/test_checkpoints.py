@@ -29,7 +29,9 @@ def test_damaged_latest_checkpoint_falls_back_to_an_intact_one(tmp_path, how, ca
   _damage_latest(tmp_path, how)
   config.num_steps = 30  # a rerun may extend a run
   assert train.train_and_evaluate(config, str(tmp_path)) == 'done'
-  assert 'checkpoint at step 20' in caplog.text and 'resumed from checkpoint at step 10' in caplog.text
+  assert (
+    'checkpoint at step 20' in caplog.text and 'resumed from checkpoint at step 10' in caplog.text
+  )
   assert steps_in(tmp_path) == list(range(30))
 
 

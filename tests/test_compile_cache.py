@@ -22,12 +22,15 @@ def config_updates(monkeypatch):
 
 
 def test_the_cache_is_under_the_bnjax_cache_dir_unless_the_config_or_jax_says_otherwise(
-    config_updates, monkeypatch, tmp_path):
+  config_updates, monkeypatch, tmp_path
+):
   monkeypatch.setenv('BNJAX_CACHE', str(tmp_path))
   where = str(tmp_path / 'jax-compilation')
   assert bnjax_main.use_compilation_cache('auto') == where
-  assert config_updates == {'jax_compilation_cache_dir': where,
-                            'jax_persistent_cache_min_compile_time_secs': 0.5}
+  assert config_updates == {
+    'jax_compilation_cache_dir': where,
+    'jax_persistent_cache_min_compile_time_secs': 0.5,
+  }
   config_updates.clear()
   monkeypatch.setenv('HOME', str(tmp_path))
   assert bnjax_main.use_compilation_cache('~/elsewhere') == str(tmp_path / 'elsewhere')
@@ -57,8 +60,9 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
     assert f'persistent compilation cache: {cache}' in logs[seed]
   for program in ('jit_chunk', 'jit_init'):  # one program for both seeds
     assert len(list(cache.glob(f'{program}-*'))) == 1, sorted(cache.iterdir())
-  hits = [int(re.search(r'(\d+) programs from the persistent cache', logs[s]).group(1))
-          for s in (0, 1)]
+  hits = [
+    int(re.search(r'(\d+) programs from the persistent cache', logs[s]).group(1)) for s in (0, 1)
+  ]
   assert hits[0] == 0 and hits[1] >= 2
 
 
@@ -83,8 +87,9 @@ def test_runs_started_together_share_an_empty_cache(tmp_path, monkeypatch):
   env = subprocess_env()
   del env['JAX_COMPILATION_CACHE_DIR']
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-  runs = [start(main_args(tmp_path / f'seed{seed}', num_steps=20, seed=seed), env=env)
-          for seed in (0, 1)]
+  runs = [
+    start(main_args(tmp_path / f'seed{seed}', num_steps=20, seed=seed), env=env) for seed in (0, 1)
+  ]
   for run in runs:
     _, err = run.communicate(timeout=300)
     assert run.returncode == 0, err[-3000:]

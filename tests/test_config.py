@@ -20,8 +20,9 @@ def parse_command_line(*args: str):
   """The config ``bnjax.main`` gets from ``args``, parsed by ml_collections' own flag."""
   argv = ['prog', *args]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config file', flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    'config', None, 'config file', flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   flag_values(argv)
   return flag_values.config
 
@@ -34,14 +35,22 @@ def test_every_experiment_config_is_valid_at_paper_and_local_scale(path):
   assert config.num_steps < experiments.base().num_steps  # :local shrinks
 
 
-@pytest.mark.parametrize('path,arg,flags_', [
-    ('vgg_noisy.py', 'local,num_steps=20',
-     ['--config.num_steps=20']),
-    ('vgg_bn.py', 'local,learning_rate=1,dataset=imagefolder:/data/c.tar.gz,tensorboard=off',
-     ['--config.learning_rate=1', '--config.dataset=imagefolder:/data/c.tar.gz',
-      '--config.tensorboard=off']),
+@pytest.mark.parametrize(
+  'path,arg,flags_',
+  [
+    ('vgg_noisy.py', 'local,num_steps=20', ['--config.num_steps=20']),
+    (
+      'vgg_bn.py',
+      'local,learning_rate=1,dataset=imagefolder:/data/c.tar.gz,tensorboard=off',
+      [
+        '--config.learning_rate=1',
+        '--config.dataset=imagefolder:/data/c.tar.gz',
+        '--config.tensorboard=off',
+      ],
+    ),
     ('dln_bn.py', 'seed=3,model=dln,local', ['--config.seed=3', '--config.model=dln']),
-])
+  ],
+)
 def test_the_config_argument_equals_explicit_overrides(path, arg, flags_):
   """Words first, then fields, each typed like --config.FIELD= types it (1 -> 1.0 for a
   float field): the two configs are equal field by field and in their JSON."""
@@ -59,17 +68,24 @@ def test_the_config_argument_sets_typed_fields():
   assert experiments.dln('none', '').to_json() == experiments.dln('none').to_json()
 
 
-@pytest.mark.parametrize('arg,message', [
-    ('num_stpes=5', "config argument 'num_stpes=5': config has no field 'num_stpes'; "
-                    'closest: num_steps'),
+@pytest.mark.parametrize(
+  'arg,message',
+  [
+    (
+      'num_stpes=5',
+      "config argument 'num_stpes=5': config has no field 'num_stpes'; closest: num_steps",
+    ),
     ('local,learnin_rate=0.1', "config has no field 'learnin_rate'; closest: learning_rate"),
-    ('num_steps=1e3', "config argument 'num_steps=1e3': config.num_steps must be an integer, "
-                      "got '1e3'"),
+    (
+      'num_steps=1e3',
+      "config argument 'num_steps=1e3': config.num_steps must be an integer, got '1e3'",
+    ),
     ('learning_rate=fast', 'config.learning_rate must be a number'),
     ('locl', 'unknown config argument \'locl\'; valid: "local", FIELD=VALUE'),
     ('probes.ics.every=5', 'only top-level fields are set here; use --config.probes.ics.every'),
     ('data=x', 'use --config.data.<field>='),
-])
+  ],
+)
 def test_a_bad_config_argument_is_one_line_naming_the_closest_field(arg, message):
   with pytest.raises(config_lib.ConfigError) as e:
     experiments.vgg('batch', arg)
@@ -78,15 +94,27 @@ def test_a_bad_config_argument_is_one_line_naming_the_closest_field(arg, message
 
 def test_main_reports_a_bad_config_argument_in_one_line(tmp_path):
   p = subprocess.run(
-      [sys.executable, '-m', 'bnjax.main', f'--config={ROOT}/configs/dln_bn.py:local,num_stpes=5',
-       f'--workdir={tmp_path}/w'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'bnjax.main',
+      f'--config={ROOT}/configs/dln_bn.py:local,num_stpes=5',
+      f'--workdir={tmp_path}/w',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert p.returncode == 2
-  assert p.stderr.strip() == ("bnjax: config error: config argument 'num_stpes=5': "
-                              "config has no field 'num_stpes'; closest: num_steps, bn_stats")
+  assert p.stderr.strip() == (
+    "bnjax: config error: config argument 'num_stpes=5': "
+    "config has no field 'num_stpes'; closest: num_steps, bn_stats"
+  )
   assert not (tmp_path / 'w').exists()
 
 
-SWEEP = '''
+SWEEP = """
 from bnjax import experiments, sweep
 
 def get_sweep():
@@ -94,7 +122,7 @@ def get_sweep():
       sweep.axis('norm', ['batch']), sweep.axis('learning_rate', [0.5]), sweep.axis('seed', [1]))
 
 get_config = sweep.config_getter(get_sweep)
-'''
+"""
 
 
 def test_a_sweep_file_still_takes_a_run_name_with_equals_signs(tmp_path):
@@ -104,7 +132,8 @@ def test_a_sweep_file_still_takes_a_run_name_with_equals_signs(tmp_path):
   config = parse_command_line(f'--config={f}:norm=batch_learning_rate=0.5_seed=1')
   assert (config.learning_rate, config.seed, config.num_steps) == (0.5, 1, 10_000)
   assert config_lib.load_config_file(f'{f}:norm=batch_learning_rate=0.5_seed=1').to_json() == (
-      config.to_json())
+    config.to_json()
+  )
 
 
 def test_the_experiments_keep_their_old_names_in_config_lib():
@@ -116,7 +145,9 @@ def test_the_experiments_keep_their_old_names_in_config_lib():
 
 
 # ------------------------------------------------------------------------- validation
-@pytest.mark.parametrize('probe,field,value,message', [
+@pytest.mark.parametrize(
+  'probe,field,value,message',
+  [
     ('ics', 'shift', 'layer', 'shift must be one of'),
     ('top_eigenvalues', 'bn_mode', 'running', 'bn_mode must be one of'),
     ('top_eigenvalues', 'steps', (1, -2), 'steps must be a tuple of step numbers'),
@@ -124,7 +155,8 @@ def test_the_experiments_keep_their_old_names_in_config_lib():
     ('landscape', 'step_sizes', (1.0,), "has no field\\(s\\) \\['step_sizes'\\]"),
     ('ics', 'every', -5, 'every must be an integer >= 0'),
     ('ics', 'layers', (0, 2), 'layers must be layer numbers >= 1'),
-])
+  ],
+)
 def test_bad_probe_settings_are_refused(probe, field, value, message):
   config = experiments.dln('batch')
   config.probes.top_eigenvalues = {'every': 1, 'k': 1, 'num_iterations': 4, 'seed': 0}
@@ -140,8 +172,9 @@ def test_an_unknown_probe_or_a_missing_field_is_refused():
     config_lib.validate(config, 1)
   config = experiments.dln('batch')
   config.probes.top_eigenvalues = {'every': 0, 'k': 1, 'seed': 0}
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"probe 'top_eigenvalues' needs field\(s\) \['num_iterations'\]"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"probe 'top_eigenvalues' needs field\(s\) \['num_iterations'\]"
+  ):
     config_lib.validate(config, 1)
 
 
@@ -149,8 +182,15 @@ def test_every_probe_declares_its_fields_and_defaults_once():
   """What config_lib checks is what the registry declares: each probe's own fields plus
   every and steps; a field with a default may be left out."""
   assert list(scheduled_probes.PROBES) == [
-      'landscape', 'ics', 'activations', 'top_eigenvalues', 'hessian_trace',
-      'spectral_density', 'bn_theorems', 'weight_distance']
+    'landscape',
+    'ics',
+    'activations',
+    'top_eigenvalues',
+    'hessian_trace',
+    'spectral_density',
+    'bn_theorems',
+    'weight_distance',
+  ]
   for entry in scheduled_probes.PROBES.values():
     assert {'every', 'steps'} <= set(entry.fields)
   assert scheduled_probes.PROBES['ics'].fields['shift'].default == 'block'
@@ -165,29 +205,48 @@ def test_differing_fields_are_dotted():
   assert config_lib.differing_fields(a, b) == ['checkpoint_every', 'norm', 'num_steps']
 
 
-@pytest.mark.parametrize('override,message', [
+@pytest.mark.parametrize(
+  'override,message',
+  [
     ({'learning_rate': float('nan')}, 'learning_rate must be a finite number > 0'),
     ({'batch_size': 0}, 'batch_size must be an integer > 0'),
     ({'momentum': 1.0}, 'momentum must be in'),
     ({'dataset': 'cifar10'}, 'model dln needs dataset dln_gaussian'),
     ({'loss': 'cross_entropy'}, 'does not fit dataset'),
     ({'bn_stats': 'local'}, "unknown bn_stats 'local'"),
-])
+  ],
+)
 def test_impossible_configs_are_refused(tmp_path, override, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     train.train_and_evaluate(small_dln(**override), str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
 
 
-@pytest.mark.parametrize('flag,message', [
+@pytest.mark.parametrize(
+  'flag,message',
+  [
     ('--config.no_such_field=1', "bnjax: config has no field 'no_such_field'; valid: batch_size, "),
-    ('--config.probes.landscape.evry=5',
-     "bnjax: config has no field 'probes.landscape.evry'; closest: probes.landscape.every"),
-    ('--config.learnin_rate=0.1', "bnjax: config has no field 'learnin_rate'; closest: learning_rate"),
-])
+    (
+      '--config.probes.landscape.evry=5',
+      "bnjax: config has no field 'probes.landscape.evry'; closest: probes.landscape.every",
+    ),
+    (
+      '--config.learnin_rate=0.1',
+      "bnjax: config has no field 'learnin_rate'; closest: learning_rate",
+    ),
+  ],
+)
 def test_a_misspelt_override_is_one_line_with_the_closest_names(tmp_path, flag, message):
-  p = start([sys.executable, '-m', 'bnjax.main', f'--config={ROOT}/configs/dln_bn.py',
-             f'--workdir={tmp_path / "w"}', flag])
+  p = start(
+    [
+      sys.executable,
+      '-m',
+      'bnjax.main',
+      f'--config={ROOT}/configs/dln_bn.py',
+      f'--workdir={tmp_path / "w"}',
+      flag,
+    ]
+  )
   _, err = p.communicate(timeout=120)
   assert p.returncode == 2
   assert err.strip().startswith(message) and len(err.strip().splitlines()) == 1, err
@@ -198,5 +257,6 @@ def test_main_reports_a_bad_value_in_one_line(tmp_path):
   p = start_main([f'--config={ROOT}/configs/dln_bn.py', '--config.norm=bogus'], tmp_path / 'w')
   _, err = p.communicate(timeout=120)
   assert p.returncode == 2 and err.strip().splitlines()[-1].startswith(
-      "bnjax: config error: unknown normaliser 'bogus'")
+    "bnjax: config error: unknown normaliser 'bogus'"
+  )
   assert not (tmp_path / 'w').exists()

@@ -71,24 +71,30 @@ def test_each_host_reads_only_its_slice(monkeypatch):
 
 
 def test_without_tensorflow_preparing_or_reading_an_unprepared_dataset_is_one_line(
-    capsys, monkeypatch, tmp_path):
+  capsys, monkeypatch, tmp_path
+):
   monkeypatch.setattr(image_sources, 'tensorflow_available', lambda: False)
   assert data.main(['prepare', 'cifar10']) == 1
   err = capsys.readouterr().err
-  assert err == 'bnjax.data: preparing tfds dataset \'cifar10\' needs TensorFlow: pip install -e ".[prepare]"\n'
+  assert (
+    err
+    == 'bnjax.data: preparing tfds dataset \'cifar10\' needs TensorFlow: pip install -e ".[prepare]"\n'
+  )
   assert data.main(['prepare', 'dln_gaussian']) == 1
   assert "'dln_gaussian' is not a tfds dataset" in capsys.readouterr().err
   with pytest.raises(data.DataError) as e:
     data.load('cifar10', tfds_data_dir=str(tmp_path))
   assert str(e.value) == (
-      f"tfds dataset 'cifar10' is not prepared under {tmp_path}; prepare it once (needs "
-      'TensorFlow and internet): pip install -e ".[prepare]" && python -m bnjax.data prepare cifar10')
+    f"tfds dataset 'cifar10' is not prepared under {tmp_path}; prepare it once (needs "
+    'TensorFlow and internet): pip install -e ".[prepare]" && python -m bnjax.data prepare cifar10'
+  )
 
 
 def test_preparing_offline_is_one_line_saying_what_to_do(capsys, monkeypatch, tmp_path):
   """The real tfds download through a proxy that refuses every connection (no network)."""
   pytest.importorskip('tensorflow')
   from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(downloader, 'MAX_RETRIES', 0)  # tfds retries for minutes otherwise
   for var in ('HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
     monkeypatch.setenv(var, 'http://127.0.0.1:9')  # the discard port: connection refused
@@ -97,6 +103,8 @@ def test_preparing_offline_is_one_line_saying_what_to_do(capsys, monkeypatch, tm
   assert data.main(['prepare', 'cifar10', '--data_dir', str(tmp_path)]) == 1
   err = capsys.readouterr().err
   assert err.count('\n') == 1, err
-  assert err.startswith("bnjax.data: downloading tfds dataset 'cifar10' failed: the network is "
-                        'unreachable from here (ProxyError: ')
+  assert err.startswith(
+    "bnjax.data: downloading tfds dataset 'cifar10' failed: the network is "
+    'unreachable from here (ProxyError: '
+  )
   assert 'python -m bnjax.data prepare cifar10 --data_dir=DIR' in err and 'TFDS_DATA_DIR' in err

@@ -21,16 +21,17 @@ def _direct(model, variables, split):
 
 @pytest.mark.parametrize('norm', ['batch', 'noisy_batch'])
 def test_loss_and_accuracy_over_every_test_example_once(norm):
-  config = ml_collections.ConfigDict({'norm': norm, 'loss': 'cross_entropy',
-                                      'eval_batch_size': 16})
+  config = ml_collections.ConfigDict({'norm': norm, 'loss': 'cross_entropy', 'eval_batch_size': 16})
   model = models.get_model('mlp', norm, num_classes=3, hidden=(8,))
   rng = np.random.default_rng(0)
-  test = data.Split(rng.standard_normal((37, 5)).astype(np.float32),  # 3 batches, 1 padded
-                    rng.integers(0, 3, 37).astype(np.int32))
-  variables = model.init({'params': jax.random.key(0), 'noise': jax.random.key(1)},
-                         test.inputs[:1], train=False)
-  state = types.SimpleNamespace(params=variables['params'],
-                                batch_stats=variables['batch_stats'])
+  test = data.Split(
+    rng.standard_normal((37, 5)).astype(np.float32),  # 3 batches, 1 padded
+    rng.integers(0, 3, 37).astype(np.int32),
+  )
+  variables = model.init(
+    {'params': jax.random.key(0), 'noise': jax.random.key(1)}, test.inputs[:1], train=False
+  )
+  state = types.SimpleNamespace(params=variables['params'], batch_stats=variables['batch_stats'])
   mesh = train.data_mesh()  # the run's mesh: every device
   out = evaluation.make_evaluate(config, model, test, mesh)(state)
   loss, accuracy = _direct(model, variables, test)

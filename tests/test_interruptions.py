@@ -10,8 +10,20 @@ import time
 import pytest
 
 from bnjax import interruptions, train, workdir
-from small_runs import (ROOT, has_checkpoint, launcher_failure, main_args, metric_lines,
-                        small_dln, start, start_main, status, steps_in, subprocess_env, wait_for)
+from small_runs import (
+  ROOT,
+  has_checkpoint,
+  launcher_failure,
+  main_args,
+  metric_lines,
+  small_dln,
+  start,
+  start_main,
+  status,
+  steps_in,
+  subprocess_env,
+  wait_for,
+)
 
 
 @pytest.mark.slow
@@ -61,7 +73,8 @@ def test_a_second_ctrl_c_stops_at_once_and_status_does_not_say_running(tmp_path,
 @pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_a_run_starts_stops_it_before_its_first_step_with_a_checkpoint(
-    tmp_path, signum):
+  tmp_path, signum
+):
   """SIGHUP is a SIGTERM (preempted, 75); either, sent while bnjax.main still starts (here
   just after JAX's set-up, before the data and the compilation), is not lost."""
   run = start(main_args(tmp_path))
@@ -73,7 +86,11 @@ def test_a_signal_while_a_run_starts_stops_it_before_its_first_step_with_a_check
   assert run.returncode == interruptions.EXIT_PREEMPTED, err[-3000:]
   s = status(tmp_path)
   assert (s['state'], s['step'], s['last_checkpoint'], s['signal']) == (
-      'preempted', 0, 0, signal.Signals(signum).name)
+    'preempted',
+    0,
+    0,
+    signal.Signals(signum).name,
+  )
   assert (tmp_path / 'checkpoints' / '0').exists()
   assert not (tmp_path / 'metrics.jsonl').exists()  # no step trained
 
@@ -82,11 +99,18 @@ def test_a_signal_while_a_run_starts_stops_it_before_its_first_step_with_a_check
 def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_path):
   """SIGKILL loses at most a checkpoint interval; SIGTERM saves and exits 'preempted';
   rerunning the same command resumes; the end matches an uninterrupted run exactly."""
-  args = [f'--config={ROOT}/configs/dln_bn.py', '--config.norm=noisy_batch',
-          '--config.model_kwargs.depth=8', '--config.probes.ics.layers=(2, 4)',
-          '--config.num_steps=500', '--config.checkpoint_every=100',
-          '--config.steps_per_call=20', '--config.probes.activations.every=0',
-          '--config.probes.ics.every=150', '--config.probes.landscape.every=150']
+  args = [
+    f'--config={ROOT}/configs/dln_bn.py',
+    '--config.norm=noisy_batch',
+    '--config.model_kwargs.depth=8',
+    '--config.probes.ics.layers=(2, 4)',
+    '--config.num_steps=500',
+    '--config.checkpoint_every=100',
+    '--config.steps_per_call=20',
+    '--config.probes.activations.every=0',
+    '--config.probes.ics.every=150',
+    '--config.probes.landscape.every=150',
+  ]
   full = start_main(args, tmp_path / 'full')
   assert full.wait(timeout=600) == 0, full.stderr.read()
   run = tmp_path / 'interrupted'
@@ -128,12 +152,23 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
 
 @pytest.mark.slow
 def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resumes(tmp_path):
-  launcher = ['bash', 'launch/local_multihost.sh', '2', '2', *main_args(tmp_path / 'two')[3:],
-              '--heartbeat_timeout_seconds=20']
+  launcher = [
+    'bash',
+    'launch/local_multihost.sh',
+    '2',
+    '2',
+    *main_args(tmp_path / 'two')[3:],
+    '--heartbeat_timeout_seconds=20',
+  ]
   run = start(launcher, start_new_session=True)
   wait_for(has_checkpoint(tmp_path / 'two'), run)
-  pid = int(subprocess.run(['pgrep', '-f', f'process_id=1 .*--workdir={tmp_path / "two"}'],
-                           capture_output=True, text=True).stdout.split()[0])
+  pid = int(
+    subprocess.run(
+      ['pgrep', '-f', f'process_id=1 .*--workdir={tmp_path / "two"}'],
+      capture_output=True,
+      text=True,
+    ).stdout.split()[0]
+  )
   killed_at = time.time()
   os.kill(pid, signal.SIGKILL)
   _, err = run.communicate(timeout=180)
@@ -145,18 +180,32 @@ def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resume
   # still 'running' when JAX's runtime aborts it first (an abort runs no Python code).
   assert status(tmp_path / 'two')['state'] in ('failed', 'running')
 
-  rerun = subprocess.run(launcher[:4] + [a.replace('num_steps=3000', 'num_steps=500')
-                                         for a in launcher[4:]],
-                         cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                         timeout=600)
+  rerun = subprocess.run(
+    launcher[:4] + [a.replace('num_steps=3000', 'num_steps=500') for a in launcher[4:]],
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert rerun.returncode == 0, launcher_failure(rerun.stderr)
   assert 'resumed from checkpoint' in rerun.stderr
   # Against the same two processes uninterrupted: the same reductions, so the same numbers
   # (one process x 4 devices drifts from them by rounding over 500 steps of this DLN).
-  whole = subprocess.run(['bash', 'launch/local_multihost.sh', '2', '2',
-                          *main_args(tmp_path / 'whole', num_steps=500)[3:]],
-                         cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                         timeout=600)
+  whole = subprocess.run(
+    [
+      'bash',
+      'launch/local_multihost.sh',
+      '2',
+      '2',
+      *main_args(tmp_path / 'whole', num_steps=500)[3:],
+    ],
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert whole.returncode == 0, launcher_failure(whole.stderr)
   a, b = metric_lines(tmp_path / 'whole'), metric_lines(tmp_path / 'two')
   assert [l['step'] for l in b] == list(range(500))
@@ -170,8 +219,11 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step_with_a_checkpoint
   launcher = ['bash', 'launch/local_multihost.sh', '2', '2', *main_args(workdir)[3:]]
   run = start(launcher, start_new_session=True)
   wait_for(has_checkpoint(workdir), run)
-  pid = int(subprocess.run(['pgrep', '-f', f'process_id=1 .*--workdir={workdir}'],
-                           capture_output=True, text=True).stdout.split()[0])
+  pid = int(
+    subprocess.run(
+      ['pgrep', '-f', f'process_id=1 .*--workdir={workdir}'], capture_output=True, text=True
+    ).stdout.split()[0]
+  )
   os.kill(pid, signal.SIGTERM)
   _, err = run.communicate(timeout=300)
   assert run.returncode == interruptions.EXIT_PREEMPTED, launcher_failure(err)

@@ -18,16 +18,24 @@ MAX_PRIVATE_PARAMS = 5
 def function_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
   """Lines after the docstring (or, without one, after the signature) to the last line."""
   first = node.body[0]
-  if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-      and isinstance(first.value.value, str)):
+  if (
+    isinstance(first, ast.Expr)
+    and isinstance(first.value, ast.Constant)
+    and isinstance(first.value.value, str)
+  ):
     return node.end_lineno - first.end_lineno
   return node.end_lineno - (first.lineno - 1)
 
 
 def num_params(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
   a = node.args
-  return (len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + (a.vararg is not None)
-          + (a.kwarg is not None))
+  return (
+    len(a.posonlyargs)
+    + len(a.args)
+    + len(a.kwonlyargs)
+    + (a.vararg is not None)
+    + (a.kwarg is not None)
+  )
 
 
 def is_private(name: str) -> bool:
@@ -47,8 +55,9 @@ def layout_problems(path: pathlib.Path) -> list[str]:
     if (n := function_lines(node)) > MAX_FUNCTION_LINES:
       problems.append(f'{path}:{node.lineno} {node.name}: {n} lines > {MAX_FUNCTION_LINES}')
     if is_private(node.name) and (n := num_params(node)) > MAX_PRIVATE_PARAMS:
-      problems.append(f'{path}:{node.lineno} {node.name}: {n} parameters > '
-                      f'{MAX_PRIVATE_PARAMS} (private)')
+      problems.append(
+        f'{path}:{node.lineno} {node.name}: {n} parameters > {MAX_PRIVATE_PARAMS} (private)'
+      )
   return problems
 
 
@@ -74,30 +83,48 @@ def _padded(code: str, lines: int) -> str:
 
 def test_the_limits_catch_what_they_name(tmp_path):
   at_limits = tmp_path / 'at_limits.py'
-  at_limits.write_text(_padded(
-      _function('fifty', 'a', 50) + _function('no_docstring', '', 50, docstring=False)
-      + _function('_five', 'a, /, b, *c, d, **e', 1) + _function('public', 'a, b, c, d, e, f', 1)
-      + 'class C:\n' + _indented(_function('__init__', 'self, a, b, c, d, e', 1)),
-      MAX_FILE_LINES))
+  at_limits.write_text(
+    _padded(
+      _function('fifty', 'a', 50)
+      + _function('no_docstring', '', 50, docstring=False)
+      + _function('_five', 'a, /, b, *c, d, **e', 1)
+      + _function('public', 'a, b, c, d, e, f', 1)
+      + 'class C:\n'
+      + _indented(_function('__init__', 'self, a, b, c, d, e', 1)),
+      MAX_FILE_LINES,
+    )
+  )
   assert layout_problems(at_limits) == []
 
   over = tmp_path / 'over.py'
-  over.write_text(_padded(
-      _function('too_long', 'a', 51) + _function('no_docstring', '', 51, docstring=False)
+  over.write_text(
+    _padded(
+      _function('too_long', 'a', 51)
+      + _function('no_docstring', '', 51, docstring=False)
       + _function('_six', 'a, /, b, *c, d, e, **f', 1)
-      + 'class C:\n' + _indented(_function('_method', 'self', 51))
-      + _function('outer', '', 1) + _indented(_function('_inner', 'a, b, c, d, e, f', 1)),
-      MAX_FILE_LINES + 1))
+      + 'class C:\n'
+      + _indented(_function('_method', 'self', 51))
+      + _function('outer', '', 1)
+      + _indented(_function('_inner', 'a, b, c, d, e, f', 1)),
+      MAX_FILE_LINES + 1,
+    )
+  )
   problems = layout_problems(over)
-  for expected in (f'over.py: {MAX_FILE_LINES + 1} lines > {MAX_FILE_LINES}',
-                   'too_long: 51 lines > 50', 'no_docstring: 51 lines > 50',
-                   '_six: 6 parameters > 5 (private)', '_method: 51 lines > 50',
-                   '_inner: 6 parameters > 5 (private)'):
+  for expected in (
+    f'over.py: {MAX_FILE_LINES + 1} lines > {MAX_FILE_LINES}',
+    'too_long: 51 lines > 50',
+    'no_docstring: 51 lines > 50',
+    '_six: 6 parameters > 5 (private)',
+    '_method: 51 lines > 50',
+    '_inner: 6 parameters > 5 (private)',
+  ):
     assert sum(p.endswith(expected) for p in problems) == 1, (expected, problems)
   assert len(problems) == 6, problems
 
 
-@pytest.mark.parametrize('name,private', [('_f', True), ('__f', True), ('f', False),
-                                          ('__init__', False), ('__call__', False)])
+@pytest.mark.parametrize(
+  'name,private',
+  [('_f', True), ('__f', True), ('f', False), ('__init__', False), ('__call__', False)],
+)
 def test_private_means_one_leading_underscore_not_a_dunder(name, private):
   assert is_private(name) == private

@@ -46,12 +46,15 @@ class _Due:
 
 def test_each_call_is_written_when_the_next_is_submitted_and_the_last_on_flush(tmp_path):
   config = small_dln(log_every_seconds=0)
-  log = metrics_log.MetricsLog(config, workdir.Workdir(tmp_path), {'p': _Due()},
-                               first_line={'data/skipped_images': 2})
+  log = metrics_log.MetricsLog(
+    config, workdir.Workdir(tmp_path), {'p': _Due()}, first_line={'data/skipped_images': 2}
+  )
 
   def call(losses):  # one call's metrics as the chunk returns them: [k] per field
-    return ({'train_loss': np.asarray(losses, np.float32)},
-            {'p': {'x': np.arange(len(losses), dtype=np.float32)}})
+    return (
+      {'train_loss': np.asarray(losses, np.float32)},
+      {'p': {'x': np.arange(len(losses), dtype=np.float32)}},
+    )
 
   assert log.submit(0, call([3.0, 2.0]), {'eval_loss': 9.0}) is None
   assert not (tmp_path / 'metrics.jsonl').exists()  # held, one call behind

@@ -56,8 +56,12 @@ def test_intermediates_are_sown_in_training_mode():
   model = models.get_model('mlp', 'batch', hidden=(6, 5))
   x = jnp.ones((4, 3))
   v = _init(model, x)
-  _, st = model.apply({'params': v['params'], 'batch_stats': v['batch_stats']}, x, train=True,
-                      mutable=['intermediates', 'batch_stats'])
+  _, st = model.apply(
+    {'params': v['params'], 'batch_stats': v['batch_stats']},
+    x,
+    train=True,
+    mutable=['intermediates', 'batch_stats'],
+  )
   z = st['intermediates']['norm2_out'][0]
   assert z.shape == (4, 5)
   assert jnp.allclose(z.mean(0), 0, atol=1e-5)  # BN output, before the ReLU
@@ -103,8 +107,9 @@ def test_materialized_is_the_identity_in_value_jvp_gradient_and_hvp(monkeypatch)
   """``common.materialized`` (x / (1 + 0 x) on CPU, so that XLA stores x once) returns x
   bitwise and has the identity's derivatives; a VGG with BatchNorm has the same loss,
   gradient and HVP with it as with a plain identity in its place."""
-  x = jnp.concatenate([jnp.array([0.0, -0.0, 1e30, -1e-30]),
-                       1e3 * jax.random.normal(jax.random.key(0), (60,))])
+  x = jnp.concatenate(
+    [jnp.array([0.0, -0.0, 1e30, -1e-30]), 1e3 * jax.random.normal(jax.random.key(0), (60,))]
+  )
   v = jax.random.normal(jax.random.key(1), x.shape)
   bits = lambda a: np.asarray(a).view(np.int32)
   np.testing.assert_array_equal(bits(jax.jit(common.materialized)(x)), bits(x))
@@ -123,10 +128,14 @@ def test_materialized_is_the_identity_in_value_jvp_gradient_and_hvp(monkeypatch)
   tangent = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape)), params)
 
   def loss_grad_hvp(params):
-    loss = lambda p: jnp.sum(jnp.sin(model.apply({'params': p, 'batch_stats': {}}, images,
-                                                  train=True, mutable=['batch_stats'])[0]))
-    return (loss(params), jax.grad(loss)(params),
-            jax.jvp(jax.grad(loss), (params,), (tangent,))[1])
+    loss = lambda p: jnp.sum(
+      jnp.sin(
+        model.apply({'params': p, 'batch_stats': {}}, images, train=True, mutable=['batch_stats'])[
+          0
+        ]
+      )
+    )
+    return (loss(params), jax.grad(loss)(params), jax.jvp(jax.grad(loss), (params,), (tangent,))[1])
 
   results = [jax.jit(loss_grad_hvp)(params)]
   monkeypatch.setattr(common, 'materialized', lambda x: x)
@@ -148,12 +157,14 @@ def test_for_control_flow_model_is_the_same_function_in_loops():
 
   expected = jax.value_and_grad(loss(model))(params)
   zero = jax.tree.map(jnp.zeros_like, expected)
-  in_loop = jax.jit(lambda p: jax.lax.fori_loop(
-      0, 1, lambda i, _: jax.value_and_grad(loss(loop_model))(p), zero))(params)
+  in_loop = jax.jit(
+    lambda p: jax.lax.fori_loop(0, 1, lambda i, _: jax.value_and_grad(loss(loop_model))(p), zero)
+  )(params)
   # Conv biases before BN have zero gradient up to rounding: tolerance on the global scale.
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(expected))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
-               expected, in_loop)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale), expected, in_loop
+  )
   with pytest.raises(ValueError, match='conv_impl'):
     models.get_model('vgg_tiny', 'none', conv_impl='fft').init(jax.random.key(0), x, train=False)
   assert models.for_control_flow(models.get_model('dln', 'batch')).depth == 25
@@ -161,9 +172,11 @@ def test_for_control_flow_model_is_the_same_function_in_loops():
 
 def test_each_model_names_its_layers_through_one_helper():
   """``models.layer`` names what each model creates: its modules, params and exposures."""
-  for name, kwargs, x in (('vgg_tiny', {}, jnp.zeros((2, 32, 32, 3))),
-                          ('mlp', {'hidden': (6, 5)}, jnp.zeros((2, 3))),
-                          ('dln', {'depth': 3}, jnp.zeros((2, 10)))):
+  for name, kwargs, x in (
+    ('vgg_tiny', {}, jnp.zeros((2, 32, 32, 3))),
+    ('mlp', {'hidden': (6, 5)}, jnp.zeros((2, 3))),
+    ('dln', {'depth': 3}, jnp.zeros((2, 10))),
+  ):
     model = models.get_model(name, 'batch', **kwargs)
     shapes = jax.eval_shape(lambda x, model=model: _init(model, x), x)
     for k in range(1, models.num_layers(model) + 1):
@@ -174,7 +187,8 @@ def test_each_model_names_its_layers_through_one_helper():
         assert {names.linear_out, names.norm_out} <= set(shapes['perturbations'])
         assert names.norm in shapes['params']
   assert models.layer(models.get_model('vgg16', 'none'), 3) == common.Layer(
-      'conv3', 'norm3', 'conv3_out', 'norm3_out')
+    'conv3', 'norm3', 'conv3_out', 'norm3_out'
+  )
 
 
 def test_the_registry_gives_num_classes_to_classifiers_only():
@@ -187,4 +201,5 @@ def test_the_registry_gives_num_classes_to_classifiers_only():
 def test_the_cpu_convolution_threshold_is_one_number_for_models_and_probes():
   """The probe library keeps its own copy (it imports nothing else of bnjax): they agree."""
   from bnjax.probes import convolutions  # pylint: disable=g-import-not-at-top
+
   assert common.CPU_IM2COL_MAX_PIXELS == convolutions.CPU_MATMUL_MAX_PIXELS

@@ -13,8 +13,9 @@ from bnjax.models import norms
 
 def _apply(module, y, train=True, key=0, mutable=('batch_stats',)):
   variables = module.init({'params': jax.random.key(0), 'noise': jax.random.key(1)}, y, False)
-  out, updates = module.apply(variables, y, train, rngs={'noise': jax.random.key(key)},
-                              mutable=list(mutable))
+  out, updates = module.apply(
+    variables, y, train, rngs={'noise': jax.random.key(key)}, mutable=list(mutable)
+  )
   return variables, out, updates
 
 
@@ -42,27 +43,33 @@ def test_batchnorm_matches_numpy_and_updates_running_stats(conv_acts):
 def test_batchnorm_eval_uses_running_stats(conv_acts):
   bn = norms.BatchNorm(epsilon=1e-5)
   variables = bn.init(jax.random.key(0), conv_acts, False)
-  variables = {'params': {'scale': jnp.full(5, 2.0), 'bias': jnp.full(5, 0.5)},
-               'batch_stats': {'mean': jnp.arange(5.0), 'var': jnp.full(5, 4.0)}}
+  variables = {
+    'params': {'scale': jnp.full(5, 2.0), 'bias': jnp.full(5, 0.5)},
+    'batch_stats': {'mean': jnp.arange(5.0), 'var': jnp.full(5, 4.0)},
+  }
   out = bn.apply(variables, conv_acts, False)
-  np.testing.assert_allclose(out, 2 * (conv_acts - np.arange(5)) / np.sqrt(4 + 1e-5) + 0.5,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    out, 2 * (conv_acts - np.arange(5)) / np.sqrt(4 + 1e-5) + 0.5, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_grouped_statistics_are_per_group(conv_acts):
   bn = norms.BatchNorm(num_groups=2)
   _, out, _ = _apply(bn, conv_acts)
   for g in range(2):
-    part = conv_acts[4 * g:4 * g + 4].reshape(-1, 5).astype(np.float64)
-    expected = (conv_acts[4 * g:4 * g + 4] - part.mean(0)) / np.sqrt(part.var(0) + 1e-5)
-    np.testing.assert_allclose(out[4 * g:4 * g + 4], expected, atol=1e-5)
+    part = conv_acts[4 * g : 4 * g + 4].reshape(-1, 5).astype(np.float64)
+    expected = (conv_acts[4 * g : 4 * g + 4] - part.mean(0)) / np.sqrt(part.var(0) + 1e-5)
+    np.testing.assert_allclose(out[4 * g : 4 * g + 4], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('name,size', [
+@pytest.mark.parametrize(
+  'name,size',
+  [
     ('lp1', lambda y: np.abs(y).mean(0)),
     ('lp2', lambda y: np.sqrt((y**2).mean(0))),
     ('lpinf', lambda y: np.abs(y).max(0)),
-])
+  ],
+)
 def test_lp_normalisation_formula(conv_acts, name, size):
   module = norms.get_normalizer(name)(name='n')
   _, out, updates = _apply(module, conv_acts)
@@ -79,8 +86,9 @@ def test_noise_distributions_match_algorithm_1():
   n_mu, n_sigma, r_mu, r_sigma = 0.5, 1.25, 0.1, 0.1
   units, elems = 2000, 400
   key = jax.random.key(3)
-  noise = functools.partial(norms.distributional_noise, key, n_mu=n_mu, n_sigma=n_sigma,
-                            r_mu=r_mu, r_sigma=r_sigma)
+  noise = functools.partial(
+    norms.distributional_noise, key, n_mu=n_mu, n_sigma=n_sigma, r_mu=r_mu, r_sigma=r_sigma
+  )
   zero = jnp.zeros((elems, units))
   m = np.asarray(noise(zero), np.float64)
   s = np.asarray(noise(zero + 1.0), np.float64) - m
@@ -119,8 +127,12 @@ def test_noise_is_exactly_algorithm_1_written_plainly_in_value_gradient_and_hvp(
   @functools.partial(jax.jit, static_argnums=0)
   def loss_grad_hvp_noise(noise, a):
     loss = lambda a: jnp.sum(noise(key, a, **consts) ** 3) / 3
-    return (loss(a), jax.grad(loss)(a), jax.jvp(jax.grad(loss), (a,), (v,))[1],
-            noise(key, a, **consts))
+    return (
+      loss(a),
+      jax.grad(loss)(a),
+      jax.jvp(jax.grad(loss), (a,), (v,))[1],
+      noise(key, a, **consts),
+    )
 
   got = loss_grad_hvp_noise(norms.distributional_noise, a)
   expected = loss_grad_hvp_noise(plain, a)
@@ -138,8 +150,9 @@ def test_noisy_batchnorm_is_bn_plus_fresh_noise_in_training_only(conv_acts):
   assert not np.allclose(out1, out2)  # a fresh draw per key
   assert not np.allclose(out1, clean)
   eval_out = noisy.apply(v, conv_acts, False)
-  bn_eval = bn.apply({'params': v['params']['bn'], 'batch_stats': v['batch_stats']['bn']},
-                     conv_acts, False)
+  bn_eval = bn.apply(
+    {'params': v['params']['bn'], 'batch_stats': v['batch_stats']['bn']}, conv_acts, False
+  )
   np.testing.assert_allclose(eval_out, bn_eval)
   # At the noise's expectation: scale E[s] = (1 + n_sigma) / 2 = 1.125, shift E[m] = 0.
   expected = norms.NoisyBatchNorm(eval_noise='expectation').apply(v, conv_acts, False)
@@ -151,6 +164,6 @@ def test_noisy_batchnorm_is_bn_plus_fresh_noise_in_training_only(conv_acts):
 def test_registry_lists_valid_names_and_fields():
   with pytest.raises(ValueError, match="unknown normaliser 'bogus'.*noisy_batch.*lpinf"):
     norms.get_normalizer('bogus')
-  with pytest.raises(ValueError, match="no field"):
+  with pytest.raises(ValueError, match='no field'):
     norms.get_normalizer('batch', n_mu=0.3)
   assert set(norms.NORMALIZERS) >= {'none', 'batch', 'noisy_batch', 'noise', 'lp1', 'lp2', 'lpinf'}

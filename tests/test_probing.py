@@ -25,16 +25,21 @@ def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   config.probes = ml_collections.ConfigDict(probe_configs)
   model = models.get_model('mlp', norm, hidden=(6, 5), num_classes=3)
   rng = np.random.default_rng(0)
-  batch = {'inputs': jnp.asarray(rng.standard_normal((16, 4)), jnp.float32),
-           'targets': jnp.asarray(rng.integers(0, 3, 16))}
-  v = model.init({'params': jax.random.key(0), 'noise': jax.random.key(0)}, batch['inputs'],
-                 train=False)
+  batch = {
+    'inputs': jnp.asarray(rng.standard_normal((16, 4)), jnp.float32),
+    'targets': jnp.asarray(rng.integers(0, 3, 16)),
+  }
+  v = model.init(
+    {'params': jax.random.key(0), 'noise': jax.random.key(0)}, batch['inputs'], train=False
+  )
   # Move BN's scale and offset off 1 and 0 so that every parameter matters.
-  params = jax.tree.map(lambda a: a + 0.3 * jnp.asarray(rng.standard_normal(a.shape), a.dtype),
-                        v['params'])
+  params = jax.tree.map(
+    lambda a: a + 0.3 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), v['params']
+  )
   stats = jax.tree.map(
-      lambda a: a + 0.5 * jnp.abs(jnp.asarray(rng.standard_normal(a.shape), a.dtype)),
-      v.get('batch_stats', {}))
+    lambda a: a + 0.5 * jnp.abs(jnp.asarray(rng.standard_normal(a.shape), a.dtype)),
+    v.get('batch_stats', {}),
+  )
   tx = optax.sgd(LR)
   state = train.TrainState.create({'params': params, 'batch_stats': stats}, tx)
   fns = scheduled_probes.build(config, model, tx)
@@ -61,7 +66,8 @@ def hand_written_loss(p, x, y, dy=None):
 def test_ics_moves_whole_blocks_below_the_layer():
   """Definition 2.1 with W_<2 = dense1's kernel and bias and norm1's scale and offset."""
   fns, state, batch, key, loss, grads = mlp_setup(
-      {'ics': {'every': 1, 'layers': (1, 2), 'shift': 'block'}})
+    {'ics': {'every': 1, 'layers': (1, 2), 'shift': 'block'}}
+  )
   kernel_fns, *_ = mlp_setup({'ics': {'every': 1, 'layers': (1, 2), 'shift': 'kernel'}})
   block = jax.jit(fns['ics'].fn)(state, batch, key, loss, grads)
   kernel = jax.jit(kernel_fns['ics'].fn)(state, batch, key, loss, grads)
@@ -77,8 +83,10 @@ def test_ics_moves_whole_blocks_below_the_layer():
 
   def l2_cos(other):
     other = np.asarray(other, np.float64)
-    return (np.linalg.norm(g2 - other),
-            np.sum(g2 * other) / np.linalg.norm(g2) / np.linalg.norm(other))
+    return (
+      np.linalg.norm(g2 - other),
+      np.sum(g2 * other) / np.linalg.norm(g2) / np.linalg.norm(other),
+    )
 
   for result, shifted in ((block, shifted_block), (kernel, shifted_kernel)):
     l2, cos = l2_cos(w2_grad(shifted))
@@ -96,13 +104,15 @@ def dense_top_eigenvalue(loss_fn, params) -> float:
 
 def test_hessian_probes_in_train_and_eval_bn_mode():
   fns, state, batch, key, loss, grads = mlp_setup(
-      {'top_eigenvalues': {'every': 1, 'k': 1, 'num_iterations': 40, 'seed': 0, 'bn_mode': 'both'}})
+    {'top_eigenvalues': {'every': 1, 'k': 1, 'num_iterations': 40, 'seed': 0, 'bn_mode': 'both'}}
+  )
   out = jax.jit(fns['top_eigenvalues'].fn)(state, batch, key, loss, grads)
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
   x, y = batch['inputs'], batch['targets']
   ce = lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  eval_loss = lambda p: ce(model.apply({'params': p, 'batch_stats': state.batch_stats}, x,
-                                       train=False))
+  eval_loss = lambda p: ce(
+    model.apply({'params': p, 'batch_stats': state.batch_stats}, x, train=False)
+  )
   train_loss = lambda p: hand_written_loss(p, x, y)
   lam_train = dense_top_eigenvalue(train_loss, state.params)
   lam_eval = dense_top_eigenvalue(eval_loss, state.params)
@@ -113,12 +123,14 @@ def test_hessian_probes_in_train_and_eval_bn_mode():
 
 def test_bn_theorems_gradients_are_those_of_the_hand_written_network():
   fns, state, batch, key, loss, grads = mlp_setup(
-      {'bn_theorems': {'every': 1, 'layers': (1, 2), 'units': 4}})
+    {'bn_theorems': {'every': 1, 'layers': (1, 2), 'units': 4}}
+  )
   out = jax.jit(fns['bn_theorems'].fn)(state, batch, key, loss, grads)
   for k, width in ((1, 6), (2, 5)):
     dy = jnp.zeros((16, width))
-    g = jax.grad(lambda d, k=k: hand_written_loss(state.params, batch['inputs'],
-                                                  batch['targets'], {k: d}))(dy)
+    g = jax.grad(
+      lambda d, k=k: hand_written_loss(state.params, batch['inputs'], batch['targets'], {k: d})
+    )(dy)
     grad_y_sq = np.sum(np.asarray(g, np.float64) ** 2, 0)[:4]  # the first 4 units
     np.testing.assert_allclose(out[f'layer{k}/grad_y_sq'], grad_y_sq, rtol=1e-4)
     np.testing.assert_allclose(out[f'layer{k}/thm41_rhs'], grad_y_sq, rtol=1e-3)  # Thm 4.1: =
@@ -132,8 +144,9 @@ def test_weight_distance_is_zero_for_a_rescaled_unit_only_without_scale():
   init = objective.init_variables(model, 0, batch['inputs'][:1])['params']
   assert init['dense1']['kernel'].shape == (4, 6)
   scales = np.linspace(0.5, 2.0, 6)
-  params = dict(state.params, dense1=dict(state.params['dense1'],
-                                          kernel=init['dense1']['kernel'] * scales))
+  params = dict(
+    state.params, dense1=dict(state.params['dense1'], kernel=init['dense1']['kernel'] * scales)
+  )
   params['dense2'] = dict(params['dense2'], kernel=init['dense2']['kernel'] + 1.0)
   out = jax.jit(fns['weight_distance'].fn)(state.replace(params=params), batch, key, loss, grads)
   w0 = np.asarray(init['dense1']['kernel'], np.float64)
@@ -146,13 +159,15 @@ def test_weight_distance_is_zero_for_a_rescaled_unit_only_without_scale():
 
 def test_a_probe_runs_at_its_listed_steps():
   fns, state, batch, key, loss, grads = mlp_setup(
-      {'landscape': {'every': 0, 'steps': (2,), 'step_size_multipliers': (1.0,)}})
+    {'landscape': {'every': 0, 'steps': (2,), 'step_size_multipliers': (1.0,)}}
+  )
   probe = fns['landscape']
   assert [s for s in range(5) if probe.due(s)] == [2]
   assert [s for s in range(5) if bool(probe.due_traced(jnp.int32(s)))] == [2]
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
-  step = train.make_train_step(objective.make_objective(model, 'cross_entropy'), optax.sgd(LR),
-                               jax.random.key(1), LR)
+  step = train.make_train_step(
+    objective.make_objective(model, 'cross_entropy'), optax.sgd(LR), jax.random.key(1), LR
+  )
   batches = jax.tree.map(lambda b: jnp.stack([b] * 4), batch)
   _, (_, out) = jax.jit(train.make_train_chunk(step, fns, jax.random.key(1)))(state, batches)
   ran = np.isfinite(np.asarray(out['landscape']['loss_at_start']))

@@ -22,7 +22,7 @@ def claims_table_numbers(results: str) -> list[str]:
   cols = [c.strip().lower() for c in rows[head].strip('|').split('|')]
   ours = next(i for i, c in enumerate(cols) if c.startswith('ours'))
   out = []
-  for line in rows[head + 2:]:
+  for line in rows[head + 2 :]:
     cells = [c.strip() for c in line.strip('|').split('|')]
     if len(cells) <= ours:
       break

@@ -14,7 +14,7 @@ import pytest
 from bnjax import sweep
 from small_runs import ROOT, kill_processes_of, processes_of, start, subprocess_env
 
-TINY_SWEEP = '''
+TINY_SWEEP = """
 from bnjax import config_lib, sweep
 
 def get_sweep():
@@ -29,7 +29,7 @@ def get_sweep():
   return c, sweep.product(sweep.axis('norm', ['none', 'batch']), sweep.axis('seed', [0])){extra}
 
 get_config = sweep.config_getter(get_sweep)
-'''
+"""
 
 
 def write_sweep(tmp_path, extra: str = '') -> pathlib.Path:
@@ -39,11 +39,16 @@ def write_sweep(tmp_path, extra: str = '') -> pathlib.Path:
 
 
 def test_product_zip_and_names():
-  runs = sweep.product(sweep.axis('learning_rate', [0.1, 1e-6]),
-                       sweep.zip_(sweep.axis('norm', ['none', 'batch']), sweep.axis('seed', [0, 1])))
+  runs = sweep.product(
+    sweep.axis('learning_rate', [0.1, 1e-6]),
+    sweep.zip_(sweep.axis('norm', ['none', 'batch']), sweep.axis('seed', [0, 1])),
+  )
   assert [sweep.run_name(r) for r in runs] == [
-      'learning_rate=0.1_norm=none_seed=0', 'learning_rate=0.1_norm=batch_seed=1',
-      'learning_rate=1e-06_norm=none_seed=0', 'learning_rate=1e-06_norm=batch_seed=1']
+    'learning_rate=0.1_norm=none_seed=0',
+    'learning_rate=0.1_norm=batch_seed=1',
+    'learning_rate=1e-06_norm=none_seed=0',
+    'learning_rate=1e-06_norm=batch_seed=1',
+  ]
   assert sweep.run_name({'name': 'bn_lr0.1', 'norm': 'batch'}) == 'bn_lr0.1'
   assert sweep.run_name({'probes.ics.layers': (5, 10)}) == 'layers=5+10'
   with pytest.raises(ValueError, match='different lengths'):
@@ -53,25 +58,49 @@ def test_product_zip_and_names():
 def test_shipped_sweeps_load(tmp_path, tiny_image_tarball):
   for f in sorted((ROOT / 'configs' / 'sweeps').glob('*.py')):
     # The local image-folder data need not be on this machine: any folder will do.
-    local_data = [f'--config.dataset=imagefolder:{tiny_image_tarball}'] if 'imagefolder' in (
-        f.read_text()) else []
+    local_data = (
+      [f'--config.dataset=imagefolder:{tiny_image_tarball}']
+      if 'imagefolder' in (f.read_text())
+      else []
+    )
     runs = sweep.load(str(f), str(tmp_path), local_data)
     assert runs and len({r.name for r in runs}) == len(runs), f.name
   dln = {r.name for r in sweep.load(str(ROOT / 'configs/sweeps/paper_dln.py'), str(tmp_path))}
-  assert {f'{n}_seed{s}' for n in ('standard_lr1e-6', 'bn_lr1e-6', 'l1_lr1e-6', 'l2_lr1e-6',
-                                    'linf_lr1e-6', 'standard_lr1e-7', 'bn_lr1e-7')
-          for s in range(5)} <= dln
+  assert {
+    f'{n}_seed{s}'
+    for n in (
+      'standard_lr1e-6',
+      'bn_lr1e-6',
+      'l1_lr1e-6',
+      'l2_lr1e-6',
+      'linf_lr1e-6',
+      'standard_lr1e-7',
+      'bn_lr1e-7',
+    )
+    for s in range(5)
+  } <= dln
 
 
-@pytest.mark.parametrize('extra,flags,message', [
+@pytest.mark.parametrize(
+  'extra,flags,message',
+  [
     (" + [{'nmr': 'batch'}]", [], "run nmr=batch: config has no field 'nmr'"),
     (" + [{'name': 'a,b'}]", [], "run name 'a,b' has characters"),
-    (" + [{'name': 'x', 'probes.landscape.evry': 5}]", [], "run x: config has no field 'probes.landscape.evry'"),
-    (" + [{'name': 'y', 'learning_rate': 'fast'}]", [], "run y: field 'learning_rate' cannot take 'fast'"),
+    (
+      " + [{'name': 'x', 'probes.landscape.evry': 5}]",
+      [],
+      "run x: config has no field 'probes.landscape.evry'",
+    ),
+    (
+      " + [{'name': 'y', 'learning_rate': 'fast'}]",
+      [],
+      "run y: field 'learning_rate' cannot take 'fast'",
+    ),
     (" + [{'name': 'z', 'norm': 'group'}]", [], "run z: unknown normaliser 'group'"),
     ('', ['--config.num_stepz=3'], "config has no field 'num_stepz'"),
     ('', ['--only=norm=batch_seed=0,nope'], "--only names no run ['nope']"),
-])
+  ],
+)
 def test_a_bad_sweep_is_refused_before_any_run(tmp_path, capsys, extra, flags, message):
   f = write_sweep(tmp_path, extra)
   root = tmp_path / 'root'
@@ -86,8 +115,10 @@ def test_dry_run_prints_one_command_per_run(tmp_path, capsys):
   assert sweep.main([str(f), f'--root={tmp_path}/r', '--dry-run', '--config.num_steps=7']) == 0
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2
-  assert lines[0].endswith(f'-m bnjax.main --config={f}:norm=none_seed=0 '
-                           f'--workdir={tmp_path}/r/norm=none_seed=0 --config.num_steps=7')
+  assert lines[0].endswith(
+    f'-m bnjax.main --config={f}:norm=none_seed=0 '
+    f'--workdir={tmp_path}/r/norm=none_seed=0 --config.num_steps=7'
+  )
 
 
 def _status(workdir):
@@ -107,8 +138,7 @@ def leftovers(tmp_path):
 def _start_sweep(tmp_path, *flags):
   f = write_sweep(tmp_path)
   cmd = [sys.executable, '-m', 'bnjax.sweep', str(f), f'--root={tmp_path / "root"}', *flags]
-  return cmd, start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    start_new_session=True)
+  return cmd, start(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_until_gone(tmp_path, timeout):
@@ -132,18 +162,24 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path, leftover
   _wait_until_gone(tmp_path, 120)
   before = (done_run / 'metrics.jsonl').read_text()
 
-  second = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
+  second = subprocess.run(
+    cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300
+  )
   assert second.returncode == 0, second.stdout + second.stderr
   assert '[sweep] norm=none_seed=0: done already, skipped' in second.stdout
   assert (done_run / 'metrics.jsonl').read_text() == before  # not redone
   with open(root / 'summary.csv') as csv_file:
     rows = list(csv.DictReader(csv_file))
   assert [(r['name'], r['state'], r['steps']) for r in rows] == [
-      ('norm=none_seed=0', 'done', '40'), ('norm=batch_seed=0', 'done', '40')]
+    ('norm=none_seed=0', 'done', '40'),
+    ('norm=batch_seed=0', 'done', '40'),
+  ]
   assert (root / 'training.png').stat().st_size > 10_000
   assert (root / 'figures' / 'fig10.png').exists()  # the DLN landscape, drawn at the end
-  steps = [json.loads(l)['step'] for l in (root / 'norm=batch_seed=0' / 'metrics.jsonl').read_text().splitlines()]
+  steps = [
+    json.loads(l)['step']
+    for l in (root / 'norm=batch_seed=0' / 'metrics.jsonl').read_text().splitlines()
+  ]
   assert sorted(set(steps)) == list(range(40)) and len(steps) == 40  # every step once
 
 
@@ -155,11 +191,18 @@ def _kill_as(how: str, proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('how,state,exit_status', [
-    ('Ctrl-C', 'interrupted', 130), ('SIGTERM', 'preempted', 143),
-    ('SIGHUP', 'preempted', 129), ('SIGKILL', 'preempted', -9)])
+@pytest.mark.parametrize(
+  'how,state,exit_status',
+  [
+    ('Ctrl-C', 'interrupted', 130),
+    ('SIGTERM', 'preempted', 143),
+    ('SIGHUP', 'preempted', 129),
+    ('SIGKILL', 'preempted', -9),
+  ],
+)
 def test_a_signal_to_a_sweep_stops_its_runs_after_a_checkpoint_and_a_rerun_finishes(
-    tmp_path, leftovers, how, state, exit_status):
+  tmp_path, leftovers, how, state, exit_status
+):
   """No run outlives its sweep: each signal reaches both runs in flight (through the runner;
   for SIGKILL, as the kernel's SIGTERM when the runner dies), each checkpoints and says
   so, and the rerun resumes them."""
@@ -185,12 +228,20 @@ def test_a_signal_to_a_sweep_stops_its_runs_after_a_checkpoint_and_a_rerun_finis
   stopped_at = {r.name: json.loads((r / 'status.json').read_text())['step'] for r in runs}
 
   end = max(stopped_at.values()) + 20
-  rerun = subprocess.run([*cmd[:-1], f'--config.num_steps={end}'], cwd=ROOT,
-                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  rerun = subprocess.run(
+    [*cmd[:-1], f'--config.num_steps={end}'],
+    cwd=ROOT,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
   for run in runs:
     assert _status(run) == 'done'
-    assert f'resumed from checkpoint at step {stopped_at[run.name]}' in (
-        root / 'logs' / f'{run.name}.log').read_text()
+    assert (
+      f'resumed from checkpoint at step {stopped_at[run.name]}'
+      in (root / 'logs' / f'{run.name}.log').read_text()
+    )
     steps = [json.loads(l)['step'] for l in (run / 'metrics.jsonl').read_text().splitlines()]
     assert steps == list(range(end))  # every step once

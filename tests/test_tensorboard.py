@@ -17,8 +17,8 @@ def read_events(workdir) -> dict[str, dict[int, float]]:
     data = path.read_bytes()
     i = 0
     while i < len(data):
-      (length,) = struct.unpack('<Q', data[i:i + 8])
-      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      (length,) = struct.unpack('<Q', data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
       i += 12 + length + 4  # length, its crc, the record, its crc
       for value in event.summary.value:
         if value.HasField('simple_value'):
@@ -45,13 +45,17 @@ def test_every_metric_and_probe_vector_reaches_tensorboard(tmp_path):
   lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   losses = {l['step']: l['train_loss'] for l in lines}
   assert sorted(events['train_loss']) == list(range(20))
-  np.testing.assert_allclose([events['train_loss'][t] for t in range(20)],
-                             [losses[t] for t in range(20)], rtol=1e-6)
+  np.testing.assert_allclose(
+    [events['train_loss'][t] for t in range(20)], [losses[t] for t in range(20)], rtol=1e-6
+  )
   probed = {l['step']: l['probe/landscape/loss'] for l in lines if 'probe/landscape/loss' in l}
   assert sorted(probed) == [0, 5, 10, 15]
   for i in range(5):  # one scalar per step size
-    np.testing.assert_allclose([events[f'probe/landscape/loss/{i}'][t] for t in probed],
-                               [probed[t][i] for t in probed], rtol=1e-6)
+    np.testing.assert_allclose(
+      [events[f'probe/landscape/loss/{i}'][t] for t in probed],
+      [probed[t][i] for t in probed],
+      rtol=1e-6,
+    )
 
 
 def test_tensorboard_off_writes_no_events_and_bad_modes_are_refused(tmp_path):

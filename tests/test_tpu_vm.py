@@ -52,26 +52,51 @@ class Tpu:
     for name in ('XLA_FLAGS', 'JAX_PLATFORMS', 'PYTHONPATH'):  # the stand-in sets its own
       env.pop(name, None)
     self.env = dict(
-        env, PATH=f'{FAKE}:{os.environ["PATH"]}', PYTHONPATH=str(ROOT), BNJAX_REPO=str(remote),
-        FAKE_GCLOUD_HOSTS=str(self.hosts), FAKE_GCLOUD_LOG=str(self.gcloud_log),
-        FAKE_GCLOUD_NETWORK_DOWN=str(self.network_down), FAKE_GCLOUD_PYTHON=sys.executable)
+      env,
+      PATH=f'{FAKE}:{os.environ["PATH"]}',
+      PYTHONPATH=str(ROOT),
+      BNJAX_REPO=str(remote),
+      FAKE_GCLOUD_HOSTS=str(self.hosts),
+      FAKE_GCLOUD_LOG=str(self.gcloud_log),
+      FAKE_GCLOUD_NETWORK_DOWN=str(self.network_down),
+      FAKE_GCLOUD_PYTHON=sys.executable,
+    )
 
   def args(self, *options):
     """The launcher's command line; --only= and --config. options go after ROOT."""
     tail = [o for o in options if o.startswith(('--only=', '--config.'))]
     head = [o for o in options if o not in tail]
-    return [str(ROOT / 'launch' / 'tpu_vm.sh'), '--poll=1', *head, 'fake-v4-16',
-            'us-central2-b', str(self.sweep), str(self.root), *tail]
+    return [
+      str(ROOT / 'launch' / 'tpu_vm.sh'),
+      '--poll=1',
+      *head,
+      'fake-v4-16',
+      'us-central2-b',
+      str(self.sweep),
+      str(self.root),
+      *tail,
+    ]
 
   def run(self, *options, timeout=600, **env):
-    return subprocess.run(self.args(*options), env=dict(self.env, **env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+      self.args(*options),
+      env=dict(self.env, **env),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
 
   def start(self, *options, **env):
     """The launcher in the background, in a process group of its own (for SIGHUP)."""
     log = open(self.tmp / f'launcher{time.time():.3f}.log', 'w+')
-    proc = subprocess.Popen(self.args(*options), env=dict(self.env, **env), stdout=log,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+      self.args(*options),
+      env=dict(self.env, **env),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      text=True,
+      start_new_session=True,
+    )
     proc.log = log
     return proc
 
@@ -117,7 +142,7 @@ class Tpu:
         pass
 
 
-TINY_SWEEP = '''
+TINY_SWEEP = """
 from bnjax import experiments, sweep
 
 
@@ -137,7 +162,7 @@ def get_sweep():
 
 
 get_config = sweep.config_getter(get_sweep)
-'''
+"""
 
 
 @pytest.fixture
@@ -158,8 +183,9 @@ def wait_for(predicate, what, timeout=300, proc=None):
   while not predicate():
     if proc is not None and proc.poll() is not None:
       proc.log.seek(0)
-      raise AssertionError(f'launcher ended (exit {proc.returncode}) before {what}:\n'
-                           f'{proc.log.read()[-3000:]}')
+      raise AssertionError(
+        f'launcher ended (exit {proc.returncode}) before {what}:\n{proc.log.read()[-3000:]}'
+      )
     assert time.time() < deadline, f'timed out waiting for {what}'
     time.sleep(0.2)
 
@@ -207,7 +233,9 @@ def test_per_worker_data_dirs_are_prepared_by_each_worker(tpu):
   out = t.run('--per-worker-data-dir', TFDS_DATA_DIR='/mnt/local-ssd/tfds')
   assert out.returncode == 0, out.stderr
   assert sorted((p['prepare'], p['worker']) for p in t.recorded('prepare')) == [
-      ('mnist', 0), ('mnist', 1)]
+    ('mnist', 0),
+    ('mnist', 1),
+  ]
   assert '--data-dir=per-worker' in t.calls('tpu_worker.sh start')[0]['command']
 
 
@@ -233,8 +261,11 @@ class OtherDriver:
   def __enter__(self):
     self.proc = subprocess.Popen(['flock', str(self.lock), 'sleep', '300'], start_new_session=True)
     self.lock.write_text(f'/mnt/shared/other_sweep\nsome-launch\n{self.proc.pid}\n')
-    wait_for(lambda: subprocess.run(['flock', '-n', str(self.lock), 'true']).returncode != 0,
-             'the lock to be held', timeout=10)
+    wait_for(
+      lambda: subprocess.run(['flock', '-n', str(self.lock), 'true']).returncode != 0,
+      'the lock to be held',
+      timeout=10,
+    )
     return self
 
   def __exit__(self, *exc):
@@ -262,7 +293,7 @@ def test_a_start_that_fails_on_one_worker_stops_the_others(tpu):
   assert out.returncode == 1
   assert 'could not start on every worker; stopping those that started' in out.stderr
   assert len(t.calls('tpu_worker.sh stop')) == 1
-  wait_for(lambda: not t.drivers(), 'worker 0\'s driver to stop', timeout=60)
+  wait_for(lambda: not t.drivers(), "worker 0's driver to stop", timeout=60)
   assert (t.root / '.tpu_vm' / 'worker0.exit').read_text().split()[1] == '143'
   assert 'stop requested' in (t.root / '.tpu_vm' / 'worker0.log').read_text()
 

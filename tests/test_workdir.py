@@ -11,8 +11,16 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bnjax import checkpoints, config_lib, train, workdir
-from small_runs import (has_checkpoint, main_args, metric_lines, small_dln, start, status, steps_in,
-                        wait_for)
+from small_runs import (
+  has_checkpoint,
+  main_args,
+  metric_lines,
+  small_dln,
+  start,
+  status,
+  steps_in,
+  wait_for,
+)
 
 
 @pytest.mark.slow
@@ -22,12 +30,17 @@ def test_a_second_run_in_a_busy_workdir_refuses_and_a_dead_holders_lock_is_taken
   second = start(main_args(tmp_path))
   _, err = second.communicate(timeout=120)
   assert second.returncode == 3
-  assert err.strip().splitlines()[-1].startswith(
-      f'bnjax: {tmp_path} is in use by process {first.pid} on ')
+  assert (
+    err.strip()
+    .splitlines()[-1]
+    .startswith(f'bnjax: {tmp_path} is in use by process {first.pid} on ')
+  )
   first.send_signal(signal.SIGKILL)
   first.wait()
-  end = max(int(p.parent.name)
-            for p in tmp_path.glob(f'checkpoints/*/{checkpoints.COMMIT_MARKER}')) + 100
+  end = (
+    max(int(p.parent.name) for p in tmp_path.glob(f'checkpoints/*/{checkpoints.COMMIT_MARKER}'))
+    + 100
+  )
   third = start(main_args(tmp_path, num_steps=end))
   _, err = third.communicate(timeout=300)
   assert third.returncode == 0, err[-3000:]
@@ -41,14 +54,16 @@ def _enospc(*_, **__):
 
 
 @pytest.mark.parametrize('where', ['metrics', 'checkpoint'])
-def test_a_full_disk_fails_the_run_keeps_the_checkpoint_and_a_rerun_resumes(tmp_path, monkeypatch,
-                                                                           where):
+def test_a_full_disk_fails_the_run_keeps_the_checkpoint_and_a_rerun_resumes(
+  tmp_path, monkeypatch, where
+):
   full = tmp_path / 'full'
   assert train.train_and_evaluate(small_dln(), str(full)) == 'done'
   run = tmp_path / 'run'
   calls = {'n': 0}
-  target = ((workdir.Workdir, 'append_metrics') if where == 'metrics' else
-            (ocp.CheckpointManager, 'save'))
+  target = (
+    (workdir.Workdir, 'append_metrics') if where == 'metrics' else (ocp.CheckpointManager, 'save')
+  )
   original = getattr(*target)
 
   def fail_later(self, *args, **kwargs):
@@ -76,8 +91,7 @@ def test_workdir_of_another_config_is_refused_naming_the_fields(tmp_path):
   train.train_and_evaluate(small_dln(num_steps=5), str(tmp_path))
   before = (tmp_path / 'metrics.jsonl').read_text()
   with pytest.raises(config_lib.ConfigError, match=r'fields differ: learning_rate, norm\)'):
-    train.train_and_evaluate(small_dln(num_steps=5, learning_rate=1e-5, norm='lp1'),
-                             str(tmp_path))
+    train.train_and_evaluate(small_dln(num_steps=5, learning_rate=1e-5, norm='lp1'), str(tmp_path))
   assert (tmp_path / 'metrics.jsonl').read_text() == before
 
 
@@ -117,11 +131,16 @@ def test_a_workdir_from_before_a_new_config_field_still_resumes(tmp_path):
   assert train.train_and_evaluate(small_dln(num_steps=30), str(tmp_path)) == 'done'
   assert steps_in(tmp_path) == list(range(30))
   # A rerun may move the compilation cache or change the heartbeat.
-  assert train.train_and_evaluate(small_dln(num_steps=35, compilation_cache='off',
-                                            status_every_seconds=5.0), str(tmp_path)) == 'done'
+  assert (
+    train.train_and_evaluate(
+      small_dln(num_steps=35, compilation_cache='off', status_every_seconds=5.0), str(tmp_path)
+    )
+    == 'done'
+  )
   with pytest.raises(config_lib.ConfigError, match='data.skip_unreadable_images'):
-    train.train_and_evaluate(small_dln(num_steps=40, data={'skip_unreadable_images': True}),
-                             str(tmp_path))
+    train.train_and_evaluate(
+      small_dln(num_steps=40, data={'skip_unreadable_images': True}), str(tmp_path)
+    )
 
 
 def test_metrics_are_read_without_a_line_cut_short_and_truncated_from_a_step(tmp_path):

@@ -13,7 +13,7 @@ from conftest import ROOT
 # Runs bnjax.main's real main() on a config with training replaced by a probe: the
 # XLA_FLAGS the backend started with, and whether XLA:CPU handed the DLN's batch mean
 # ([1000, 10] -> [10]) to YNNPACK in the compiled program.
-_MAIN = '''
+_MAIN = """
 import os, sys
 from absl import app
 import bnjax.main as m
@@ -26,15 +26,16 @@ def probe(config, workdir, stop=None):
 train.train_and_evaluate = probe
 sys.argv = ['main', '--config=%s', '--workdir=unused']
 app.run(m.main, flags_parser=m._parse_flags)
-'''
+"""
 
 
 def _run(code: str, env_flags: str | None) -> str:
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   if env_flags is not None:
     env['XLA_FLAGS'] = env_flags
-  run = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                       cwd=ROOT)
+  run = subprocess.run(
+    [sys.executable, '-c', code], env=env, capture_output=True, text=True, cwd=ROOT
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   return run.stdout.strip()
 

@@ -19,9 +19,15 @@ class TinyCifar(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(32, 32, 3)),
-        'label': tfds.features.ClassLabel(num_classes=3)}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(32, 32, 3)),
+          'label': tfds.features.ClassLabel(num_classes=3),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -36,9 +42,17 @@ class TinyCifar(tfds.core.GeneratorBasedBuilder):
 
 def tiny_config(data_dir: str):
   from bnjax import config_lib  # pylint: disable=g-import-not-at-top
+
   c = config_lib.vgg('batch', 'local')
-  c.update(model='vgg_tiny', dataset='tfds:tiny_cifar', batch_size=16, eval_batch_size=16,
-           num_steps=3, eval_every=0, checkpoint_every=0)
+  c.update(
+    model='vgg_tiny',
+    dataset='tfds:tiny_cifar',
+    batch_size=16,
+    eval_batch_size=16,
+    num_steps=3,
+    eval_every=0,
+    checkpoint_every=0,
+  )
   c.data.tfds_data_dir = data_dir
   for probe in c.probes.values():
     probe.every = 0
@@ -47,4 +61,5 @@ def tiny_config(data_dir: str):
 
 if __name__ == '__main__':
   from bnjax import train  # pylint: disable=g-import-not-at-top
+
   assert train.train_and_evaluate(tiny_config(sys.argv[1]), sys.argv[2]) == 'done'

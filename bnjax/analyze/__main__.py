@@ -23,25 +23,39 @@ class _UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
   import bnjax.analyze  # pylint: disable=g-import-not-at-top
-  p = _OneLineParser(prog='python -m bnjax.analyze', allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     description=bnjax.analyze.__doc__)
+
+  p = _OneLineParser(
+    prog='python -m bnjax.analyze',
+    allow_abbrev=False,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    description=bnjax.analyze.__doc__,
+  )
   p.add_argument('workdirs', nargs='+', help='run workdirs or sweep roots')
   p.add_argument('--probe', required=True, help='a probe of the table (bnjax.analyze.table)')
   p.add_argument('--name', default='', help='output stem, analysis/NAME.jsonl (default: probe)')
-  p.add_argument('--steps', default='all',
-                 help="'all' (0 and every committed checkpoint) or a list: 0,5000,last")
+  p.add_argument(
+    '--steps', default='all', help="'all' (0 and every committed checkpoint) or a list: 0,5000,last"
+  )
   p.add_argument('--batches', type=int, default=1, help='training batches evaluated (N)')
-  p.add_argument('--data-seed', type=int, default=None,
-                 help="order of the evaluation batches (default: the run's seed)")
+  p.add_argument(
+    '--data-seed',
+    type=int,
+    default=None,
+    help="order of the evaluation batches (default: the run's seed)",
+  )
   p.add_argument('--bn-mode', default='train', choices=('train', 'eval'))
   p.add_argument('--seed', type=int, default=0, help="the probe's random key")
   p.add_argument('--noise-seed', type=int, default=0, help='noisy-BN keys of the batches')
   p.add_argument('--directions', help='loss_surface: see surface_args (default filter)')
   p.add_argument('--grid', help='loss_surface: LO:HI:N (default -1:1:21)')
   p.add_argument('--grid2', help='loss_surface: LO:HI:M for a 2-D surface')
-  p.add_argument('--arg', action='append', default=[], metavar='KEY=VALUE',
-                 help="a keyword argument of the probe (or --KEY=VALUE)")
+  p.add_argument(
+    '--arg',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='a keyword argument of the probe (or --KEY=VALUE)',
+  )
   return p
 
 
@@ -69,6 +83,7 @@ def _steps(text: str) -> tuple[str, ...]:
 def _request(args, extra: list[str]):
   """The Request of the parsed flags; AnalysisError or _UsageError in one line."""
   from bnjax.analyze import run, surface_args, table  # pylint: disable=g-import-not-at-top
+
   table.entry(args.probe)
   if args.name and not re.fullmatch(r'[\w.-]+', args.name):
     raise _UsageError(f'--name={args.name!r}: a file stem (letters, digits, _ . -)')
@@ -81,9 +96,19 @@ def _request(args, extra: list[str]):
   grids = (surface_args.parse_grid(args.grid or '-1:1:21'),)
   if args.grid2:
     grids += (surface_args.parse_grid(args.grid2, '--grid2'),)
-  request = run.Request(args.probe, args.name or args.probe, _probe_items(args, extra),
-                        _steps(args.steps), args.batches, args.data_seed, args.bn_mode,
-                        args.seed, args.noise_seed, args.directions, grids)
+  request = run.Request(
+    args.probe,
+    args.name or args.probe,
+    _probe_items(args, extra),
+    _steps(args.steps),
+    args.batches,
+    args.data_seed,
+    args.bn_mode,
+    args.seed,
+    args.noise_seed,
+    args.directions,
+    grids,
+  )
   if args.probe == 'loss_surface':
     surface_args.parse_directions(request.directions, len(grids))
   return request
@@ -94,6 +119,7 @@ def _analyze_all(workdirs, request) -> int:
   from bnjax import data  # pylint: disable=g-import-not-at-top
   from bnjax.analyze import run  # pylint: disable=g-import-not-at-top
   from bnjax.analyze.table import AnalysisError  # pylint: disable=g-import-not-at-top
+
   computed = skipped = 0
   problems = []
   for w in workdirs:
@@ -106,8 +132,10 @@ def _analyze_all(workdirs, request) -> int:
     computed, skipped = computed + len(outcome.computed), skipped + outcome.skipped
     if outcome.missing or outcome.failed:
       problems.append(str(w))
-  print(f'{len(workdirs)} workdir(s): {computed} step(s) computed, {skipped} already done'
-        + (f'; incomplete: {", ".join(problems)}' if problems else ''))
+  print(
+    f'{len(workdirs)} workdir(s): {computed} step(s) computed, {skipped} already done'
+    + (f'; incomplete: {", ".join(problems)}' if problems else '')
+  )
   return 1 if problems else 0
 
 
@@ -119,6 +147,7 @@ def main(argv=None) -> int:
     xla_flags.apply(layout.read_config(workdirs[0]).get('model'))
     request = _request(args, extra)
     from bnjax.analyze import table  # pylint: disable=g-import-not-at-top
+
     table.probe_kwargs(request.probe, list(request.items), layout.read_config(workdirs[0]))
   except (_UsageError, FileNotFoundError, ValueError) as e:  # AnalysisError is a ValueError
     print(f'bnjax.analyze: {e}', file=sys.stderr)

@@ -36,11 +36,14 @@ def find_workdirs(paths: Iterable[str | pathlib.Path]) -> list[pathlib.Path]:
       continue
     if not p.is_dir():
       raise FileNotFoundError(f'{p} does not exist')
-    below = sorted(c.parent for c in p.rglob(workdir_lib.CONFIG_FILE)
-                   if (c.parent / CHECKPOINTS).is_dir())
+    below = sorted(
+      c.parent for c in p.rglob(workdir_lib.CONFIG_FILE) if (c.parent / CHECKPOINTS).is_dir()
+    )
     if not below:
-      raise FileNotFoundError(f'{p} is not a workdir (no {workdir_lib.CONFIG_FILE}) and holds '
-                              f'no workdir with {CHECKPOINTS}/')
+      raise FileNotFoundError(
+        f'{p} is not a workdir (no {workdir_lib.CONFIG_FILE}) and holds '
+        f'no workdir with {CHECKPOINTS}/'
+      )
     found += below
   return sorted(set(found), key=str)
 
@@ -52,8 +55,9 @@ def read_config(workdir: pathlib.Path) -> dict:
 def committed_steps(workdir: str | pathlib.Path) -> list[int]:
   """Steps of the checkpoints that orbax committed (``COMMIT_MARKER`` present), ascending."""
   root = pathlib.Path(workdir) / CHECKPOINTS
-  return sorted(int(m.parent.name) for m in root.glob(f'*/{COMMIT_MARKER}')
-                if m.parent.name.isdigit())
+  return sorted(
+    int(m.parent.name) for m in root.glob(f'*/{COMMIT_MARKER}') if m.parent.name.isdigit()
+  )
 
 
 def output(workdir: pathlib.Path, name: str, suffix: str = '.jsonl') -> pathlib.Path:
@@ -90,8 +94,11 @@ def append_line(path: pathlib.Path, line: dict[str, Any]) -> None:
   The file is read again just before: lines another analysis wrote meanwhile stay (a line
   of the same step and settings is replaced). Lines are kept sorted by step.
   """
-  lines = [l for l in read_lines(path)
-           if (l.get('step'), l.get('settings')) != (line['step'], line['settings'])]
+  lines = [
+    l
+    for l in read_lines(path)
+    if (l.get('step'), l.get('settings')) != (line['step'], line['settings'])
+  ]
   lines = sorted(lines + [line], key=lambda l: l.get('step', -1))
   text = ''.join(json.dumps(l) + '\n' for l in lines)
   write_atomically(path, lambda tmp: tmp.write_text(text))

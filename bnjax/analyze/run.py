@@ -19,6 +19,7 @@ from bnjax.probes.fisher import FISHER_LOSSES
 @dataclasses.dataclass(frozen=True)
 class Request:
   """What the command line asks of every workdir (see ``bnjax.analyze``)."""
+
   probe: str
   name: str  # the output's stem: analysis/<name>.jsonl and .png
   items: tuple[tuple[str, str], ...] = ()  # the probe's (KEY, VALUE text) arguments
@@ -50,10 +51,16 @@ def select_steps(tokens: tuple[str, ...], available: list[int]) -> tuple[list[in
 
 def settings_of(request: Request, config: dict, kwargs: dict) -> dict[str, Any]:
   """Everything a result depends on besides the checkpoint, as the jsonl records it."""
-  out = {'probe': request.probe, 'args': kwargs, 'bn_mode': request.bn_mode,
-         'batches': request.num_batches, 'batch_size': config['batch_size'],
-         'data_seed': config['seed'] if request.data_seed is None else request.data_seed,
-         'seed': request.seed, 'noise_seed': request.noise_seed}
+  out = {
+    'probe': request.probe,
+    'args': kwargs,
+    'bn_mode': request.bn_mode,
+    'batches': request.num_batches,
+    'batch_size': config['batch_size'],
+    'data_seed': config['seed'] if request.data_seed is None else request.data_seed,
+    'seed': request.seed,
+    'noise_seed': request.noise_seed,
+  }
   if request.probe == 'loss_surface':
     out.update(surface_args.settings(_specs(request), list(request.grids)))
   return json.loads(json.dumps(out))  # tuples as lists: equal to what the file reads back
@@ -70,8 +77,9 @@ def _done_steps(path: pathlib.Path, settings: dict) -> set[int]:
   if other:
     differing = workdir_lib.differing_fields(other[0].get('settings') or {}, settings)
     raise AnalysisError(
-        f'{path} holds results of other settings ({", ".join(differing)} differ); '
-        'give --name=OTHER for a file of their own, or move it away to start afresh')
+      f'{path} holds results of other settings ({", ".join(differing)} differ); '
+      'give --name=OTHER for a file of their own, or move it away to start afresh'
+    )
   return {l['step'] for l in lines}
 
 
@@ -81,8 +89,19 @@ _PROBE_FNS: dict[str, Callable] = {}  # one compile for runs of one model and se
 def probe_fn(run: states.Run, request: Request, kwargs: dict, settings: dict) -> Callable:
   """jitted (params, batch_stats, batches, other_params) -> the probe's fields."""
   c = run.config
-  cache_key = json.dumps([c.model, c.norm, c.norm_kwargs.to_dict(), c.model_kwargs.to_dict(),
-                          c.bn_stats, c.loss, c.dataset, settings], sort_keys=True)
+  cache_key = json.dumps(
+    [
+      c.model,
+      c.norm,
+      c.norm_kwargs.to_dict(),
+      c.model_kwargs.to_dict(),
+      c.bn_stats,
+      c.loss,
+      c.dataset,
+      settings,
+    ],
+    sort_keys=True,
+  )
   if cache_key in _PROBE_FNS:
     return _PROBE_FNS[cache_key]
   entry = table.entry(request.probe)
@@ -95,8 +114,9 @@ def probe_fn(run: states.Run, request: Request, kwargs: dict, settings: dict) ->
 
   def fn(params, batch_stats, batches, other):
     if per_example:
-      loss_fn = states.per_example_loss(run, request.bn_mode, batch_stats, batches,
-                                        jax.random.fold_in(key, 1))
+      loss_fn = states.per_example_loss(
+        run, request.bn_mode, batch_stats, batches, jax.random.fold_in(key, 1)
+      )
     else:
       loss_fn = probes.dataset_loss(lambda p, b: batch_loss(p, batch_stats, b), batches)
     if specs:
@@ -131,6 +151,7 @@ def summary(fields: dict) -> str:
 @dataclasses.dataclass(frozen=True)
 class _Job:
   """One workdir's request, resolved: the probe's arguments and the settings recorded."""
+
   workdir: pathlib.Path
   request: Request
   kwargs: dict
@@ -156,14 +177,17 @@ def analyze_workdir(workdir: pathlib.Path, request: Request, echo=print) -> Outc
   for step in missing:
     echo(f'{workdir}: step {step}: no committed checkpoint (yet), left for a later run')
   if todo:
-    echo(f'{workdir}: {request.probe} at {len(todo)} step(s) '
-         f'({outcome.skipped} already in {job.path.name})')
+    echo(
+      f'{workdir}: {request.probe} at {len(todo)} step(s) '
+      f'({outcome.skipped} already in {job.path.name})'
+    )
     _compute(job, todo, outcome, echo)
   else:
     echo(f'{workdir}: nothing to do ({outcome.skipped} step(s) already in {job.path.name})')
   png = job.path.with_suffix('.png')
   if (outcome.computed or not png.exists()) and job.path.exists():
     from bnjax.plots import analysis  # pylint: disable=g-import-not-at-top  (matplotlib)
+
     analysis.draw_file(job.path, png)
     echo(f'{workdir}: figure {png}')
   return outcome
@@ -175,8 +199,9 @@ def _compute(job: _Job, todo: list[int], outcome: Outcome, echo) -> None:
   run = states.load_run(job.workdir, request.num_batches, request.data_seed, request.noise_seed)
   fn = probe_fn(run, request, job.kwargs, job.settings)
   batches = jax.device_put(run.batches, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  target = (surface_args.interpolation_step(_specs(request))
-            if request.probe == 'loss_surface' else None)
+  target = (
+    surface_args.interpolation_step(_specs(request)) if request.probe == 'loss_surface' else None
+  )
   other = None if target is None else states.restore(run, target)[0]
   for i, step in enumerate(todo):
     start = time.time()
@@ -188,8 +213,10 @@ def _compute(job: _Job, todo: list[int], outcome: Outcome, echo) -> None:
       continue
     fields = to_json(jax.device_get(fn(params, batch_stats, batches, other)))
     seconds = time.time() - start
-    layout.append_line(job.path, {'step': step, **fields, 'seconds': round(seconds, 3),
-                                  'settings': job.settings})
+    layout.append_line(
+      job.path, {'step': step, **fields, 'seconds': round(seconds, 3), 'settings': job.settings}
+    )
     outcome.computed.append(step)
-    echo(f'{job.workdir.name}: step {step} ({i + 1}/{len(todo)})  {summary(fields)}  '
-         f'[{seconds:.1f} s]')
+    echo(
+      f'{job.workdir.name}: step {step} ({i + 1}/{len(todo)})  {summary(fields)}  [{seconds:.1f} s]'
+    )

@@ -43,15 +43,22 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 @functools.lru_cache(maxsize=2)
-def _dataset(name: str, seed: int, cache_dir: str, tfds_data_dir: str,
-             skip_unreadable: bool) -> data.Dataset:
-  return data.load(name, seed=seed, cache_dir=cache_dir, tfds_data_dir=tfds_data_dir,
-                   skip_unreadable_images=skip_unreadable)
+def _dataset(
+  name: str, seed: int, cache_dir: str, tfds_data_dir: str, skip_unreadable: bool
+) -> data.Dataset:
+  return data.load(
+    name,
+    seed=seed,
+    cache_dir=cache_dir,
+    tfds_data_dir=tfds_data_dir,
+    skip_unreadable_images=skip_unreadable,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What every checkpoint of one workdir is probed with."""
+
   workdir: pathlib.Path
   config: ml_collections.ConfigDict
   model: nn.Module
@@ -63,14 +70,20 @@ class Run:
     return jnp.zeros((1,) + self.batches['inputs'].shape[2:], jnp.float32)
 
 
-def load_run(workdir: pathlib.Path, num_batches: int, data_seed: int | None,
-             noise_seed: int) -> Run:
+def load_run(
+  workdir: pathlib.Path, num_batches: int, data_seed: int | None, noise_seed: int
+) -> Run:
   """The run in ``workdir`` with its evaluation batches: training batches 0 .. N-1 of the
   run's batch size in the order ``data_seed`` (None: the run's seed) shuffles them, and
   one noisy-BN key per batch from ``noise_seed``."""
   config = load_config(workdir)
-  dataset = _dataset(config.dataset, config.seed, config.data.cache_dir,
-                     config.data.tfds_data_dir, config.data.skip_unreadable_images)
+  dataset = _dataset(
+    config.dataset,
+    config.seed,
+    config.data.cache_dir,
+    config.data.tfds_data_dir,
+    config.data.skip_unreadable_images,
+  )
   seed = config.seed if data_seed is None else data_seed
   batches = data.local_train_batches(dataset.train, config.batch_size, seed, 0, num_batches)
   keys = jax.random.split(jax.random.key(noise_seed), num_batches)
@@ -87,18 +100,23 @@ def restore(run: Run, step: int) -> tuple[Any, Any]:
     return jax.device_put((variables['params'], variables.get('batch_stats', {})), device)
   step_dir = (run.workdir / layout.CHECKPOINTS / str(step)).absolute()
   if not (step_dir / layout.COMMIT_MARKER).exists():
-    raise AnalysisError(f'{run.workdir}: no committed checkpoint at step {step} (or deleted '
-                        'since listed: max_checkpoints_to_keep)')
+    raise AnalysisError(
+      f'{run.workdir}: no committed checkpoint at step {step} (or deleted '
+      'since listed: max_checkpoints_to_keep)'
+    )
   handler = ocp.StandardCheckpointHandler()
   try:
     item = step_dir / CHECKPOINT_ITEM
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            handler.metadata(item).tree)
+    abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), handler.metadata(item).tree
+    )
     state = handler.restore(item, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # orbax and tensorstore raise many types for missing or cut files
     gone = '' if step_dir.exists() else ' (deleted meanwhile: max_checkpoints_to_keep)'
-    raise AnalysisError(f'{run.workdir}: checkpoint at step {step} cannot be read{gone}: '
-                        f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:160]}') from e
+    raise AnalysisError(
+      f'{run.workdir}: checkpoint at step {step} cannot be read{gone}: '
+      f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:160]}'
+    ) from e
   finally:
     handler.close()
   return state['params'], state.get('batch_stats', {})
@@ -121,8 +139,9 @@ def batch_outputs(run: Run, bn_mode: str) -> Callable:
     if not train:
       return run.model.apply(variables, batch['inputs'], train=False)
     rngs = {'noise': jax.random.wrap_key_data(batch['noise'])}
-    out, _ = run.model.apply(variables, batch['inputs'], train=True, rngs=rngs,
-                             mutable=['batch_stats'])
+    out, _ = run.model.apply(
+      variables, batch['inputs'], train=True, rngs=rngs, mutable=['batch_stats']
+    )
     return out
 
   return outputs
@@ -133,11 +152,13 @@ def batch_loss(run: Run, bn_mode: str) -> Callable:
   training objective's loss in 'train' mode; see ``batch_outputs``)."""
   outputs, loss = batch_outputs(run, bn_mode), run.config.loss
   return lambda params, batch_stats, batch: objective.loss_value(
-      loss, outputs(params, batch_stats, batch), batch['targets'])
+    loss, outputs(params, batch_stats, batch), batch['targets']
+  )
 
 
-def per_example_loss(run: Run, bn_mode: str, batch_stats: Any, batches: dict,
-                     key: jax.Array) -> probes.PerExampleLoss:
+def per_example_loss(
+  run: Run, bn_mode: str, batch_stats: Any, batches: dict, key: jax.Array
+) -> probes.PerExampleLoss:
   """The evaluation batches' loss as a ``probes.PerExampleLoss`` (for operator='ef',
   'fisher', 'fisher_exact'), equal to ``dataset_loss`` of ``batch_loss``: every batch's
   outputs (each with its own BN statistics in 'train' mode) as N = K x B examples.
@@ -157,5 +178,9 @@ def per_example_loss(run: Run, bn_mode: str, batch_stats: Any, batches: dict,
   if run.config.loss == 'cross_entropy':
     return probes.PerExampleLoss(all_outputs, targets, key=key)
   return probes.PerExampleLoss(
-      all_outputs, targets, reduction='sum', key=key,
-      example_loss=lambda f, y: jnp.sum(jnp.square(f - y), axis=-1) / num_batches)
+    all_outputs,
+    targets,
+    reduction='sum',
+    key=key,
+    example_loss=lambda f, y: jnp.sum(jnp.square(f - y), axis=-1) / num_batches,
+  )

@@ -47,8 +47,9 @@ def parse_grid(text: str, flag: str = '--grid') -> tuple[float, float, int]:
     if len(parts) != 3 or n < 1 or not lo <= hi:
       raise ValueError
   except (ValueError, IndexError):
-    raise AnalysisError(f'{flag}={text!r}: expected LO:HI:N with LO <= HI and N >= 1, '
-                        'e.g. -1:1:21') from None
+    raise AnalysisError(
+      f'{flag}={text!r}: expected LO:HI:N with LO <= HI and N >= 1, e.g. -1:1:21'
+    ) from None
   return lo, hi, n
 
 
@@ -59,16 +60,19 @@ def _parse_one(text: str) -> Spec:
   if kind in ('random', 'gradient'):
     option = option or 'filter'
     if option not in NORMALIZE:
-      raise AnalysisError(f'--directions {text!r}: normalisation must be one of '
-                          f'{", ".join(NORMALIZE)}')
+      raise AnalysisError(
+        f'--directions {text!r}: normalisation must be one of {", ".join(NORMALIZE)}'
+      )
     return Spec(kind, option)
   if kind == 'eigen' and not option:
     return Spec('eigen')
   if kind == 'interpolate' and option.isdigit():
     return Spec('interpolate', int(option))
-  raise AnalysisError(f'--directions: unknown direction {text!r}; valid: filter, '
-                      'random[:filter|layer|unit|none], eigen, gradient[:filter|layer|unit|none], '
-                      'interpolate:STEP')
+  raise AnalysisError(
+    f'--directions: unknown direction {text!r}; valid: filter, '
+    'random[:filter|layer|unit|none], eigen, gradient[:filter|layer|unit|none], '
+    'interpolate:STEP'
+  )
 
 
 def parse_directions(text: str, num_axes: int) -> list[Spec]:
@@ -77,8 +81,10 @@ def parse_directions(text: str, num_axes: int) -> list[Spec]:
   if len(specs) == 1 and specs[0].kind in ('random', 'eigen'):
     return specs * num_axes
   if len(specs) != num_axes:
-    raise AnalysisError(f'--directions={text!r} gives {len(specs)} direction(s) for a '
-                        f'{num_axes}-D grid (--grid{" and --grid2" if num_axes == 2 else ""})')
+    raise AnalysisError(
+      f'--directions={text!r} gives {len(specs)} direction(s) for a '
+      f'{num_axes}-D grid (--grid{" and --grid2" if num_axes == 2 else ""})'
+    )
   return specs
 
 
@@ -124,7 +130,7 @@ def _stacked_directions(spec: Spec, loss_fn, params, key: jax.Array, num: int):
 
 def settings(specs: list[Spec], grids: list[tuple[float, float, int]]) -> dict:
   """How the surface was taken, as the jsonl's settings record it."""
-  return {'directions': [f'{s.kind}:{s.option}' if s.option is not None else s.kind
-                         for s in specs],
-          'grid': [list(g) for g in grids]}
-
+  return {
+    'directions': [f'{s.kind}:{s.option}' if s.option is not None else s.kind for s in specs],
+    'grid': [list(g) for g in grids],
+  }

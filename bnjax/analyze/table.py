@@ -37,8 +37,9 @@ class Entry:
 
 def _landscape_step_sizes(config: dict) -> dict:
   """The run's own landscape probe's step sizes: multipliers x learning rate."""
-  multipliers = config.get('probes', {}).get('landscape', {}).get(
-      'step_size_multipliers', (0.5, 1.0, 2.0, 4.0))
+  multipliers = (
+    config.get('probes', {}).get('landscape', {}).get('step_size_multipliers', (0.5, 1.0, 2.0, 4.0))
+  )
   return {'step_sizes': tuple(m * config['learning_rate'] for m in multipliers)}
 
 
@@ -46,27 +47,36 @@ def _diagonal_by_leaf(result) -> dict:
   """hessian_diagonal's estimate summed per params leaf (the diagonal blocks' traces):
   the whole diagonal is as large as the model."""
   leaves = jax.tree_util.tree_flatten_with_path(result.estimate)[0]
-  return {'leaf_traces': {jax.tree_util.keystr(path, simple=True, separator='/'): jnp.sum(v)
-                          for path, v in leaves}}
+  return {
+    'leaf_traces': {
+      jax.tree_util.keystr(path, simple=True, separator='/'): jnp.sum(v) for path, v in leaves
+    }
+  }
 
 
 _TRACE = ('estimate', 'stderr', 'num_samples')
 _SHARPNESS = ('sharpness', 'stderr', 'loss', 'values')
 TABLE: dict[str, Entry] = {
-    'top_eigenvalues': Entry(probes.top_eigenvalues,
-                             ('eigenvalues', 'residuals', 'converged', 'num_iterations')),
-    'hessian_trace': Entry(probes.hessian_trace, _TRACE),
-    'hessian_trace_hutchpp': Entry(probes.hessian_trace_hutchpp, _TRACE),
-    'hessian_diagonal': Entry(probes.hessian_diagonal, _diagonal_by_leaf),
-    'spectral_density': Entry(probes.spectral_density,
-                              ('nodes', 'weights', 'num_probes', 'trace_stderr')),
-    'adaptive_sharpness': Entry(probes.adaptive_sharpness, _SHARPNESS),
-    'epsilon_sharpness': Entry(probes.epsilon_sharpness, _SHARPNESS),
-    'gradient_landscape': Entry(probes.gradient_landscape,
-                                ('loss', 'grad_diff', 'beta', 'loss_at_start', 'grad_norm'),
-                                ('gradient', 'loss_at_start'), _landscape_step_sizes),
-    'loss_surface': Entry(probes.loss_surface, ('loss', 'grid', 'center_loss'),
-                          ('directions', 'grid')),
+  'top_eigenvalues': Entry(
+    probes.top_eigenvalues, ('eigenvalues', 'residuals', 'converged', 'num_iterations')
+  ),
+  'hessian_trace': Entry(probes.hessian_trace, _TRACE),
+  'hessian_trace_hutchpp': Entry(probes.hessian_trace_hutchpp, _TRACE),
+  'hessian_diagonal': Entry(probes.hessian_diagonal, _diagonal_by_leaf),
+  'spectral_density': Entry(
+    probes.spectral_density, ('nodes', 'weights', 'num_probes', 'trace_stderr')
+  ),
+  'adaptive_sharpness': Entry(probes.adaptive_sharpness, _SHARPNESS),
+  'epsilon_sharpness': Entry(probes.epsilon_sharpness, _SHARPNESS),
+  'gradient_landscape': Entry(
+    probes.gradient_landscape,
+    ('loss', 'grad_diff', 'beta', 'loss_at_start', 'grad_norm'),
+    ('gradient', 'loss_at_start'),
+    _landscape_step_sizes,
+  ),
+  'loss_surface': Entry(
+    probes.loss_surface, ('loss', 'grid', 'center_loss'), ('directions', 'grid')
+  ),
 }
 _SET_BY_ANALYZE = ('loss_fn', 'params', 'key')
 
@@ -150,7 +160,7 @@ def parse_value(parameter: inspect.Parameter, text: str) -> Any:
   kind = parameter.annotation
   if kind is inspect.Parameter.empty:
     default = parameter.default
-    kind = (typing.Any if default in (None, inspect.Parameter.empty) else type(default))
+    kind = typing.Any if default in (None, inspect.Parameter.empty) else type(default)
   return _parse_as(kind, text)
 
 
@@ -165,8 +175,10 @@ def probe_kwargs(name: str, items: list[tuple[str, str]], config: dict) -> dict[
   for key, text in items:
     key = key.replace('-', '_')
     if key in e.controlled + _SET_BY_ANALYZE:
-      raise AnalysisError(f'{name}: {key} is set by analyze itself'
-                          + (' (--directions, --grid, --grid2)' if name == 'loss_surface' else ''))
+      raise AnalysisError(
+        f'{name}: {key} is set by analyze itself'
+        + (' (--directions, --grid, --grid2)' if name == 'loss_surface' else '')
+      )
     if key not in settable:
       close = difflib.get_close_matches(key, settable, n=1)
       hint = f' (did you mean {close[0]}?)' if close else ''
@@ -178,12 +190,19 @@ def probe_kwargs(name: str, items: list[tuple[str, str]], config: dict) -> dict[
       kwargs[key] = parse_value(params[key], text)
     except ValueError as err:
       raise AnalysisError(f'{name} argument {key}={text!r}: {err}') from None
-  missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty
-             and k not in _SET_BY_ANALYZE + e.controlled and k not in kwargs]
+  missing = [
+    k
+    for k, p in params.items()
+    if p.default is inspect.Parameter.empty
+    and k not in _SET_BY_ANALYZE + e.controlled
+    and k not in kwargs
+  ]
   if missing:
     raise AnalysisError(f'{name} needs {", ".join(f"--{k}=VALUE" for k in missing)}')
   if kwargs.get('operator') in ('fisher', 'fisher_exact') and config['loss'] != 'cross_entropy':
-    raise AnalysisError(f"--operator={kwargs['operator']} is the Fisher of softmax "
-                        f"cross-entropy; this run's loss is {config['loss']}: use "
-                        '--operator=ef or ggn')
+    raise AnalysisError(
+      f'--operator={kwargs["operator"]} is the Fisher of softmax '
+      f"cross-entropy; this run's loss is {config['loss']}: use "
+      '--operator=ef or ggn'
+    )
   return kwargs

@@ -22,16 +22,21 @@ from bnjax.models import common, dln, mlp, vgg
 from bnjax.models.norms import NORMALIZERS, get_normalizer
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    'vgg11': functools.partial(vgg.VGG, vgg.LAYOUTS['vgg11']),
-    'vgg16': functools.partial(vgg.VGG, vgg.LAYOUTS['vgg16']),
-    'vgg_tiny': functools.partial(vgg.VGG, vgg.LAYOUTS['vgg_tiny']),
-    'dln': dln.DeepLinearNetwork,
-    'mlp': mlp.MLP,
+  'vgg11': functools.partial(vgg.VGG, vgg.LAYOUTS['vgg11']),
+  'vgg16': functools.partial(vgg.VGG, vgg.LAYOUTS['vgg16']),
+  'vgg_tiny': functools.partial(vgg.VGG, vgg.LAYOUTS['vgg_tiny']),
+  'dln': dln.DeepLinearNetwork,
+  'mlp': mlp.MLP,
 }
 
 
-def get_model(name: str, norm: str = 'none', norm_kwargs: dict | None = None,
-              num_classes: int = 10, **model_kwargs: Any) -> nn.Module:
+def get_model(
+  name: str,
+  norm: str = 'none',
+  norm_kwargs: dict | None = None,
+  num_classes: int = 10,
+  **model_kwargs: Any,
+) -> nn.Module:
   """Builds model ``name`` with normaliser ``norm`` (a name in ``NORMALIZERS``).
 
   ``num_classes`` reaches the models that take it (the classifiers); the deep linear
@@ -53,8 +58,9 @@ def from_config(config: ml_collections.ConfigDict, num_classes: int | None) -> n
   """
   num_groups = jax.device_count() if config.bn_stats == 'per_device' else 1
   norm_kwargs = dict(config.norm_kwargs.to_dict(), num_groups=num_groups)
-  return get_model(config.model, config.norm, norm_kwargs, num_classes=num_classes,
-                   **config.model_kwargs.to_dict())
+  return get_model(
+    config.model, config.norm, norm_kwargs, num_classes=num_classes, **config.model_kwargs.to_dict()
+  )
 
 
 def num_layers(model: nn.Module) -> int:
@@ -89,5 +95,14 @@ def for_control_flow(model: nn.Module) -> nn.Module:
   return model
 
 
-__all__ = ['MODELS', 'NORMALIZERS', 'for_control_flow', 'from_config', 'get_model',
-           'get_normalizer', 'kernel_path', 'layer', 'num_layers']
+__all__ = [
+  'MODELS',
+  'NORMALIZERS',
+  'for_control_flow',
+  'from_config',
+  'get_model',
+  'get_normalizer',
+  'kernel_path',
+  'layer',
+  'num_layers',
+]

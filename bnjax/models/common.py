@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
   """The names of the paper's layer #k (1-based) inside a model; the one place they are spelt.
@@ -132,12 +133,18 @@ class Conv3x3(nn.Module):
       # Nine shifted views of the zero-padded input, (row, col, channel) ordered like the
       # kernel's reshape; their backward pass is pads and slices, with no convolution.
       xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-      patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)],
-                                axis=-1)
+      patches = jnp.concatenate(
+        [xp[:, i : i + h, j : j + w, :] for i in range(3) for j in range(3)], axis=-1
+      )
       y = patches @ kernel.reshape(9 * c, self.features)
     else:
-      y = jax.lax.conv_general_dilated(materialized(x), kernel, (1, 1), 'SAME',  # x stored once
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = jax.lax.conv_general_dilated(
+        materialized(x),
+        kernel,
+        (1, 1),
+        'SAME',  # x stored once
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      )
     return y + bias
 
 
@@ -163,8 +170,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   if h % 2 or w % 2:
     raise ValueError(f'max_pool_2x2 needs an even height and width; got {h}x{w}')
   x = x.reshape(b, h // 2, 2, w // 2, 2, c)
-  return jnp.maximum(jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]),
-                     jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1]))
+  return jnp.maximum(
+    jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]), jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1])
+  )
 
 
 def expose(module: nn.Module, name: str, x: jax.Array) -> jax.Array:

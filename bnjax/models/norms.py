@@ -74,7 +74,7 @@ class BatchNorm(nn.Module):
 
 
 def distributional_noise(
-    key: Array, a: Array, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float
+  key: Array, a: Array, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float
 ) -> Array:
   """The paper's Algorithm 1 (Appendix A.2.1): a_ij <- s_ij * a_ij + m_ij.
 
@@ -120,7 +120,8 @@ class NoisyBatchNorm(nn.Module):
     if not train:
       return expected_noise(z, self.eval_noise, self.n_sigma)
     return distributional_noise(
-        self.make_rng('noise'), z, self.n_mu, self.n_sigma, self.r_mu, self.r_sigma)
+      self.make_rng('noise'), z, self.n_mu, self.n_sigma, self.r_mu, self.r_sigma
+    )
 
 
 class NoiseOnly(nn.Module):
@@ -138,7 +139,8 @@ class NoiseOnly(nn.Module):
     if not train:
       return expected_noise(y, self.eval_noise, self.n_sigma)
     return distributional_noise(
-        self.make_rng('noise'), y, self.n_mu, self.n_sigma, self.r_mu, self.r_sigma)
+      self.make_rng('noise'), y, self.n_mu, self.n_sigma, self.r_mu, self.r_sigma
+    )
 
 
 class LpNorm(nn.Module):
@@ -189,19 +191,20 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, y: Array, train: bool) -> Array:
     del train
-    return nn.LayerNorm(epsilon=self.epsilon, reduction_axes=tuple(range(1, y.ndim)),
-                        feature_axes=-1, name='ln')(y)
+    return nn.LayerNorm(
+      epsilon=self.epsilon, reduction_axes=tuple(range(1, y.ndim)), feature_axes=-1, name='ln'
+    )(y)
 
 
 NORMALIZERS: dict[str, Callable[..., nn.Module]] = {
-    'none': Identity,
-    'batch': BatchNorm,
-    'noisy_batch': NoisyBatchNorm,
-    'noise': NoiseOnly,
-    'lp1': functools.partial(LpNorm, p=1.0),
-    'lp2': functools.partial(LpNorm, p=2.0),
-    'lpinf': functools.partial(LpNorm, p=float('inf')),
-    'layer': LayerNorm,
+  'none': Identity,
+  'batch': BatchNorm,
+  'noisy_batch': NoisyBatchNorm,
+  'noise': NoiseOnly,
+  'lp1': functools.partial(LpNorm, p=1.0),
+  'lp2': functools.partial(LpNorm, p=2.0),
+  'lpinf': functools.partial(LpNorm, p=float('inf')),
+  'layer': LayerNorm,
 }
 
 

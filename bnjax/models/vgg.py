@@ -13,13 +13,12 @@ import jax
 from bnjax.models import common
 
 LAYOUTS: dict[str, tuple] = {
-    # VGG-11, configuration 'A' of Simonyan & Zisserman (2015).
-    'vgg11': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    # VGG-16 (configuration 'D'), the paper's 13 conv layers; the paper's default.
-    'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
-              512, 512, 512, 'M'),
-    # Two conv layers, for tests.
-    'vgg_tiny': (8, 'M', 16, 'M'),
+  # VGG-11, configuration 'A' of Simonyan & Zisserman (2015).
+  'vgg11': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
+  # VGG-16 (configuration 'D'), the paper's 13 conv layers; the paper's default.
+  'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
+  # Two conv layers, for tests.
+  'vgg_tiny': (8, 'M', 16, 'M'),
 }
 
 

@@ -55,11 +55,23 @@ def draw_sweep_training(workdirs, out: str | pathlib.Path) -> None:
     label = f'{r.path.name}' + (' (diverged)' if r.diverged else '')
     for ax, key in zip(axes, ('train_loss', 'train_accuracy', 'eval_accuracy')):
       steps, values = r.series(key)
-      ax.plot(steps, values, color=f'C{i % 10}', lw=0.8, label=label,
-              marker='o' if key == 'eval_accuracy' else None, markersize=2)
-  for ax, (title, ylabel) in zip(axes, (('training loss', 'loss (log)'),
-                                        ('training accuracy', 'accuracy (fraction)'),
-                                        ('test accuracy', 'accuracy (fraction)'))):
+      ax.plot(
+        steps,
+        values,
+        color=f'C{i % 10}',
+        lw=0.8,
+        label=label,
+        marker='o' if key == 'eval_accuracy' else None,
+        markersize=2,
+      )
+  for ax, (title, ylabel) in zip(
+    axes,
+    (
+      ('training loss', 'loss (log)'),
+      ('training accuracy', 'accuracy (fraction)'),
+      ('test accuracy', 'accuracy (fraction)'),
+    ),
+  ):
     ax.set(title=title, xlabel='training step', ylabel=ylabel)
   axes[0].set_yscale('log')
   axes[0].legend(fontsize=6)
@@ -68,5 +80,17 @@ def draw_sweep_training(workdirs, out: str | pathlib.Path) -> None:
   plt.close(fig)
 
 
-__all__ = ['BEYOND', 'FIGURES', 'PAPER', 'NoData', 'Group', 'Run', 'draw', 'draw_all',
-           'draw_sweep_training', 'find_runs', 'group_runs', 'load_run']
+__all__ = [
+  'BEYOND',
+  'FIGURES',
+  'PAPER',
+  'NoData',
+  'Group',
+  'Run',
+  'draw',
+  'draw_all',
+  'draw_sweep_training',
+  'find_runs',
+  'group_runs',
+  'load_run',
+]

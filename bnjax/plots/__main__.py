@@ -8,20 +8,23 @@ from bnjax.plots import numbers
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m bnjax.plots',
-                                   description=plots.__doc__.strip().splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog='python -m bnjax.plots', description=plots.__doc__.strip().splitlines()[0]
+  )
   parser.add_argument('figure', help=f'all, numbers, or one of: {" ".join(plots.FIGURES)}')
   parser.add_argument('--workdirs', nargs='+', default=[], help='run workdirs (one figure)')
   parser.add_argument('--root', default='', help='sweep root: every workdir below it')
-  parser.add_argument('--out', required=True,
-                      help='FILE.png for one figure, DIR for all, FILE.md for numbers')
+  parser.add_argument(
+    '--out', required=True, help='FILE.png for one figure, DIR for all, FILE.md for numbers'
+  )
   parser.add_argument('--dpi', type=int, default=plots.DPI, help='resolution of the PNGs')
   args = parser.parse_args(argv)
   if bool(args.workdirs) == bool(args.root):
     parser.error('give exactly one of --workdirs DIR... and --root SWEEP_ROOT')
   try:
-    runs = [plots.load_run(w) for w in args.workdirs] if args.workdirs else \
-        plots.find_runs(args.root)
+    runs = (
+      [plots.load_run(w) for w in args.workdirs] if args.workdirs else plots.find_runs(args.root)
+    )
   except FileNotFoundError as e:
     parser.error(str(e))
   if not runs:

@@ -34,8 +34,9 @@ _NOT_FIELDS = ('step', 'settings', 'seconds')
 
 def lines_of(workdir: pathlib.Path, name: str) -> list[dict]:
   """The lines of ``workdir/analysis/<name>.jsonl``, by step ([] if none)."""
-  return sorted(layout.read_lines(layout.output(pathlib.Path(workdir), name)),
-                key=lambda l: l['step'])
+  return sorted(
+    layout.read_lines(layout.output(pathlib.Path(workdir), name)), key=lambda l: l['step']
+  )
 
 
 def picks(lines: list[dict]) -> list[dict]:
@@ -67,11 +68,19 @@ def contour(ax, line: dict, title: str) -> None:
 def curves(ax, lines: list[dict], title: str) -> None:
   """1-D surface lines as loss against the coordinate, one curve per step."""
   for i, line in enumerate(lines):
-    ax.plot(line['grid'][0], np.asarray(line['loss'], dtype=np.float64),
-            color=plt.get_cmap('viridis')(i / max(len(lines) - 1, 1)), label=f'step {line["step"]}')
+    ax.plot(
+      line['grid'][0],
+      np.asarray(line['loss'], dtype=np.float64),
+      color=plt.get_cmap('viridis')(i / max(len(lines) - 1, 1)),
+      label=f'step {line["step"]}',
+    )
   ax.axvline(0, color='gray', lw=0.6)
-  ax.set(title=title, xlabel=f'a ({line["settings"].get("directions", [""])[0]})',
-         ylabel='loss (log)', yscale='log')
+  ax.set(
+    title=title,
+    xlabel=f'a ({line["settings"].get("directions", [""])[0]})',
+    ylabel='loss (log)',
+    yscale='log',
+  )
   ax.title.set_fontsize(8)
   ax.legend(fontsize=6)
 
@@ -89,14 +98,13 @@ def _surface_axes(ax_row, name: str, lines: list[dict]) -> None:
   else:
     for ax, line in zip(ax_row, chosen):
       contour(ax, line, f'{name}: step {line["step"]}')
-  for ax in ax_row[_num_panels(lines):]:
+  for ax in ax_row[_num_panels(lines) :]:
     ax.axis('off')
 
 
 def _grid_figure(rows: list[tuple[str, list[dict]]], title: str):
   """Surface panels, a row per (name, lines)."""
-  fig, axes = panels.subplots(len(rows), max(_num_panels(lines) for _, lines in rows),
-                              height=3.0)
+  fig, axes = panels.subplots(len(rows), max(_num_panels(lines) for _, lines in rows), height=3.0)
   for ax_row, (name, lines) in zip(axes, rows):
     _surface_axes(ax_row, name, lines)
   return panels.finish(fig, title)
@@ -104,10 +112,13 @@ def _grid_figure(rows: list[tuple[str, list[dict]]], title: str):
 
 def surface(groups: list[Group]):
   """Every run's analysis/loss_surface.jsonl: contours (2-D) or curves (1-D)."""
-  rows = [(r.path.name, lines) for g in groups for r in g.runs
-          if (lines := lines_of(r.path, SURFACE))]
-  need(rows, f'surface (runs with analysis/{SURFACE}.jsonl: python -m bnjax.analyze '
-             '--probe=loss_surface)')
+  rows = [
+    (r.path.name, lines) for g in groups for r in g.runs if (lines := lines_of(r.path, SURFACE))
+  ]
+  need(
+    rows,
+    f'surface (runs with analysis/{SURFACE}.jsonl: python -m bnjax.analyze --probe=loss_surface)',
+  )
   return _grid_figure(rows, 'Loss surfaces at the first, middle and last step analysed')
 
 
@@ -120,8 +131,8 @@ def _series(run, name: str, field: str, column: int | None = 0):
 
 
 SHARPNESS_PANELS = (
-    ('top Hessian eigenvalue', 'top_eigenvalues', 'eigenvalues'),
-    ('adaptive sharpness', 'adaptive_sharpness', 'sharpness'),
+  ('top Hessian eigenvalue', 'top_eigenvalues', 'eigenvalues'),
+  ('adaptive sharpness', 'adaptive_sharpness', 'sharpness'),
 )
 
 
@@ -129,9 +140,11 @@ def sharpness_vs_eigenvalue(groups: list[Group]):
   """Adaptive sharpness and the top eigenvalue over the checkpoint steps, and one against
   the other (a line per run through its steps), per model family."""
   have = lambda r: any(lines_of(r.path, n) for _, n, _ in SHARPNESS_PANELS)
-  chosen = need([g for g in groups if any(have(r) for r in g.runs)],
-                'analysis (runs with analysis/top_eigenvalues.jsonl or '
-                'adaptive_sharpness.jsonl: python -m bnjax.analyze)')
+  chosen = need(
+    [g for g in groups if any(have(r) for r in g.runs)],
+    'analysis (runs with analysis/top_eigenvalues.jsonl or '
+    'adaptive_sharpness.jsonl: python -m bnjax.analyze)',
+  )
   families = sorted({g.family for g in chosen}, key=lambda f: f != 'vgg')
   fig, axes = panels.subplots(len(families), 3, height=3.6)
   for row, family in zip(axes, families):
@@ -140,16 +153,21 @@ def sharpness_vs_eigenvalue(groups: list[Group]):
         _sharpness_row(row, g, r, f'{r.label()}, seed {r.seed}')
     for ax, (what, _, _) in zip(row, SHARPNESS_PANELS):
       ax.set(title=f'{family.upper()}: {what}', xlabel='training step', ylabel=what, yscale='log')
-    row[2].set(title=f'{family.upper()}: adaptive sharpness vs top eigenvalue',
-               xlabel='top Hessian eigenvalue', ylabel='adaptive sharpness',
-               xscale='log', yscale='log')
+    row[2].set(
+      title=f'{family.upper()}: adaptive sharpness vs top eigenvalue',
+      xlabel='top Hessian eigenvalue',
+      ylabel='adaptive sharpness',
+      xscale='log',
+      yscale='log',
+    )
     for ax in row:
       ax.title.set_fontsize(8)
       ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
       ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     panels.legend_below(row[1], ncol=1)
-  return panels.finish(fig, "Adaptive sharpness (blind to BN's rescaling) and the top Hessian "
-                       'eigenvalue over training')
+  return panels.finish(
+    fig, "Adaptive sharpness (blind to BN's rescaling) and the top Hessian eigenvalue over training"
+  )
 
 
 def _sharpness_row(row, group: Group, run, label) -> None:
@@ -166,9 +184,11 @@ def _sharpness_row(row, group: Group, run, label) -> None:
 def layer_spectra(groups: list[Group]):
   """Each run's top Hessian eigenvalue of every weight layer's diagonal block against the
   layer number, a line per analysed step (analysis/layer_top_eigenvalues.jsonl)."""
-  runs = need([r for g in groups for r in g.runs if lines_of(r.path, measures.LAYERS)],
-              f'layers (runs with analysis/{measures.LAYERS}.jsonl: python -m bnjax.analyze '
-              f'--probe=top_eigenvalues --blocks=layers --name={measures.LAYERS})')
+  runs = need(
+    [r for g in groups for r in g.runs if lines_of(r.path, measures.LAYERS)],
+    f'layers (runs with analysis/{measures.LAYERS}.jsonl: python -m bnjax.analyze '
+    f'--probe=top_eigenvalues --blocks=layers --name={measures.LAYERS})',
+  )
   fig, axes = panels.subplots(1, len(runs), height=3.4, sharey=True)
   for ax, run in zip(axes[0], runs):
     lines = lines_of(run.path, measures.LAYERS)
@@ -176,8 +196,7 @@ def layer_spectra(groups: list[Group]):
     for line, color in zip(lines, colors):
       layers, values = measures.weight_layers(line['eigenvalues'])
       ax.plot(layers, values, '.-', color=color, lw=1, markersize=3, label=f'step {line["step"]}')
-    ax.set(title=run.path.name, xlabel='layer', ylabel='top eigenvalue of its block',
-           yscale='log')
+    ax.set(title=run.path.name, xlabel='layer', ylabel='top eigenvalue of its block', yscale='log')
     ax.title.set_fontsize(8)
   panels.legend_below(axes[0][0], ncol=3)
   return panels.finish(fig, "Top eigenvalue of each weight layer's Hessian block")
@@ -205,8 +224,9 @@ def _field_panel(ax, lines: list[dict], field: str) -> None:
   first = lines[0][field]
   keys = list(first) if isinstance(first, dict) else [None]
   for key in keys:
-    values = [np.asarray(l[field] if key is None else l[field][key], dtype=np.float64)
-              for l in lines]
+    values = [
+      np.asarray(l[field] if key is None else l[field][key], dtype=np.float64) for l in lines
+    ]
     values = np.array([np.atleast_1d(v) for v in values])
     for j in range(values.shape[1]):
       label = ' '.join(str(x) for x in (key, j if values.shape[1] > 1 else None) if x is not None)
@@ -229,12 +249,21 @@ def density(ax, lines: list[dict]) -> None:
   bins = np.concatenate([-outer[::-1], [0.0], outer])
   for i, line in enumerate(picks(lines)):
     hist, _ = np.histogram(np.ravel(line['nodes']), bins, weights=np.ravel(line['weights']))
-    ax.stairs(np.maximum(hist, 1e-9), bins, label=f'step {line["step"]}',
-              color=plt.get_cmap('viridis')(i / 2))
+    ax.stairs(
+      np.maximum(hist, 1e-9),
+      bins,
+      label=f'step {line["step"]}',
+      color=plt.get_cmap('viridis')(i / 2),
+    )
   ax.set_xscale('symlog', linthresh=linthresh)
   ax.tick_params(axis='x', labelsize=6, rotation=40)
-  ax.set(title='spectral density', xlabel='eigenvalue', ylabel='weight per bin', yscale='log',
-         ylim=(1e-6, 1.5))
+  ax.set(
+    title='spectral density',
+    xlabel='eigenvalue',
+    ylabel='weight per bin',
+    yscale='log',
+    ylim=(1e-6, 1.5),
+  )
   ax.legend(fontsize=6)
 
 
@@ -260,9 +289,12 @@ def draw_file(path: pathlib.Path, out: pathlib.Path) -> None:
           _field_panel(ax, lines, field)
       else:
         ax.text(0.5, 0.5, field, ha='center', transform=ax.transAxes)
-    for ax in list(axes.flat)[len(fields):]:
+    for ax in list(axes.flat)[len(fields) :]:
       ax.axis('off')
-    panels.finish(fig, f'{name} ({lines[0]["settings"].get("bn_mode")} mode, '
-                  f'{lines[0]["settings"].get("batches")} batch(es))')
+    panels.finish(
+      fig,
+      f'{name} ({lines[0]["settings"].get("bn_mode")} mode, '
+      f'{lines[0]["settings"].get("batches")} batch(es))',
+    )
   layout.write_atomically(out, lambda tmp: fig.savefig(tmp, dpi=110, format='png'))
   plt.close(fig)

@@ -55,8 +55,13 @@ def landscape_row_stats(run: Run) -> dict[str, np.ndarray]:
   _, at_start = run.series('probe/landscape/loss_at_start')
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', RuntimeWarning)
-    return {'step': steps, 'loss_band': np.nanmax(loss, 1) / np.nanmin(loss, 1),
-            'grad_pred': np.nanmax(diff, 1), 'beta': beta, 'loss': at_start}
+    return {
+      'step': steps,
+      'loss_band': np.nanmax(loss, 1) / np.nanmin(loss, 1),
+      'grad_pred': np.nanmax(diff, 1),
+      'beta': beta,
+      'loss': at_start,
+    }
 
 
 def landscape_median(run: Run, field: str) -> float:
@@ -155,6 +160,7 @@ def theorem_42_min_slack(run: Run) -> float:
 @dataclasses.dataclass(frozen=True)
 class Spread:
   """A measure over a group's seeds: mean, min, max and the count of finite values."""
+
   mean: float
   lo: float
   hi: float
@@ -179,8 +185,9 @@ def over_seeds(group: Group, measure) -> Spread:
   values = values[np.isfinite(values)]
   if not values.size:
     return Spread(NAN, NAN, NAN, 0, total)
-  return Spread(float(values.mean()), float(values.min()), float(values.max()), int(values.size),
-                total)
+  return Spread(
+    float(values.mean()), float(values.min()), float(values.max()), int(values.size), total
+  )
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -197,6 +204,7 @@ _WEIGHT_LAYER = re.compile(r'^(?!norm)[a-z_]*?(\d+)$')  # dense7, conv12: not no
 def weight_layers(eigenvalues: dict) -> tuple[list[int], list[float]]:
   """(layer numbers, top eigenvalues) of the weight layers' blocks of one line's
   per-block ``eigenvalues`` ({block path: [k]}); normaliser blocks left out."""
-  found = sorted((int(m.group(1)), v[0]) for name, v in eigenvalues.items()
-                 if (m := _WEIGHT_LAYER.match(name)))
+  found = sorted(
+    (int(m.group(1)), v[0]) for name, v in eigenvalues.items() if (m := _WEIGHT_LAYER.match(name))
+  )
   return [k for k, _ in found], [v for _, v in found]

@@ -30,8 +30,9 @@ def need(items: list, what: str) -> list:
 
 def subplots(rows: int, cols: int, height: float = 2.6, **kw):
   # At least two columns wide, so that the figure's title fits.
-  return plt.subplots(rows, cols, figsize=(COLUMN * max(cols, 2), height * rows),
-                      squeeze=False, **kw)
+  return plt.subplots(
+    rows, cols, figsize=(COLUMN * max(cols, 2), height * rows), squeeze=False, **kw
+  )
 
 
 def finish(fig, title: str):
@@ -44,8 +45,7 @@ def finish(fig, title: str):
 
 def legend_below(ax, ncol: int = 2) -> None:
   """A legend under the panel, where it covers no line."""
-  ax.legend(fontsize=6, loc='upper center', bbox_to_anchor=(0.5, -0.28), ncol=ncol,
-            frameon=False)
+  ax.legend(fontsize=6, loc='upper center', bbox_to_anchor=(0.5, -0.28), ncol=ncol, frameon=False)
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -56,8 +56,9 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
   return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode='valid'), -1, values)
 
 
-def seed_curve(ax, group: Group, key: str, scale: float = 1.0, window: int = 1,
-               label=None, column=None, **kw) -> None:
+def seed_curve(
+  ax, group: Group, key: str, scale: float = 1.0, window: int = 1, label=None, column=None, **kw
+) -> None:
   """Mean over seeds of ``key`` (its ``column`` for vector values), min-max band, x at
   each diverged seed's last finite value."""
   steps, values = group.stack(key)
@@ -67,7 +68,7 @@ def seed_curve(ax, group: Group, key: str, scale: float = 1.0, window: int = 1,
   if column is not None:
     values = values[..., column]
   if window > 1 and values.shape[1] >= window:
-    values, steps = smooth(values, window), steps[window - 1:]
+    values, steps = smooth(values, window), steps[window - 1 :]
   color = kw.pop('color', group.color)
   with warnings.catch_warnings():  # all-NaN columns (no seed there) stay NaN
     warnings.simplefilter('ignore', RuntimeWarning)
@@ -77,8 +78,9 @@ def seed_curve(ax, group: Group, key: str, scale: float = 1.0, window: int = 1,
   if len(group.runs) > 1:
     ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
   # The rows of ``values`` are the runs with a series; one still going ends with no x.
-  diverged = [r.diverged for r in group.runs
-              if len((key(r) if callable(key) else r.series(key))[0])]
+  diverged = [
+    r.diverged for r in group.runs if len((key(r) if callable(key) else r.series(key))[0])
+  ]
   for row, ended in zip(values, diverged):
     finite = np.nonzero(np.isfinite(row))[0]
     if ended and len(finite) and finite[-1] < len(row) - 1:
@@ -109,8 +111,15 @@ def band(ax, group: Group, key: str, label: bool = True) -> None:
       values = np.where(np.isfinite(values), values, np.nan)
       lo, hi = np.nanmin(values, 1), np.nanmax(values, 1)
     alpha = 0.45 / len(group.runs) ** 0.5
-    ax.fill_between(steps, lo, hi, color=group.color, alpha=alpha, lw=0,
-                    label=group.label() if label and i == 0 else None)
+    ax.fill_between(
+      steps,
+      lo,
+      hi,
+      color=group.color,
+      alpha=alpha,
+      lw=0,
+      label=group.label() if label and i == 0 else None,
+    )
     for edge in (lo, hi):
       ax.plot(steps, edge, color=group.color, lw=0.4, alpha=0.8)
 
@@ -136,8 +145,16 @@ def ridgeline(ax, group: Group, layer: int, rows: int = 8) -> tuple[float, float
     density = hist[i] / max(hist[i].max(), 1)
     y0 = row * 0.7
     color = cmap(row / max(len(picks) - 1, 1))
-    ax.fill_between(centres, y0, y0 + density, color=color, alpha=0.7, lw=0.5,
-                    edgecolor='k', zorder=len(picks) - row)
+    ax.fill_between(
+      centres,
+      y0,
+      y0 + density,
+      color=color,
+      alpha=0.7,
+      lw=0.5,
+      edgecolor='k',
+      zorder=len(picks) - row,
+    )
   ax.set_yticks([row * 0.7 for row in range(len(picks))])
   ax.set_yticklabels([f'{int(steps[i])}' for i in picks], fontsize=7)
   ax.set_ylabel('training step')
@@ -167,4 +184,4 @@ def probed_layers(group: Group) -> list[int]:
 def layers_of_run(run, probe: str) -> list[int]:
   """Layer numbers a run's ``probe`` recorded (from its first lines' keys)."""
   keys = {k for line in run.lines[:50] for k in line if k.startswith(f'probe/{probe}/layer')}
-  return sorted({int(k.split('/')[2][len('layer'):]) for k in keys})
+  return sorted({int(k.split('/')[2][len('layer') :]) for k in keys})

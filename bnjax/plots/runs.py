@@ -15,14 +15,26 @@ import numpy as np
 from bnjax import workdir as workdir_lib
 
 NORM_LABELS = {
-    'none': 'Standard', 'batch': 'Standard + BatchNorm', 'noisy_batch': 'Standard + "Noisy" BN',
-    'noise': 'Standard + noise (no BN)', 'lp1': r'Standard + $\ell_1$',
-    'lp2': r'Standard + $\ell_2$', 'lpinf': r'Standard + $\ell_\infty$',
-    'layer': 'Standard + LayerNorm',
+  'none': 'Standard',
+  'batch': 'Standard + BatchNorm',
+  'noisy_batch': 'Standard + "Noisy" BN',
+  'noise': 'Standard + noise (no BN)',
+  'lp1': r'Standard + $\ell_1$',
+  'lp2': r'Standard + $\ell_2$',
+  'lpinf': r'Standard + $\ell_\infty$',
+  'layer': 'Standard + LayerNorm',
 }
 # The paper's colours: standard blue, BN orange, then the rest.
-NORM_COLORS = {'none': 'C0', 'batch': 'C1', 'noisy_batch': 'C2', 'lp1': 'C3', 'lp2': 'C4',
-               'lpinf': 'C5', 'layer': 'C6', 'noise': 'C7'}
+NORM_COLORS = {
+  'none': 'C0',
+  'batch': 'C1',
+  'noisy_batch': 'C2',
+  'lp1': 'C3',
+  'lp2': 'C4',
+  'lpinf': 'C5',
+  'layer': 'C6',
+  'noise': 'C7',
+}
 
 
 @dataclasses.dataclass
@@ -90,8 +102,11 @@ def load_run(workdir: str | pathlib.Path) -> Run:
 
 def find_runs(root: str | pathlib.Path) -> list[Run]:
   """Every workdir under ``root`` (any depth), sorted by path."""
-  return [load_run(p.parent) for p in sorted(pathlib.Path(root).rglob('config.json'))
-          if (p.parent / 'metrics.jsonl').exists()]
+  return [
+    load_run(p.parent)
+    for p in sorted(pathlib.Path(root).rglob('config.json'))
+    if (p.parent / 'metrics.jsonl').exists()
+  ]
 
 
 def select(runs: list[Run], family: str, norms=None, lr: float | None = None) -> list[Run]:
@@ -116,6 +131,7 @@ def _setting(run: Run) -> str:
 @dataclasses.dataclass
 class Group:
   """One configuration's runs, one per seed (sorted by seed)."""
+
   runs: list[Run]
 
   @property

@@ -69,14 +69,18 @@ def check_params(params: Params) -> None:
     raise ValueError('params has no array leaves')
   for path, leaf in leaves:
     if not _is_array(leaf):
-      raise TypeError(f'params has a non-array leaf at {jax.tree_util.keystr(path)} '
-                      f'({type(leaf).__name__}): pass only the arrays, e.g. '
-                      'eqx.partition(model, eqx.is_array)[0], and recombine them in loss_fn')
+      raise TypeError(
+        f'params has a non-array leaf at {jax.tree_util.keystr(path)} '
+        f'({type(leaf).__name__}): pass only the arrays, e.g. '
+        'eqx.partition(model, eqx.is_array)[0], and recombine them in loss_fn'
+      )
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(f'params leaf {jax.tree_util.keystr(path)} has dtype {dtype}; '
-                      'probes differentiate, so every leaf must be floating point '
-                      '(keep integer state out of params, e.g. close over it in loss_fn)')
+      raise TypeError(
+        f'params leaf {jax.tree_util.keystr(path)} has dtype {dtype}; '
+        'probes differentiate, so every leaf must be floating point '
+        '(keep integer state out of params, e.g. close over it in loss_fn)'
+      )
 
 
 def check_inputs(loss_fn: LossFn, params: Params, name: str = 'loss_fn') -> None:
@@ -112,15 +116,15 @@ def tree_axpy(alpha, x, y):
 def rademacher_like(key: jax.Array, params: Params):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([jax.random.rademacher(k, x.shape, x.dtype)
-                            for k, x in zip(keys, leaves)])
+  return treedef.unflatten(
+    [jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+  )
 
 
 def normal_like(key: jax.Array, params: Params):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([jax.random.normal(k, x.shape, x.dtype)
-                            for k, x in zip(keys, leaves)])
+  return treedef.unflatten([jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
 
 
 def map_in_batches(f, xs, batch_size: int):
@@ -160,11 +164,12 @@ def select_leaves(params: Params, block: Block) -> list[int]:
     chosen = [i for i, p in enumerate(paths) if block(p)]
   else:
     prefixes = [tuple(block)] if _is_path(block) else [tuple(b) for b in block]
-    chosen = [i for i, p in enumerate(paths) if any(p[:len(q)] == q for q in prefixes)]
-    missing = [q for q in prefixes if not any(p[:len(q)] == q for p in paths)]
+    chosen = [i for i, p in enumerate(paths) if any(p[: len(q)] == q for q in prefixes)]
+    missing = [q for q in prefixes if not any(p[: len(q)] == q for p in paths)]
     if missing:
-      raise KeyError(f'no parameters under {missing}; leaves are {paths[:8]}'
-                     f'{" ..." if len(paths) > 8 else ""}')
+      raise KeyError(
+        f'no parameters under {missing}; leaves are {paths[:8]}{" ..." if len(paths) > 8 else ""}'
+      )
   if not chosen:
     raise KeyError('the block selects no parameters')
   return chosen
@@ -228,8 +233,9 @@ def named_blocks(params: Params, blocks: Blocks) -> dict[str, Block]:
   paths = leaf_paths(params)
   if isinstance(blocks, str):
     if blocks != 'layers':
-      raise ValueError("blocks must be 'layers', a list of key paths or a predicate, "
-                       f'got {blocks!r}')
+      raise ValueError(
+        f"blocks must be 'layers', a list of key paths or a predicate, got {blocks!r}"
+      )
     layers = dict.fromkeys(_layer(p) for p in paths)
     return {block_name(g): functools.partial(_in_layer, g) for g in layers}
   if callable(blocks):
@@ -239,8 +245,10 @@ def named_blocks(params: Params, blocks: Blocks) -> dict[str, Block]:
     return {block_name(p): p for p in chosen}
   blocks = [blocks] if _is_path(blocks) else list(blocks)
   if not blocks or not all(_is_path(b) for b in blocks):
-    raise ValueError("blocks must be 'layers', a predicate on leaf paths or a list of key "
-                     f"paths (tuples, e.g. [('dense1',), ('dense2', 'kernel')]), got {blocks!r}")
+    raise ValueError(
+      "blocks must be 'layers', a predicate on leaf paths or a list of key "
+      f"paths (tuples, e.g. [('dense1',), ('dense2', 'kernel')]), got {blocks!r}"
+    )
   names = [block_name(b) for b in blocks]
   if len(set(names)) < len(names):
     raise ValueError(f'blocks names a block twice: {names}')
@@ -268,7 +276,9 @@ def per_block(probe):
       raise ValueError('pass block= (one block) or blocks= (a result per block), not both')
     named = named_blocks(arguments['params'], blocks)
     key = arguments['key']
-    return {name: probe(**dict(arguments, key=jax.random.fold_in(key, i), block=block))
-            for i, (name, block) in enumerate(named.items())}
+    return {
+      name: probe(**dict(arguments, key=jax.random.fold_in(key, i), block=block))
+      for i, (name, block) in enumerate(named.items())
+    }
 
   return wrapped

@@ -32,8 +32,9 @@ def _hvp(f, x, v):
 
 
 @with_precision
-def activation_curvature(loss_of_perturbation: LossOfPerturbation,
-                         perturbation: Perturbation) -> ActivationCurvature:
+def activation_curvature(
+  loss_of_perturbation: LossOfPerturbation, perturbation: Perturbation
+) -> ActivationCurvature:
   """Gradient and Hessian quadratic form along it, wrt each activation leaf separately.
 
   ``perturbation``: zeros shaped like the activations (the operating point). For leaf
@@ -45,10 +46,11 @@ def activation_curvature(loss_of_perturbation: LossOfPerturbation,
   zeros = [jnp.zeros_like(g) for g in leaves]
   quad = []
   for i, g in enumerate(leaves):
-    tangent = treedef.unflatten(zeros[:i] + [g] + zeros[i + 1:])
+    tangent = treedef.unflatten(zeros[:i] + [g] + zeros[i + 1 :])
     quad.append(tree_vdot(tangent, _hvp(loss_of_perturbation, perturbation, tangent)))
-  return ActivationCurvature(grad, treedef.unflatten([jnp.linalg.norm(g) for g in leaves]),
-                             treedef.unflatten(quad))
+  return ActivationCurvature(
+    grad, treedef.unflatten([jnp.linalg.norm(g) for g in leaves]), treedef.unflatten(quad)
+  )
 
 
 @result
@@ -58,6 +60,7 @@ class BatchNormTheorems:
   y: the BN layer's input; z = gamma y_hat + beta its output; g = dL/dz;
   sigma = sqrt(var(y) + epsilon); m = elements per unit (batch x H x W).
   """
+
   units: jax.Array  # [u] channel indices
   grad_y_sq: jax.Array  # [u] ||dL/dy_j||^2, Thm 4.1 left side
   thm41_rhs: jax.Array  # [u] (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - c <g,y_hat>^2)
@@ -67,9 +70,13 @@ class BatchNormTheorems:
 
 
 @with_precision
-def batchnorm_theorems(loss_of_perturbation: Callable[[dict], jax.Array], y: jax.Array,
-                       gamma: jax.Array, epsilon: float,
-                       units: Sequence[int] | jax.Array | None = None) -> BatchNormTheorems:
+def batchnorm_theorems(
+  loss_of_perturbation: Callable[[dict], jax.Array],
+  y: jax.Array,
+  gamma: jax.Array,
+  epsilon: float,
+  units: Sequence[int] | jax.Array | None = None,
+) -> BatchNormTheorems:
   """Evaluates Theorems 4.1 and 4.2 for one BatchNorm layer of a real network.
 
   loss_of_perturbation({'y': dy, 'z': dz}) -> loss with dy added to the BN input and dz
@@ -123,8 +130,9 @@ class ActivationStatistics:
   var: jax.Array  # [u] the paper's s^2_t (biased)
 
 
-def activation_statistics(activations: jax.Array,
-                          units: Sequence[int] | jax.Array) -> ActivationStatistics:
+def activation_statistics(
+  activations: jax.Array, units: Sequence[int] | jax.Array
+) -> ActivationStatistics:
   """Values, mean and variance of chosen units (channels, last axis) over all other axes."""
   flat = activations.reshape(-1, activations.shape[-1])
   values = flat[:, jnp.asarray(units)].T

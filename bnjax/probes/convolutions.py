@@ -59,8 +59,10 @@ def for_loops(fn: Callable) -> Callable:
 
 
 def _has_conv(jaxpr: jex.Jaxpr) -> bool:
-  return any(eqn.primitive is _CONV or any(_has_conv(j) for j in jex.jaxprs_in_params(eqn.params))
-             for eqn in jaxpr.eqns)
+  return any(
+    eqn.primitive is _CONV or any(_has_conv(j) for j in jex.jaxprs_in_params(eqn.params))
+    for eqn in jaxpr.eqns
+  )
 
 
 def _eval(jaxpr: jex.Jaxpr, consts, *args) -> list:
@@ -107,6 +109,7 @@ class _Conv(NamedTuple):
 
   x [N, *S, C], w [*K, C/G, O], y [N, *S', O] (channels last; O group-major).
   """
+
   window_strides: tuple[int, ...]
   padding: tuple[tuple[int, int], ...]
   lhs_dilation: tuple[int, ...]
@@ -120,26 +123,47 @@ class _Conv(NamedTuple):
     nsp = x.ndim - 2
     c = self._replace(**changes)
     spatial = tuple(range(1, nsp + 1))
-    dims = lax.ConvDimensionNumbers((0, nsp + 1, *spatial), (nsp + 1, nsp, *range(nsp)),
-                                    (0, nsp + 1, *spatial))
-    return lax.conv_general_dilated(x, w, c.window_strides, c.padding, c.lhs_dilation,
-                                    c.rhs_dilation, dims, feature_group_count=c.groups,
-                                    precision=c.precision,
-                                    preferred_element_type=c.preferred_element_type)
+    dims = lax.ConvDimensionNumbers(
+      (0, nsp + 1, *spatial), (nsp + 1, nsp, *range(nsp)), (0, nsp + 1, *spatial)
+    )
+    return lax.conv_general_dilated(
+      x,
+      w,
+      c.window_strides,
+      c.padding,
+      c.lhs_dilation,
+      c.rhs_dilation,
+      dims,
+      feature_group_count=c.groups,
+      precision=c.precision,
+      preferred_element_type=c.preferred_element_type,
+    )
 
   def patches(self, x, window):
     """[N, *S', K * C]: the input under each window offset (offset-major, then channel)."""
     zero = jnp.zeros((), x.dtype)
-    x = lax.pad(x, zero, [(0, 0, 0), *[(lo, hi, d - 1) for (lo, hi), d in
-                                       zip(self.padding, self.lhs_dilation)], (0, 0, 0)])
+    x = lax.pad(
+      x,
+      zero,
+      [
+        (0, 0, 0),
+        *[(lo, hi, d - 1) for (lo, hi), d in zip(self.padding, self.lhs_dilation)],
+        (0, 0, 0),
+      ],
+    )
     nsp = len(window)
-    out = [(x.shape[1 + i] - (window[i] - 1) * self.rhs_dilation[i] - 1)
-           // self.window_strides[i] + 1 for i in range(nsp)]
+    out = [
+      (x.shape[1 + i] - (window[i] - 1) * self.rhs_dilation[i] - 1) // self.window_strides[i] + 1
+      for i in range(nsp)
+    ]
     views = []
     for offset in itertools.product(*map(range, window)):
       start = [0, *[o * d for o, d in zip(offset, self.rhs_dilation)], 0]
-      limit = [x.shape[0], *[b + (n - 1) * st + 1 for b, n, st in
-                             zip(start[1:-1], out, self.window_strides)], x.shape[-1]]
+      limit = [
+        x.shape[0],
+        *[b + (n - 1) * st + 1 for b, n, st in zip(start[1:-1], out, self.window_strides)],
+        x.shape[-1],
+      ]
       views.append(lax.slice(x, start, limit, (1, *self.window_strides, 1)))
     return jnp.concatenate(views, axis=-1)
 
@@ -149,13 +173,15 @@ class _Conv(NamedTuple):
     k, g = math.prod(w.shape[:nsp]), self.groups
     c_in, c_out = w.shape[-2], w.shape[-1]  # c_in per group
     p = self.patches(x, w.shape[:nsp])
-    dot = functools.partial(lax.dot_general, precision=self.precision,
-                            preferred_element_type=self.preferred_element_type)
+    dot = functools.partial(
+      lax.dot_general, precision=self.precision, preferred_element_type=self.preferred_element_type
+    )
     if g == 1:  # [N, *S', K C] @ [K C, O]
       return dot(p, w.reshape(k * c_in, c_out), (((nsp + 1,), (0,)), ((), ())))
     p = p.reshape(*p.shape[:-1], k, g, c_in)
-    y = dot(p, w.reshape(k, c_in, g, c_out // g),
-            (((nsp + 1, nsp + 3), (0, 1)), ((nsp + 2,), (2,))))
+    y = dot(
+      p, w.reshape(k, c_in, g, c_out // g), (((nsp + 1, nsp + 3), (0, 1)), ((nsp + 2,), (2,)))
+    )
     return jnp.moveaxis(y, 0, -2).reshape(*y.shape[1:-1], c_out)  # [N, *S', O]
 
   def weight_gradient(self, x, ct, window):
@@ -178,13 +204,20 @@ class _Conv(NamedTuple):
     """dL/dx: for stride 1, a canonical convolution of ct with the flipped, transposed
     kernel; otherwise the transpose of the patches (pads and adds)."""
     nsp = x.ndim - 2
-    if (self.groups == 1 and set(self.window_strides) == {1} and set(self.lhs_dilation) == {1}
-        and _xla_is_fast(x.shape)):
+    if (
+      self.groups == 1
+      and set(self.window_strides) == {1}
+      and set(self.lhs_dilation) == {1}
+      and _xla_is_fast(x.shape)
+    ):
       reach = [(k - 1) * d for k, d in zip(w.shape[:nsp], self.rhs_dilation)]
       flipped = jnp.swapaxes(jnp.flip(w, tuple(range(nsp))), -1, -2)  # [*K, O, C]
-      return self.xla(ct, flipped, padding=tuple((r - lo, r - hi) for r, (lo, hi) in
-                                                 zip(reach, self.padding)),
-                      preferred_element_type=None)
+      return self.xla(
+        ct,
+        flipped,
+        padding=tuple((r - lo, r - hi) for r, (lo, hi) in zip(reach, self.padding)),
+        preferred_element_type=None,
+      )
     return jax.vjp(lambda x: self.as_matmul(x, w), x)[1](ct.astype(x.dtype))[0]
 
 
@@ -214,16 +247,27 @@ def _conv_fwd(x, w, conv):
 def _conv_bwd(conv, residuals, ct):
   x, w = residuals
   dx = conv.input_gradient(x, w, ct)
-  dw = conv.weight_gradient(x, ct, w.shape[:x.ndim - 2])
+  dw = conv.weight_gradient(x, ct, w.shape[: x.ndim - 2])
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_for_loops(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
-                   dimension_numbers, feature_group_count, precision=None,
-                   preferred_element_type=None, **unused):
+def conv_for_loops(
+  lhs,
+  rhs,
+  *,
+  window_strides,
+  padding,
+  lhs_dilation,
+  rhs_dilation,
+  dimension_numbers,
+  feature_group_count,
+  precision=None,
+  preferred_element_type=None,
+  **unused,
+):
   """``lax.conv_general_dilated``'s value and derivatives (any order), computed only by
   canonical-layout convolutions, slices and matmuls, all fast inside XLA:CPU loops.
 
@@ -238,8 +282,15 @@ def conv_for_loops(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilat
   lhs_spec, rhs_spec, out_spec = dimension_numbers
   x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))  # [N, *S, C]
   w = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))  # [*K, C/G, O]
-  conv = _Conv(tuple(window_strides), tuple(map(tuple, padding)), tuple(lhs_dilation),
-               tuple(rhs_dilation), feature_group_count, precision, preferred_element_type)
+  conv = _Conv(
+    tuple(window_strides),
+    tuple(map(tuple, padding)),
+    tuple(lhs_dilation),
+    tuple(rhs_dilation),
+    feature_group_count,
+    precision,
+    preferred_element_type,
+  )
   y = _conv(x, w, conv)  # [N, *S', O]
   perm = np.empty(y.ndim, int)
   perm[out_spec[0]], perm[out_spec[1]] = 0, y.ndim - 1

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 from bnjax.probes._common import LossFn, Params
 
 
-def dataset_loss(batch_loss: Callable[[Params, Any], jax.Array], batches: Any,
-                 batch_sizes: jax.Array | None = None) -> LossFn:
+def dataset_loss(
+  batch_loss: Callable[[Params, Any], jax.Array], batches: Any, batch_sizes: jax.Array | None = None
+) -> LossFn:
   """loss_fn(params) = sum_i n_i L(params, batch_i) / sum_i n_i over stacked batches.
 
   batches: a pytree of arrays, each with a leading [num_batches] axis (batch i is
@@ -26,8 +27,10 @@ def dataset_loss(batch_loss: Callable[[Params, Any], jax.Array], batches: Any,
   equal), for a last batch padded to the common shape. Pass batches as arguments of
   your jitted function (a closed-over array is baked into the program).
   """
-  message = ('batches must be a pytree of arrays stacked on a leading batch axis; an '
-             'iterator or loader could give a different order on each product')
+  message = (
+    'batches must be a pytree of arrays stacked on a leading batch axis; an '
+    'iterator or loader could give a different order on each product'
+  )
   if isinstance(batches, collections.abc.Iterator):
     raise TypeError(message)
   leaves = jax.tree.leaves(batches)
@@ -46,8 +49,11 @@ def dataset_loss(batch_loss: Callable[[Params, Any], jax.Array], batches: Any,
       batch, w = batch_and_weight
       return total + w * batch_loss(params, batch), None
 
-    total, _ = jax.lax.scan(step, jnp.zeros((), jnp.result_type(*jax.tree.leaves(params))),
-                            (batches, weights.astype(jnp.result_type(*jax.tree.leaves(params)))))
+    total, _ = jax.lax.scan(
+      step,
+      jnp.zeros((), jnp.result_type(*jax.tree.leaves(params))),
+      (batches, weights.astype(jnp.result_type(*jax.tree.leaves(params)))),
+    )
     return total
 
   return loss_fn

@@ -13,9 +13,19 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from bnjax.probes._common import (Block, Blocks, LossFn, Params, check_num_samples,
-                                  map_in_batches, per_block, rademacher_like, result, tree_vdot,
-                                  with_precision)
+from bnjax.probes._common import (
+  Block,
+  Blocks,
+  LossFn,
+  Params,
+  check_num_samples,
+  map_in_batches,
+  per_block,
+  rademacher_like,
+  result,
+  tree_vdot,
+  with_precision,
+)
 from bnjax.probes.operators import Operator, curvature_operator
 
 
@@ -28,10 +38,18 @@ class TraceEstimate:
 
 @with_precision
 @per_block
-def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: int = 100,
-                  batch_size: int = 1, block: Block | None = None, rtol: float | None = None,
-                  max_samples: int = 1000, operator: Operator = 'hessian',
-                  blocks: Blocks | None = None) -> TraceEstimate | dict[str, TraceEstimate]:
+def hessian_trace(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  num_samples: int = 100,
+  batch_size: int = 1,
+  block: Block | None = None,
+  rtol: float | None = None,
+  max_samples: int = 1000,
+  operator: Operator = 'hessian',
+  blocks: Blocks | None = None,
+) -> TraceEstimate | dict[str, TraceEstimate]:
   """tr(H) by Hutchinson's estimator with Rademacher vectors z: mean of z^T H z.
 
   ``num_samples`` HVPs; or, with ``rtol``, ``batch_size`` at a time until the standard
@@ -51,8 +69,9 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
 
   if rtol is None:
     values = map_in_batches(sample, jax.random.split(key, num_samples), batch_size)
-    return TraceEstimate(jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(num_samples),
-                         jnp.int32(num_samples))
+    return TraceEstimate(
+      jnp.mean(values), jnp.std(values, ddof=1) / jnp.sqrt(num_samples), jnp.int32(num_samples)
+    )
   if not rtol > 0 or max_samples < 2 * batch_size:
     raise ValueError(f'need rtol > 0 and max_samples >= 2 batch_size, got {rtol}, {max_samples}')
 
@@ -81,10 +100,15 @@ def hessian_trace(loss_fn: LossFn, params: Params, key: jax.Array, num_samples: 
 
 @with_precision
 @per_block
-def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
-                          num_products: int = 99, block: Block | None = None,
-                          operator: Operator = 'hessian', blocks: Blocks | None = None
-                          ) -> TraceEstimate | dict[str, TraceEstimate]:
+def hessian_trace_hutchpp(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  num_products: int = 99,
+  block: Block | None = None,
+  operator: Operator = 'hessian',
+  blocks: Blocks | None = None,
+) -> TraceEstimate | dict[str, TraceEstimate]:
   """tr(H) by Hutch++ (Meyer, Musco, Musco, Woodruff 2021) in ``num_products`` HVPs.
 
   A third of the products sketch H's dominant range Q = orth(H S), whose trace
@@ -112,8 +136,9 @@ def hessian_trace_hutchpp(loss_fn: LossFn, params: Params, key: jax.Array,
   g = rademacher(k_g)
   g = g - (g @ q) @ q.T  # project out the sketched range
   samples = jnp.sum(g * hv(g), axis=1)
-  return TraceEstimate(exact + jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(third),
-                       jnp.int32(num_products))
+  return TraceEstimate(
+    exact + jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(third), jnp.int32(num_products)
+  )
 
 
 @result
@@ -123,9 +148,14 @@ class DiagonalEstimate:
 
 
 @with_precision
-def hessian_diagonal(loss_fn: LossFn, params: Params, key: jax.Array,
-                     num_samples: int = 100, block: Block | None = None,
-                     operator: Operator = 'hessian') -> DiagonalEstimate:
+def hessian_diagonal(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  num_samples: int = 100,
+  block: Block | None = None,
+  operator: Operator = 'hessian',
+) -> DiagonalEstimate:
   """diag(H) by Hutchinson's diagonal estimator: the mean over Rademacher z of z * (H z).
 
   Unbiased; element i's variance is sum_{j != i} H_ij^2 / num_samples.
@@ -139,5 +169,6 @@ def hessian_diagonal(loss_fn: LossFn, params: Params, key: jax.Array,
 
   values = jax.lax.map(sample, jax.random.split(key, num_samples))  # leading sample axis
   return DiagonalEstimate(
-      jax.tree.map(lambda v: jnp.mean(v, 0), values),
-      jax.tree.map(lambda v: jnp.std(v, 0, ddof=1) / jnp.sqrt(num_samples), values))
+    jax.tree.map(lambda v: jnp.mean(v, 0), values),
+    jax.tree.map(lambda v: jnp.std(v, 0, ddof=1) / jnp.sqrt(num_samples), values),
+  )

@@ -55,6 +55,7 @@ class PerExampleLoss:
     mc_samples: M, labels drawn per example for operator='fisher'.
     key: the PRNG key they are drawn from (None: jax.random.key(0)).
   """
+
   outputs_fn: Callable[[Params], jax.Array]
   targets: jax.Array
   reduction: Literal['mean', 'sum'] = 'mean'
@@ -77,8 +78,10 @@ class PerExampleLoss:
     losses = self.example_loss(outputs, self.targets)
     n = jnp.shape(outputs)[0] if jnp.ndim(outputs) else None
     if jnp.shape(losses) != (n,):
-      raise ValueError(f'PerExampleLoss: example_loss must return one loss per example, [N] = '
-                       f'[{n}], got shape {jnp.shape(losses)}')
+      raise ValueError(
+        f'PerExampleLoss: example_loss must return one loss per example, [N] = '
+        f'[{n}], got shape {jnp.shape(losses)}'
+      )
     return losses
 
   def factor(self, n: int) -> float:
@@ -105,11 +108,15 @@ def _check_logits(outputs, targets) -> jax.Array:
   """outputs as logits [N, C] for targets [N] of integer labels, or a one-line error."""
   shape, t_shape = jnp.shape(outputs), jnp.shape(targets)
   if len(shape) != 2 or t_shape != shape[:1]:
-    raise ValueError('PerExampleLoss: softmax cross-entropy needs logits [N, C] and targets [N]; '
-                     f'outputs_fn gives {shape}, targets are {t_shape}')
+    raise ValueError(
+      'PerExampleLoss: softmax cross-entropy needs logits [N, C] and targets [N]; '
+      f'outputs_fn gives {shape}, targets are {t_shape}'
+    )
   if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-    raise TypeError('PerExampleLoss: targets must be integer class labels [N] for softmax '
-                    f'cross-entropy, got {jnp.result_type(targets)}')
+    raise TypeError(
+      'PerExampleLoss: targets must be integer class labels [N] for softmax '
+      f'cross-entropy, got {jnp.result_type(targets)}'
+    )
   return outputs
 
 
@@ -120,8 +127,10 @@ def _draw_labels(loss: PerExampleLoss, logits: jax.Array) -> jax.Array:
 
 def _check_softmax(loss: PerExampleLoss, operator: str) -> None:
   if loss.example_loss is not None:
-    raise TypeError(f"operator='{operator}' is the Fisher of softmax cross-entropy: give "
-                    "PerExampleLoss no example_loss (or use operator='ef' or 'ggn')")
+    raise TypeError(
+      f"operator='{operator}' is the Fisher of softmax cross-entropy: give "
+      "PerExampleLoss no example_loss (or use operator='ef' or 'ggn')"
+    )
 
 
 def _linearised(fn, params: Params):
@@ -157,12 +166,16 @@ def mc_fisher_loss(loss: PerExampleLoss, params: Params) -> LossFn:
   _check_softmax(loss, 'fisher')
   logits, change = _linearised(loss.outputs_fn, params)
   labels = _draw_labels(loss, _check_logits(logits, loss.targets))  # [M, N]
-  residuals = jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[1],
-                                                      dtype=logits.dtype)  # [M, N, C]
+  residuals = jax.nn.softmax(logits) - jax.nn.one_hot(
+    labels, logits.shape[1], dtype=logits.dtype
+  )  # [M, N, C]
   c = loss.factor(logits.shape[0]) / loss.mc_samples
   return lambda p: 0.5 * c * jnp.sum(jnp.square(jnp.sum(residuals * change(p), axis=2)))
 
 
 # operator= name -> the loss whose Hessian is that matrix (operators.py makes the products).
 FISHER_LOSSES: dict[str, Callable[[PerExampleLoss, Params], LossFn]] = {
-    'ef': ef_loss, 'fisher': mc_fisher_loss, 'fisher_exact': fisher_exact_loss}
+  'ef': ef_loss,
+  'fisher': mc_fisher_loss,
+  'fisher_exact': fisher_exact_loss,
+}

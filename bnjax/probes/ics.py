@@ -5,8 +5,16 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from bnjax.probes._common import (Block, KeyPath, LossFn, Params, check_inputs, result,
-                                  select_leaves, with_precision)
+from bnjax.probes._common import (
+  Block,
+  KeyPath,
+  LossFn,
+  Params,
+  check_inputs,
+  result,
+  select_leaves,
+  with_precision,
+)
 
 
 @result
@@ -17,8 +25,14 @@ class ICS:
 
 
 @with_precision
-def ics(loss_fn: LossFn, params: Params, new_params: Params, layers: Sequence[KeyPath],
-        gradient: Params | None = None, below: Sequence[Block] | None = None) -> ICS:
+def ics(
+  loss_fn: LossFn,
+  params: Params,
+  new_params: Params,
+  layers: Sequence[KeyPath],
+  gradient: Params | None = None,
+  below: Sequence[Block] | None = None,
+) -> ICS:
   """ICS of every layer in ``layers`` (key-path prefixes into params, first layer first).
 
   G_i  = grad wrt W_i of L(W_1^t, ..., W_k^t)                         (at ``params``)
@@ -48,7 +62,7 @@ def ics(loss_fn: LossFn, params: Params, new_params: Params, layers: Sequence[Ke
     shifted = [[] if _is_empty(b) else select_leaves(params, b) for b in below]
   for layer, own, moved in zip(layers, index, shifted):
     if set(own) & set(moved):
-      raise ValueError(f'below of layer {layer} moves the layer\'s own parameters')
+      raise ValueError(f"below of layer {layer} moves the layer's own parameters")
   grad_leaves = jax.tree.leaves(jax.grad(loss_fn)(params) if gradient is None else gradient)
 
   l2, cosine, grad_norm = [], [], []

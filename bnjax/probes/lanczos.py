@@ -17,9 +17,19 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from matfree import decomp
 
-from bnjax.probes._common import (Block, Blocks, LossFn, Params, check_num_samples,
-                                  normal_like, per_block, rademacher_like, result, tree_norm,
-                                  with_precision)
+from bnjax.probes._common import (
+  Block,
+  Blocks,
+  LossFn,
+  Params,
+  check_num_samples,
+  normal_like,
+  per_block,
+  rademacher_like,
+  result,
+  tree_norm,
+  with_precision,
+)
 from bnjax.probes.operators import Operator, curvature_operator
 
 
@@ -44,6 +54,7 @@ class SpectralDensity:
 class _Wanted:
   """What Lanczos runs for: the k extreme Ritz pairs at end ``which``, each to residual
   <= tol |theta|, in at most max_iterations products."""
+
   k: int
   which: str  # 'largest' or 'smallest'
   tol: float
@@ -102,11 +113,14 @@ def _sum_over_used_blocks(m, f, zero):
 def _project_out(q, w, m):
   """w - Q^T Q w over rows 0..m of q [rows, n] (rows a multiple of _BLOCK)."""
   coeffs = jax.lax.fori_loop(
-      0, m // _BLOCK + 1,
-      lambda i, c: jax.lax.dynamic_update_slice_in_dim(c, _block_rows(q, i) @ w, i * _BLOCK, 0),
-      jnp.zeros(q.shape[0], w.dtype))
-  return w - _sum_over_used_blocks(m, lambda i: _block_rows(coeffs, i) @ _block_rows(q, i),
-                                   jnp.zeros_like(w))
+    0,
+    m // _BLOCK + 1,
+    lambda i, c: jax.lax.dynamic_update_slice_in_dim(c, _block_rows(q, i) @ w, i * _BLOCK, 0),
+    jnp.zeros(q.shape[0], w.dtype),
+  )
+  return w - _sum_over_used_blocks(
+    m, lambda i: _block_rows(coeffs, i) @ _block_rows(q, i), jnp.zeros_like(w)
+  )
 
 
 def _lanczos_to_tolerance(apply_h, v0, wanted: _Wanted):
@@ -159,19 +173,27 @@ def _lanczos_to_tolerance(apply_h, v0, wanted: _Wanted):
   q, alpha, beta, m, _ = jax.lax.while_loop(cond, body, init)
   theta, s, residuals, converged = ritz_check(alpha, beta, m)
   s = jnp.pad(s, ((0, rows - size), (0, 0)))  # [rows, k]
-  vectors = _sum_over_used_blocks(m - 1, lambda i: _block_rows(s, i).T @ _block_rows(q, i),
-                                  jnp.zeros((k, n), dtype))  # [k, n]
+  vectors = _sum_over_used_blocks(
+    m - 1, lambda i: _block_rows(s, i).T @ _block_rows(q, i), jnp.zeros((k, n), dtype)
+  )  # [k, n]
   return theta, vectors, unravel, residuals, converged & (jnp.arange(k) < m), m
 
 
 @with_precision
 @per_block
-def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
-                    num_iterations: int | None = None,
-                    which: Literal['largest', 'smallest'] = 'largest',
-                    block: Block | None = None, tol: float = 1e-4,
-                    max_iterations: int = 100, operator: Operator = 'hessian',
-                    blocks: Blocks | None = None) -> Eigenpairs | dict[str, Eigenpairs]:
+def top_eigenvalues(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  k: int = 1,
+  num_iterations: int | None = None,
+  which: Literal['largest', 'smallest'] = 'largest',
+  block: Block | None = None,
+  tol: float = 1e-4,
+  max_iterations: int = 100,
+  operator: Operator = 'hessian',
+  blocks: Blocks | None = None,
+) -> Eigenpairs | dict[str, Eigenpairs]:
   """The k extreme eigenpairs of the Hessian, by Lanczos from a random Gaussian start.
 
   By default Lanczos runs until every one of the k Ritz pairs has a residual
@@ -201,7 +223,8 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
   v0 = normal_like(key, params)
   if num_iterations is None:
     theta, flat_vectors, unravel, residuals, converged, m = _lanczos_to_tolerance(
-        apply_h, v0, _Wanted(k, which, tol, max_iterations))
+      apply_h, v0, _Wanted(k, which, tol, max_iterations)
+    )
     vectors = jax.vmap(unravel)(flat_vectors)
     return Eigenpairs(theta, vectors, residuals, converged, m)
   q, t, rnorm = _lanczos(apply_h, v0, num_iterations)
@@ -211,17 +234,25 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: jax.Array, k: int = 1,
   theta, s = theta[idx], s[:, idx]  # [k], [m, k]
   vectors = jax.tree.map(lambda qi: jnp.tensordot(s.T, qi, axes=1), q)
   residuals = rnorm * jnp.abs(s[-1, :])
-  return Eigenpairs(theta, vectors, residuals, residuals <= tol * jnp.abs(theta),
-                    jnp.int32(t.shape[0]))
+  return Eigenpairs(
+    theta, vectors, residuals, residuals <= tol * jnp.abs(theta), jnp.int32(t.shape[0])
+  )
 
 
 @with_precision
 @per_block
-def spectral_density(loss_fn: LossFn, params: Params, key: jax.Array, num_probes: int = 4,
-                     num_iterations: int = 40, block: Block | None = None,
-                     rtol: float | None = None, max_probes: int = 64,
-                     operator: Operator = 'hessian', blocks: Blocks | None = None
-                     ) -> SpectralDensity | dict[str, SpectralDensity]:
+def spectral_density(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  num_probes: int = 4,
+  num_iterations: int = 40,
+  block: Block | None = None,
+  rtol: float | None = None,
+  max_probes: int = 64,
+  operator: Operator = 'hessian',
+  blocks: Blocks | None = None,
+) -> SpectralDensity | dict[str, SpectralDensity]:
   """The Hessian's eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
   For each Rademacher probe v, Lanczos gives T = S diag(theta) S^T; the density is
@@ -252,11 +283,12 @@ def spectral_density(loss_fn: LossFn, params: Params, key: jax.Array, num_probes
     traces = n * jnp.sum(nodes * weights, axis=1)  # [rows], each probe's tr(H) estimate
     used = jnp.arange(nodes.shape[0]) < count
     mean = jnp.sum(jnp.where(used, traces, 0.0)) / count
-    var = jnp.sum(jnp.where(used, (traces - mean)**2, 0.0)) / jnp.maximum(count - 1, 1)
+    var = jnp.sum(jnp.where(used, (traces - mean) ** 2, 0.0)) / jnp.maximum(count - 1, 1)
     nodes = jnp.where(used[:, None], nodes, nodes[0])  # unused rows: inside the range, weight 0
     stderr = jnp.where(count > 1, jnp.sqrt(var / count), jnp.nan)
-    return SpectralDensity(nodes, jnp.where(used[:, None], weights, 0.0) / count,
-                           jnp.int32(count), stderr), mean
+    return SpectralDensity(
+      nodes, jnp.where(used[:, None], weights, 0.0) / count, jnp.int32(count), stderr
+    ), mean
 
   if rtol is None:
     nodes, weights = jax.lax.map(one_probe, jax.random.split(key, num_probes))

@@ -3,8 +3,16 @@
 import jax
 import jax.numpy as jnp
 
-from bnjax.probes._common import (LossFn, Params, check_inputs, map_in_batches, result, tree_axpy,
-                                  tree_norm, with_precision)
+from bnjax.probes._common import (
+  LossFn,
+  Params,
+  check_inputs,
+  map_in_batches,
+  result,
+  tree_axpy,
+  tree_norm,
+  with_precision,
+)
 from bnjax.probes._common import assumed_backend
 from bnjax.probes.convolutions import for_loops
 
@@ -31,9 +39,14 @@ def default_batch_size(num_step_sizes: int) -> int:
 
 
 @with_precision
-def gradient_landscape(loss_fn: LossFn, params: Params, step_sizes: jax.Array,
-                       batch_size: int | None = None, gradient: Params | None = None,
-                       loss_at_start: jax.Array | None = None) -> Landscape:
+def gradient_landscape(
+  loss_fn: LossFn,
+  params: Params,
+  step_sizes: jax.Array,
+  batch_size: int | None = None,
+  gradient: Params | None = None,
+  loss_at_start: jax.Array | None = None,
+) -> Landscape:
   """Probes theta - eta g for every eta in ``step_sizes`` ([n], > 0), g = grad L(theta).
 
   Panel (a): the band between min and max of ``loss``; (b) of ``grad_diff``; (c) ``beta``.

@@ -20,8 +20,15 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 
-from bnjax.probes._common import (Block, LossFn, Params, check_inputs, restrict, tree_vdot,
-                                  with_precision)
+from bnjax.probes._common import (
+  Block,
+  LossFn,
+  Params,
+  check_inputs,
+  restrict,
+  tree_vdot,
+  with_precision,
+)
 from bnjax.probes.convolutions import for_loops
 from bnjax.probes.fisher import FISHER_LOSSES, PerExampleLoss
 
@@ -49,6 +56,7 @@ class SplitLoss:
   Use it wherever a ``loss_fn`` goes; probes with ``operator='ggn'`` need the split to
   form the Gauss-Newton matrix J^T H_out J (J = d outputs / d params).
   """
+
   outputs_fn: Callable[[Params], jax.Array]
   loss_of_outputs: Callable[[jax.Array], jax.Array]
 
@@ -79,8 +87,12 @@ def hvp_operator(loss_fn: LossFn, params: Params) -> Callable[[Params], Params]:
 
 
 @with_precision
-def gnvp(outputs_fn: Callable[[Params], jax.Array],
-         loss_of_outputs: Callable[[jax.Array], jax.Array], params: Params, v: Params) -> Params:
+def gnvp(
+  outputs_fn: Callable[[Params], jax.Array],
+  loss_of_outputs: Callable[[jax.Array], jax.Array],
+  params: Params,
+  v: Params,
+) -> Params:
   """Gauss-Newton-vector product G v = J^T H_out J v, J = d outputs / d params.
 
   loss = loss_of_outputs(outputs_fn(params)); H_out is the Hessian of loss_of_outputs at
@@ -93,8 +105,11 @@ def gnvp(outputs_fn: Callable[[Params], jax.Array],
   return gv
 
 
-def ggn_loss(outputs_fn: Callable[[Params], jax.Array],
-             loss_of_outputs: Callable[[jax.Array], jax.Array], params: Params) -> LossFn:
+def ggn_loss(
+  outputs_fn: Callable[[Params], jax.Array],
+  loss_of_outputs: Callable[[jax.Array], jax.Array],
+  params: Params,
+) -> LossFn:
   """A loss whose Hessian at ``params`` is the Gauss-Newton matrix G = J^T H_out J.
 
   loss(p) = loss_of_outputs(f(params) + J (p - params)), the loss of the outputs
@@ -109,8 +124,9 @@ def ggn_loss(outputs_fn: Callable[[Params], jax.Array],
 
 
 @with_precision
-def directional_curvature(loss_fn: LossFn, params: Params, v: Params,
-                          block: Block | None = None) -> jax.Array:
+def directional_curvature(
+  loss_fn: LossFn, params: Params, v: Params, block: Block | None = None
+) -> jax.Array:
   """v^T H v / ||v||^2, the curvature along v (with v = grad: the paper's quadratic form).
 
   With ``block``, v is a block's parameters (as ``restrict`` returns them) and H that
@@ -136,24 +152,30 @@ def _ggn(loss_fn: LossFn, params: Params, block: Block | None) -> tuple[Params, 
   if isinstance(loss_fn, PerExampleLoss):
     loss_fn = SplitLoss(loss_fn.outputs_fn, loss_fn.loss_of_outputs)
   if not isinstance(loss_fn, SplitLoss):
-    raise TypeError("operator='ggn' needs loss_fn=probes.SplitLoss(outputs_fn, loss_of_outputs): "
-                    f'the GGN is formed at the outputs; got {type(loss_fn).__name__}')
+    raise TypeError(
+      "operator='ggn' needs loss_fn=probes.SplitLoss(outputs_fn, loss_of_outputs): "
+      f'the GGN is formed at the outputs; got {type(loss_fn).__name__}'
+    )
   if block is not None:
     outputs_fn, params = restrict(loss_fn.outputs_fn, params, block)
     loss_fn = SplitLoss(outputs_fn, loss_fn.loss_of_outputs)
   check_inputs(loss_fn, params)
   # _hvp_operator makes the convolutions loop-safe, as for H v.
-  return params, _hvp_operator(ggn_loss(loss_fn.outputs_fn, loss_fn.loss_of_outputs, params),
-                               params)
+  return params, _hvp_operator(
+    ggn_loss(loss_fn.outputs_fn, loss_fn.loss_of_outputs, params), params
+  )
 
 
-def _fisher(name: str, loss_fn: LossFn, params: Params,
-            block: Block | None) -> tuple[Params, Matvec]:
+def _fisher(
+  name: str, loss_fn: LossFn, params: Params, block: Block | None
+) -> tuple[Params, Matvec]:
   """The Fisher matrix ``name`` (fisher.py; loss_fn a ``PerExampleLoss``), whole or
   ``block``'s diagonal block: the Hessian of fisher.FISHER_LOSSES[name] at params."""
   if not isinstance(loss_fn, PerExampleLoss):
-    raise TypeError(f"operator='{name}' needs loss_fn=probes.PerExampleLoss(outputs_fn, "
-                    f'targets): it is formed from the examples; got {type(loss_fn).__name__}')
+    raise TypeError(
+      f"operator='{name}' needs loss_fn=probes.PerExampleLoss(outputs_fn, "
+      f'targets): it is formed from the examples; got {type(loss_fn).__name__}'
+    )
   if block is not None:
     outputs_fn, params = restrict(loss_fn.outputs_fn, params, block)
     loss_fn = dataclasses.replace(loss_fn, outputs_fn=outputs_fn)
@@ -163,13 +185,16 @@ def _fisher(name: str, loss_fn: LossFn, params: Params,
 
 # Every operator the many-product probes take, by name; keep Operator in step.
 OPERATORS: dict[str, MatvecFactory] = {
-    'hessian': _hessian, 'ggn': _ggn,
-    **{name: functools.partial(_fisher, name) for name in FISHER_LOSSES}}
+  'hessian': _hessian,
+  'ggn': _ggn,
+  **{name: functools.partial(_fisher, name) for name in FISHER_LOSSES},
+}
 Operator = Literal['hessian', 'ggn', 'ef', 'fisher', 'fisher_exact']
 
 
-def curvature_operator(loss_fn: LossFn, params: Params, block: Block | None = None,
-                       operator: Operator = 'hessian') -> tuple[Params, Matvec]:
+def curvature_operator(
+  loss_fn: LossFn, params: Params, block: Block | None = None, operator: Operator = 'hessian'
+) -> tuple[Params, Matvec]:
   """(params, v -> M v) for M the ``operator`` named (a key of ``OPERATORS``), whole or
   ``block``'s diagonal block: the common start of every probe that multiplies by M many
   times. With ``block``, the params returned are the block's (as ``restrict`` gives them).

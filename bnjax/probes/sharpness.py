@@ -24,9 +24,20 @@ from typing import Literal, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from bnjax.probes._common import (Block, LossFn, Params, check_inputs, leaf_paths,
-                                  map_in_batches, normal_like, restrict, result, tree_axpy,
-                                  tree_norm, with_precision)
+from bnjax.probes._common import (
+  Block,
+  LossFn,
+  Params,
+  check_inputs,
+  leaf_paths,
+  map_in_batches,
+  normal_like,
+  restrict,
+  result,
+  tree_axpy,
+  tree_norm,
+  with_precision,
+)
 from bnjax.probes.convolutions import for_loops
 
 
@@ -41,6 +52,7 @@ class Sharpness:
 
 class _Ball(NamedTuple):
   """The l_p ball of radius rho in u = delta / T coordinates, and how ascent walks it."""
+
   rho: float
   p: float  # 2.0 or inf
   num_steps: int
@@ -53,7 +65,7 @@ def _check_p(p) -> float:
     return 2.0
   if p in ('inf', float('inf')):
     return float('inf')
-  raise ValueError(f"p must be 2 or inf, got {p!r}")
+  raise ValueError(f'p must be 2 or inf, got {p!r}')
 
 
 def _scale(params: Params, eta: float, ignore: Sequence[str]) -> Params:
@@ -61,9 +73,12 @@ def _scale(params: Params, eta: float, ignore: Sequence[str]) -> Params:
   ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
   names = ['/'.join(map(str, p)).lower() for p in leaf_paths(params)]
   leaves, treedef = jax.tree.flatten(params)
-  return treedef.unflatten([
+  return treedef.unflatten(
+    [
       jnp.zeros_like(w) if any(s.lower() in n for s in ignore) else jnp.abs(w) + eta
-      for n, w in zip(names, leaves)])
+      for n, w in zip(names, leaves)
+    ]
+  )
 
 
 def _objective(loss_fn: LossFn, params: Params, scale: Params):
@@ -96,8 +111,9 @@ def _start(key: jax.Array, scale: Params, ball: _Ball) -> Params:
     return jax.tree.map(lambda x: ball.rho * x / tree_norm(z), z)
   leaves, treedef = jax.tree.flatten(scale)
   keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([ball.rho * jax.random.uniform(k, t.shape, t.dtype, -1.0, 1.0)
-                            for k, t in zip(keys, leaves)])
+  return treedef.unflatten(
+    [ball.rho * jax.random.uniform(k, t.shape, t.dtype, -1.0, 1.0) for k, t in zip(keys, leaves)]
+  )
 
 
 def _worst(objective, scale: Params, key: jax.Array, ball: _Ball):
@@ -112,8 +128,13 @@ def _worst(objective, scale: Params, key: jax.Array, ball: _Ball):
     v, g = value_and_grad(u)
     better = v > best_v  # a NaN loss counts as a failed step
     pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
-    return (pick(u, best_u), jnp.where(better, v, best_v), pick(g, best_g),
-            jnp.where(better, alpha, alpha / 2), values.at[t + 1].set(v))
+    return (
+      pick(u, best_u),
+      jnp.where(better, v, best_v),
+      pick(g, best_g),
+      jnp.where(better, alpha, alpha / 2),
+      values.at[t + 1].set(v),
+    )
 
   values = jnp.zeros(ball.num_steps + 1, v0.dtype).at[0].set(v0)
   init = (u0, v0, g0, jnp.asarray(ball.step_size, v0.dtype), values)
@@ -123,14 +144,16 @@ def _worst(objective, scale: Params, key: jax.Array, ball: _Ball):
 
 def _average(objective, scale: Params, keys: jax.Array, ball: _Ball, batch_size: int):
   """objective(rho z), one sample z ~ N(0, I) (p=2) or U[-1, 1] (p=inf) per key: [keys]."""
+
   def sample(k):
     if ball.p == 2:
       z = normal_like(k, scale)
     else:
       leaves, treedef = jax.tree.flatten(scale)
       keys = jax.random.split(k, len(leaves))
-      z = treedef.unflatten([jax.random.uniform(kk, t.shape, t.dtype, -1.0, 1.0)
-                             for kk, t in zip(keys, leaves)])
+      z = treedef.unflatten(
+        [jax.random.uniform(kk, t.shape, t.dtype, -1.0, 1.0) for kk, t in zip(keys, leaves)]
+      )
     return objective(jax.tree.map(lambda x: ball.rho * x, z))
 
   return map_in_batches(sample, keys, batch_size)
@@ -144,12 +167,22 @@ def _prepare(loss_fn: LossFn, params: Params, block: Block | None):
 
 
 @with_precision
-def adaptive_sharpness(loss_fn: LossFn, params: Params, key: jax.Array, rho: float,
-                       kind: Literal['worst', 'average'] = 'worst', p: float = 2,
-                       num_steps: int = 20, num_samples: int = 100, eta: float = 0.0,
-                       step_size: float | None = None, random_init: bool = False,
-                       ignore: Sequence[str] = (), block: Block | None = None,
-                       batch_size: int = 1) -> Sharpness:
+def adaptive_sharpness(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  rho: float,
+  kind: Literal['worst', 'average'] = 'worst',
+  p: float = 2,
+  num_steps: int = 20,
+  num_samples: int = 100,
+  eta: float = 0.0,
+  step_size: float | None = None,
+  random_init: bool = False,
+  ignore: Sequence[str] = (),
+  block: Block | None = None,
+  batch_size: int = 1,
+) -> Sharpness:
   """Adaptive sharpness of ``loss_fn`` at w = params, invariant to BN's channel rescaling.
 
   kind='worst': max over ||delta / T||_p <= rho of L(w + delta) - L(w), T = |w| + eta
@@ -189,10 +222,17 @@ def adaptive_sharpness(loss_fn: LossFn, params: Params, key: jax.Array, rho: flo
 
 
 @with_precision
-def epsilon_sharpness(loss_fn: LossFn, params: Params, key: jax.Array, epsilon: float = 1e-3,
-                      num_steps: int = 20, step_size: float | None = None,
-                      random_init: bool = False, ignore: Sequence[str] = (),
-                      block: Block | None = None) -> Sharpness:
+def epsilon_sharpness(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  epsilon: float = 1e-3,
+  num_steps: int = 20,
+  step_size: float | None = None,
+  random_init: bool = False,
+  ignore: Sequence[str] = (),
+  block: Block | None = None,
+) -> Sharpness:
   """Keskar et al. (2017)'s sharpness, their metric (3) with A = I (the full space):
 
     100 (max over |delta_i| <= epsilon (|w_i| + 1) of L(w + delta) - L(w)) / (1 + L(w)).
@@ -210,9 +250,11 @@ def epsilon_sharpness(loss_fn: LossFn, params: Params, key: jax.Array, epsilon: 
   scale = _scale(params, 1.0, ignore)
   objective = _objective(loss_fn, params, scale)
   loss = objective(jax.tree.map(jnp.zeros_like, params))
-  ball = _Ball(epsilon, float('inf'), num_steps,
-               2 * epsilon if step_size is None else step_size, random_init)
+  ball = _Ball(
+    epsilon, float('inf'), num_steps, 2 * epsilon if step_size is None else step_size, random_init
+  )
   best, values = _worst(objective, scale, key, ball)
   percent = 100.0 / (1.0 + loss)
-  return Sharpness((best - loss) * percent, jnp.full((), jnp.nan, loss.dtype), loss,
-                   (values - loss) * percent)
+  return Sharpness(
+    (best - loss) * percent, jnp.full((), jnp.nan, loss.dtype), loss, (values - loss) * percent
+  )

@@ -16,10 +16,21 @@ from typing import Literal, Sequence
 import jax
 import jax.numpy as jnp
 
-from bnjax.probes._common import (DEFAULT_PRECISION, Block, LossFn, Params, assumed_backend,
-                                  check_inputs,
-                                  check_params, leaf_paths, map_in_batches, result, select_leaves,
-                                  tree_norm, with_precision)
+from bnjax.probes._common import (
+  DEFAULT_PRECISION,
+  Block,
+  LossFn,
+  Params,
+  assumed_backend,
+  check_inputs,
+  check_params,
+  leaf_paths,
+  map_in_batches,
+  result,
+  select_leaves,
+  tree_norm,
+  with_precision,
+)
 from bnjax.probes.convolutions import for_loops
 
 Normalize = Literal['filter', 'layer', 'unit'] | None
@@ -52,8 +63,12 @@ def _normalize_leaf(d: jax.Array, w: jax.Array, normalize: Normalize) -> jax.Arr
   return d * (w_norm / (jnp.sqrt(jnp.sum(jnp.square(d), axes)) + _TINY))
 
 
-def normalize_direction(direction: Params, params: Params, normalize: Normalize = 'filter',
-                        ignore: Sequence[str] = ('bias', 'norm')) -> Params:
+def normalize_direction(
+  direction: Params,
+  params: Params,
+  normalize: Normalize = 'filter',
+  ignore: Sequence[str] = ('bias', 'norm'),
+) -> Params:
   """One direction (a pytree like params) rescaled as Li et al. prescribe.
 
   normalize='filter': each filter d_j of a leaf with >= 2 axes is set to
@@ -73,8 +88,10 @@ def normalize_direction(direction: Params, params: Params, normalize: Normalize 
   if jax.tree.structure(direction) != jax.tree.structure(params):
     raise ValueError('direction and params have different tree structures')
   names = _leaf_names(params)
-  out = [jnp.zeros_like(d) if _ignored(n, ignore) else _normalize_leaf(d, w, normalize)
-         for n, d, w in zip(names, jax.tree.leaves(direction), jax.tree.leaves(params))]
+  out = [
+    jnp.zeros_like(d) if _ignored(n, ignore) else _normalize_leaf(d, w, normalize)
+    for n, d, w in zip(names, jax.tree.leaves(direction), jax.tree.leaves(params))
+  ]
   out = jax.tree.unflatten(jax.tree.structure(params), out)
   if normalize == 'unit':
     norm = tree_norm(out)
@@ -82,9 +99,13 @@ def normalize_direction(direction: Params, params: Params, normalize: Normalize 
   return out
 
 
-def random_directions(key: jax.Array, params: Params, num: int = 2,
-                      normalize: Normalize = 'filter',
-                      ignore: Sequence[str] = ('bias', 'norm')) -> Params:
+def random_directions(
+  key: jax.Array,
+  params: Params,
+  num: int = 2,
+  normalize: Normalize = 'filter',
+  ignore: Sequence[str] = ('bias', 'norm'),
+) -> Params:
   """``num`` Gaussian directions, each normalised by ``normalize_direction``.
 
   Returns one stacked pytree like params with a leading [num] axis on every leaf (the
@@ -98,14 +119,16 @@ def random_directions(key: jax.Array, params: Params, num: int = 2,
   check_params(params)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
-  draws = treedef.unflatten([jax.random.normal(k, (num, *w.shape), jnp.result_type(w))
-                             for k, w in zip(keys, leaves)])
+  draws = treedef.unflatten(
+    [jax.random.normal(k, (num, *w.shape), jnp.result_type(w)) for k, w in zip(keys, leaves)]
+  )
   return jax.vmap(lambda d: normalize_direction(d, params, normalize, ignore))(draws)
 
 
 @with_precision
-def gradient_direction(loss_fn: LossFn, params: Params, normalize: Normalize = None,
-                       ignore: Sequence[str] = ()) -> Params:
+def gradient_direction(
+  loss_fn: LossFn, params: Params, normalize: Normalize = None, ignore: Sequence[str] = ()
+) -> Params:
   """g = grad loss_fn(params) as one (unstacked) direction, normalised as asked.
 
   normalize=None keeps g itself: coordinate t is then L(params + t g), and t = -eta is a
@@ -128,9 +151,16 @@ def interpolation_direction(params_a: Params, params_b: Params) -> Params:
   return jax.tree.map(jnp.subtract, params_b, params_a)
 
 
-def eigen_directions(loss_fn: LossFn, params: Params, key: jax.Array, num: int = 2,
-                     tol: float = 1e-3, max_iterations: int = 100, block: Block | None = None,
-                     precision: str | None = DEFAULT_PRECISION) -> Params:
+def eigen_directions(
+  loss_fn: LossFn,
+  params: Params,
+  key: jax.Array,
+  num: int = 2,
+  tol: float = 1e-3,
+  max_iterations: int = 100,
+  block: Block | None = None,
+  precision: str | None = DEFAULT_PRECISION,
+) -> Params:
   """The top ``num`` Hessian eigenvectors (unit norm), stacked [num, ...] like params.
 
   The PyHessian tutorial's recipe: perturb along the top eigenvectors, params + a v1 +
@@ -140,10 +170,18 @@ def eigen_directions(loss_fn: LossFn, params: Params, key: jax.Array, num: int =
   block, zero on every other leaf.
   """
   from bnjax import probes  # pylint: disable=g-import-not-at-top  (the package imports us)
+
   check_params(params)
-  pairs = probes.top_eigenvalues(loss_fn, params, key, k=num, tol=tol,
-                                 max_iterations=max_iterations, block=block,
-                                 precision=precision)
+  pairs = probes.top_eigenvalues(
+    loss_fn,
+    params,
+    key,
+    k=num,
+    tol=tol,
+    max_iterations=max_iterations,
+    block=block,
+    precision=precision,
+  )
   if block is None:
     return pairs.eigenvectors
   leaves, treedef = jax.tree.flatten(params)
@@ -165,19 +203,25 @@ def _stacked(params: Params, directions) -> Params:
   """directions as one stacked pytree [k, ...]: from stacked, unstacked, or a list of them."""
   structure = jax.tree.structure(params)
   if jax.tree.structure(directions) == structure:
-    rank = [jnp.ndim(d) - jnp.ndim(w) for d, w in
-            zip(jax.tree.leaves(directions), jax.tree.leaves(params))]
+    rank = [
+      jnp.ndim(d) - jnp.ndim(w)
+      for d, w in zip(jax.tree.leaves(directions), jax.tree.leaves(params))
+    ]
     if set(rank) == {0}:
       return jax.tree.map(lambda d: d[None], directions)
     if set(rank) == {1}:
       return directions
-    raise ValueError('every direction leaf needs the shape of its params leaf, with or '
-                     f'without one leading axis; rank differences {sorted(set(rank))}')
+    raise ValueError(
+      'every direction leaf needs the shape of its params leaf, with or '
+      f'without one leading axis; rank differences {sorted(set(rank))}'
+    )
   if isinstance(directions, (list, tuple)) and directions:
     parts = [_stacked(params, d) for d in directions]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
-  raise ValueError('directions must be a pytree like params (optionally stacked on a '
-                   'leading axis) or a list of them')
+  raise ValueError(
+    'directions must be a pytree like params (optionally stacked on a '
+    'leading axis) or a list of them'
+  )
 
 
 def _grid_axes(grid, k: int, dtype) -> tuple[jax.Array, ...]:
@@ -187,8 +231,10 @@ def _grid_axes(grid, k: int, dtype) -> tuple[jax.Array, ...]:
   else:
     axes = (jnp.asarray(grid, dtype),) * k
   if len(axes) != k or any(a.ndim != 1 or a.size == 0 for a in axes):
-    raise ValueError(f'grid must be a non-empty 1-D array or {k} of them, one per direction; '
-                     f'got shapes {[a.shape for a in axes]}')
+    raise ValueError(
+      f'grid must be a non-empty 1-D array or {k} of them, one per direction; '
+      f'got shapes {[a.shape for a in axes]}'
+    )
   return axes
 
 
@@ -202,8 +248,9 @@ def default_batch_size() -> int:
 
 
 @with_precision
-def loss_surface(loss_fn: LossFn, params: Params, directions, grid,
-                 batch_size: int | None = None) -> Surface:
+def loss_surface(
+  loss_fn: LossFn, params: Params, directions, grid, batch_size: int | None = None
+) -> Surface:
   """The loss on a 1-D or 2-D slice: L(params + a d1) or L(params + a d1 + b d2).
 
   directions: 1 or 2 directions (stacked [k, ...], unstacked, or a list of them; see the

@@ -29,8 +29,10 @@ def _schedule_error(name: str, settings) -> str | None:
   every, steps = settings['every'], settings.get('steps', ())
   if not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
     return f'config.every must be an integer >= 0, got {every!r}'
-  if not (isinstance(steps, (tuple, list)) and
-          all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps)):
+  if not (
+    isinstance(steps, (tuple, list))
+    and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps)
+  ):
     return f'probes.{name}.steps must be a tuple of step numbers >= 0, got {steps!r}'
   return None
 
@@ -42,8 +44,9 @@ def check(name: str, settings: ml_collections.ConfigDict) -> None:
   fields = PROBES[name].fields
   extra = set(settings.keys()) - set(fields)
   if extra:
-    raise ValueError(f'probe {name!r} has no field(s) {sorted(extra)}; '
-                     f'its fields: {sorted(fields)}')
+    raise ValueError(
+      f'probe {name!r} has no field(s) {sorted(extra)}; its fields: {sorted(fields)}'
+    )
   missing = [f for f, s in fields.items() if s.default is REQUIRED and f not in settings]
   if missing:
     raise ValueError(f'probe {name!r} needs field(s) {missing}; its fields: {sorted(fields)}')
@@ -54,8 +57,9 @@ def check(name: str, settings: ml_collections.ConfigDict) -> None:
       raise ValueError(f'probes.{name}.{field} {error}')
 
 
-def build(config: ml_collections.ConfigDict, model: nn.Module,
-          tx: optax.GradientTransformation) -> dict[str, Probe]:
+def build(
+  config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation
+) -> dict[str, Probe]:
   """The enabled probes of ``config.probes``; raises ValueError for impossible settings.
 
   Probes run under ``lax.cond`` (see ``train.make_train_chunk``), so they differentiate

@@ -32,8 +32,15 @@ import optax
 from bnjax import models, objective as objective_lib, probes
 from bnjax.models import norms
 from bnjax.scheduled_probes import losses
-from bnjax.scheduled_probes.registry import (ANY, LAYERS, POSITIVE_NUMBERS, Context,
-                                             layer_numbers, one_of, register)
+from bnjax.scheduled_probes.registry import (
+  ANY,
+  LAYERS,
+  POSITIVE_NUMBERS,
+  Context,
+  layer_numbers,
+  one_of,
+  register,
+)
 
 HISTOGRAM_BINS = 40
 ICS_SHIFTS = ('block', 'kernel')
@@ -49,11 +56,21 @@ def _landscape(settings, ctx: Context):
   step_sizes = np.asarray(settings.step_size_multipliers, np.float32) * ctx.config.learning_rate
 
   def fn(state, batch, key, loss, grads):
-    r = probes.gradient_landscape(losses.loss_fn(ctx.objective, state, batch, key), state.params,
-                                  jnp.asarray(step_sizes), gradient=grads, loss_at_start=loss)
-    return {'loss': r.loss, 'grad_diff': r.grad_diff, 'beta': r.beta,
-            'loss_at_start': r.loss_at_start, 'grad_norm': r.grad_norm,
-            'step_sizes': jnp.asarray(step_sizes)}
+    r = probes.gradient_landscape(
+      losses.loss_fn(ctx.objective, state, batch, key),
+      state.params,
+      jnp.asarray(step_sizes),
+      gradient=grads,
+      loss_at_start=loss,
+    )
+    return {
+      'loss': r.loss,
+      'grad_diff': r.grad_diff,
+      'beta': r.beta,
+      'loss_at_start': r.loss_at_start,
+      'grad_norm': r.grad_norm,
+      'step_sizes': jnp.asarray(step_sizes),
+    }
 
   return fn
 
@@ -77,8 +94,14 @@ def _ics(settings, ctx: Context):
     loss_fn = losses.loss_fn(ctx.objective, state, batch, key)
     updates, _ = ctx.tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    r = probes.ics(loss_fn, state.params, new_params, kernels, gradient=grads,
-                   below=[below(state.params, k) for k in layers])
+    r = probes.ics(
+      loss_fn,
+      state.params,
+      new_params,
+      kernels,
+      gradient=grads,
+      below=[below(state.params, k) for k in layers],
+    )
     return {'l2': r.l2, 'cosine': r.cosine, 'grad_norm': r.grad_norm}
 
   return fn
@@ -98,8 +121,18 @@ def _activations(settings, ctx: Context):
       unit = int(np.random.default_rng([settings.seed, k]).integers(a.shape[-1]))
       s = probes.activation_statistics(a, [unit])
       counts, edges = _histogram(s.values[0], HISTOGRAM_BINS)
-      out.update(_per_layer(k, {'mean': s.mean[0], 'var': s.var[0], 'hist': counts,
-                                'edges': edges, 'unit': jnp.asarray(unit)}))
+      out.update(
+        _per_layer(
+          k,
+          {
+            'mean': s.mean[0],
+            'var': s.var[0],
+            'hist': counts,
+            'edges': edges,
+            'unit': jnp.asarray(unit),
+          },
+        )
+      )
     return out
 
   return fn
@@ -121,8 +154,13 @@ def _histogram(values: jax.Array, bins: int) -> tuple[jax.Array, jax.Array]:
 @register('top_eigenvalues', k=ANY, num_iterations=ANY, seed=ANY, bn_mode=losses.BN_MODE)
 def _top_eigenvalues(settings, ctx: Context):
   def probe(loss_fn, params):
-    r = probes.top_eigenvalues(loss_fn, params, jax.random.key(settings.seed), k=settings.k,
-                               num_iterations=settings.num_iterations)
+    r = probes.top_eigenvalues(
+      loss_fn,
+      params,
+      jax.random.key(settings.seed),
+      k=settings.k,
+      num_iterations=settings.num_iterations,
+    )
     return {'eigenvalues': r.eigenvalues, 'residuals': r.residuals}
 
   return losses.per_bn_mode(settings.bn_mode, ctx, probe)
@@ -131,20 +169,24 @@ def _top_eigenvalues(settings, ctx: Context):
 @register('hessian_trace', num_samples=ANY, seed=ANY, bn_mode=losses.BN_MODE)
 def _hessian_trace(settings, ctx: Context):
   def probe(loss_fn, params):
-    r = probes.hessian_trace(loss_fn, params, jax.random.key(settings.seed),
-                             num_samples=settings.num_samples)
+    r = probes.hessian_trace(
+      loss_fn, params, jax.random.key(settings.seed), num_samples=settings.num_samples
+    )
     return {'estimate': r.estimate, 'stderr': r.stderr}
 
   return losses.per_bn_mode(settings.bn_mode, ctx, probe)
 
 
-@register('spectral_density', num_probes=ANY, num_iterations=ANY, seed=ANY,
-          bn_mode=losses.BN_MODE)
+@register('spectral_density', num_probes=ANY, num_iterations=ANY, seed=ANY, bn_mode=losses.BN_MODE)
 def _spectral_density(settings, ctx: Context):
   def probe(loss_fn, params):
-    r = probes.spectral_density(loss_fn, params, jax.random.key(settings.seed),
-                                num_probes=settings.num_probes,
-                                num_iterations=settings.num_iterations)
+    r = probes.spectral_density(
+      loss_fn,
+      params,
+      jax.random.key(settings.seed),
+      num_probes=settings.num_probes,
+      num_iterations=settings.num_iterations,
+    )
     return {'nodes': r.nodes, 'weights': r.weights}
 
   return losses.per_bn_mode(settings.bn_mode, ctx, probe)
@@ -154,8 +196,10 @@ def _spectral_density(settings, ctx: Context):
 def _bn_theorems(settings, ctx: Context):
   config = ctx.config
   if config.norm != 'batch':
-    raise ValueError(f"probes.bn_theorems needs norm 'batch' (got {config.norm!r}): "
-                     'the theorems are about plain BatchNorm')
+    raise ValueError(
+      f"probes.bn_theorems needs norm 'batch' (got {config.norm!r}): "
+      'the theorems are about plain BatchNorm'
+    )
   if config.bn_stats != 'global':
     raise ValueError('probes.bn_theorems needs bn_stats global (one statistics group)')
   layers = layer_numbers(ctx, 'bn_theorems', settings.layers)
@@ -163,8 +207,7 @@ def _bn_theorems(settings, ctx: Context):
   return _bn_theorems_probe(ctx.model, config.loss, layers, settings.units, epsilon)
 
 
-def _bn_theorems_probe(model, loss_name: str, layers: list[int], max_units: int,
-                       epsilon: float):
+def _bn_theorems_probe(model, loss_name: str, layers: list[int], max_units: int, epsilon: float):
   """fn(state, batch, key, loss, grads) -> both sides of Theorems 4.1 and 4.2 at each of
   ``layers`` (BatchNorm with ``epsilon``), for its first ``max_units`` units."""
 
@@ -179,19 +222,33 @@ def _bn_theorems_probe(model, loss_name: str, layers: list[int], max_units: int,
         # Flax wants every perturbation present once the collection is given.
         perturbations = {name: jnp.zeros_like(a) for name, a in acts.items()}
         perturbations.update({names.linear_out: delta['y'], names.norm_out: delta['z']})
-        variables = {'params': state.params, 'batch_stats': state.batch_stats,
-                     'perturbations': perturbations}
-        pred, _ = model.apply(variables, batch['inputs'], train=True, rngs={'noise': key},
-                              mutable=['batch_stats'])
+        variables = {
+          'params': state.params,
+          'batch_stats': state.batch_stats,
+          'perturbations': perturbations,
+        }
+        pred, _ = model.apply(
+          variables, batch['inputs'], train=True, rngs={'noise': key}, mutable=['batch_stats']
+        )
         return objective_lib.loss_value(loss_name, pred, batch['targets'])
 
       y = acts[names.linear_out]
       units = jnp.arange(min(max_units, y.shape[-1]))
-      r = probes.batchnorm_theorems(loss_of_perturbation, y,
-                                    state.params[names.norm]['scale'], epsilon, units)
-      out.update(_per_layer(k, {'grad_y_sq': r.grad_y_sq, 'thm41_rhs': r.thm41_rhs,
-                                'curvature_y': r.curvature_y, 'thm42_rhs': r.thm42_rhs,
-                                'grad_z_sq': r.grad_z_sq}))
+      r = probes.batchnorm_theorems(
+        loss_of_perturbation, y, state.params[names.norm]['scale'], epsilon, units
+      )
+      out.update(
+        _per_layer(
+          k,
+          {
+            'grad_y_sq': r.grad_y_sq,
+            'thm41_rhs': r.thm41_rhs,
+            'curvature_y': r.curvature_y,
+            'thm42_rhs': r.thm42_rhs,
+            'grad_z_sq': r.grad_z_sq,
+          },
+        )
+      )
     return out
 
   return fn
@@ -221,7 +278,10 @@ def _weight_distance(settings, ctx: Context):
       # (not as ||w0||^2 - <w0, w>^2 / ||w||^2, which cancels in float32).
       c = jnp.maximum(jnp.sum(w * w0, 0), 0) / jnp.maximum(jnp.sum(w * w, 0), 1e-30)
       scale_free.append(jnp.linalg.norm(w0 - c * w))
-    return {'raw': jnp.stack(raw), 'scale_free': jnp.stack(scale_free),
-            'init_norm': jnp.stack([jnp.linalg.norm(init[l][k]) for l, k in paths])}
+    return {
+      'raw': jnp.stack(raw),
+      'scale_free': jnp.stack(scale_free),
+      'init_norm': jnp.stack([jnp.linalg.norm(init[l][k]) for l, k in paths]),
+    }
 
   return fn

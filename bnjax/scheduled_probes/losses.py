@@ -24,8 +24,9 @@ def loss_fn(objective: Callable, state, batch, key) -> Callable:
 
 def _eval_loss_fn(ctx: Context, state, batch) -> Callable:
   def loss(params):
-    out = ctx.model.apply({'params': params, 'batch_stats': state.batch_stats},
-                          batch['inputs'], train=False)
+    out = ctx.model.apply(
+      {'params': params, 'batch_stats': state.batch_stats}, batch['inputs'], train=False
+    )
     return objective_lib.loss_value(ctx.config.loss, out, batch['targets'])
 
   return loss
@@ -56,7 +57,11 @@ def per_bn_mode(bn_mode: str, ctx: Context, probe: Callable) -> Callable:
 
 def intermediates(model, state, batch, key) -> dict[str, jax.Array]:
   """The activations the model exposes (``models.common.expose``), in training mode."""
-  _, updates = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                           batch['inputs'], train=True, rngs={'noise': key},
-                           mutable=['intermediates', 'batch_stats'])
+  _, updates = model.apply(
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    batch['inputs'],
+    train=True,
+    rngs={'noise': key},
+    mutable=['intermediates', 'batch_stats'],
+  )
   return {name: value[0] for name, value in updates['intermediates'].items()}

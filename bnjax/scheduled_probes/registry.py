@@ -67,19 +67,26 @@ class Setting:
 
 
 def one_of(choices: tuple, default: Any = REQUIRED) -> Setting:
-  return Setting(default, lambda v: None if v in choices else
-                 f'must be one of {choices}, got {v!r}')
+  return Setting(
+    default, lambda v: None if v in choices else f'must be one of {choices}, got {v!r}'
+  )
 
 
 def _positive_numbers(m) -> str | None:
-  ok = (isinstance(m, (tuple, list)) and len(m) > 0 and
-        all(isinstance(x, (int, float)) and x > 0 for x in m))
+  ok = (
+    isinstance(m, (tuple, list))
+    and len(m) > 0
+    and all(isinstance(x, (int, float)) and x > 0 for x in m)
+  )
   return None if ok else f'must be numbers > 0, got {m!r}'
 
 
 def _layer_numbers(layers) -> str | None:
-  ok = (isinstance(layers, (tuple, list)) and len(layers) > 0 and
-        all(isinstance(k, int) and k >= 1 for k in layers))
+  ok = (
+    isinstance(layers, (tuple, list))
+    and len(layers) > 0
+    and all(isinstance(k, int) and k >= 1 for k in layers)
+  )
   return None if ok else f'must be layer numbers >= 1, got {layers!r}'
 
 

@@ -28,10 +28,14 @@ def _paper_dln():
 
 def get_sweep():
   paper_dln = _paper_dln()
-  runs = [paper_dln.with_theorems({'name': f'{name}_lr{lr:g}_seed{seed}', 'norm': norm,
-                                   'learning_rate': lr, 'seed': seed})
-          for seed in SEEDS for lr in LEARNING_RATES
-          for name, norm in (('standard', 'none'), ('bn', 'batch'))]
+  runs = [
+    paper_dln.with_theorems(
+      {'name': f'{name}_lr{lr:g}_seed{seed}', 'norm': norm, 'learning_rate': lr, 'seed': seed}
+    )
+    for seed in SEEDS
+    for lr in LEARNING_RATES
+    for name, norm in (('standard', 'none'), ('bn', 'batch'))
+  ]
   return paper_dln.base_config(), runs
 
 

@@ -40,27 +40,41 @@ def get_sweep():
   c.probes.activations.every = 100
   c.probes.weight_distance = {'every': 250}
   # Present in every run so that every run's config has the same fields; enabled below.
-  c.probes.top_eigenvalues = {'every': 0, 'k': 1, 'num_iterations': 16, 'seed': 0,
-                              'bn_mode': 'both'}
-  c.probes.spectral_density = {'every': 0, 'steps': (), 'num_probes': 2,
-                               'num_iterations': 30, 'seed': 0, 'bn_mode': 'train'}
+  c.probes.top_eigenvalues = {
+    'every': 0,
+    'k': 1,
+    'num_iterations': 16,
+    'seed': 0,
+    'bn_mode': 'both',
+  }
+  c.probes.spectral_density = {
+    'every': 0,
+    'steps': (),
+    'num_probes': 2,
+    'num_iterations': 30,
+    'seed': 0,
+    'bn_mode': 'train',
+  }
   c.probes.bn_theorems = {'every': 0, 'layers': (3, 11), 'units': 4}
 
-  curvature = {'probes.top_eigenvalues.every': 250,
-               'probes.spectral_density.steps': (0, NUM_STEPS - 1)}
+  curvature = {
+    'probes.top_eigenvalues.every': 250,
+    'probes.spectral_density.steps': (0, NUM_STEPS - 1),
+  }
   runs = [
-      {'name': 'bn_lr0.1', 'norm': 'batch', **curvature, 'probes.bn_theorems.every': 250},
-      {'name': 'standard_lr0.1', 'norm': 'none', **curvature},
-      {'name': 'noisy_bn_lr0.1', 'norm': 'noisy_batch'},
-      {'name': 'standard_lr0.5', 'norm': 'none', 'learning_rate': 0.5},
-      {'name': 'bn_lr0.5', 'norm': 'batch', 'learning_rate': 0.5},
+    {'name': 'bn_lr0.1', 'norm': 'batch', **curvature, 'probes.bn_theorems.every': 250},
+    {'name': 'standard_lr0.1', 'norm': 'none', **curvature},
+    {'name': 'noisy_bn_lr0.1', 'norm': 'noisy_batch'},
+    {'name': 'standard_lr0.5', 'norm': 'none', 'learning_rate': 0.5},
+    {'name': 'bn_lr0.5', 'norm': 'batch', 'learning_rate': 0.5},
   ]
   runs += [{'name': f'{n}_lr0.1', 'norm': n} for n in ('lp1', 'lp2', 'lpinf')]
-  runs += [{'name': f'{name}_lr0.01', 'norm': n, 'learning_rate': 0.01}
-           for name, n in (('bn', 'batch'), ('standard', 'none'))]
+  runs += [
+    {'name': f'{name}_lr0.01', 'norm': n, 'learning_rate': 0.01}
+    for name, n in (('bn', 'batch'), ('standard', 'none'))
+  ]
   runs += [{'name': 'noise_lr0.1', 'norm': 'noise'}, {'name': 'layer_lr0.1', 'norm': 'layer'}]
-  return c, [{**r, 'name': f'{r["name"]}_seed{seed}', 'seed': seed}
-             for seed in SEEDS for r in runs]
+  return c, [{**r, 'name': f'{r["name"]}_seed{seed}', 'seed': seed} for seed in SEEDS for r in runs]
 
 
 get_config = sweep.config_getter(get_sweep)

@@ -12,9 +12,11 @@ from bnjax import config_lib, sweep
 
 def get_sweep():
   c = config_lib.vgg('batch', 'local')
-  return c, sweep.product(sweep.axis('norm', ['none', 'batch']),
-                          sweep.axis('learning_rate', [0.05, 0.1, 0.5]),
-                          sweep.axis('seed', [0, 1]))
+  return c, sweep.product(
+    sweep.axis('norm', ['none', 'batch']),
+    sweep.axis('learning_rate', [0.05, 0.1, 0.5]),
+    sweep.axis('seed', [0, 1]),
+  )
 
 
 get_config = sweep.config_getter(get_sweep)

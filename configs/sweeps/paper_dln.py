@@ -29,10 +29,21 @@ def base_config():
   c.probes.landscape.every = 10
   c.probes.ics.every = 10
   c.probes.activations.every = 500
-  c.probes.top_eigenvalues = {'every': 100, 'k': 1, 'num_iterations': 20, 'seed': 0,
-                              'bn_mode': 'both'}
-  c.probes.spectral_density = {'every': 0, 'steps': (0, NUM_STEPS - 1), 'num_probes': 4,
-                               'num_iterations': 40, 'seed': 0, 'bn_mode': 'train'}
+  c.probes.top_eigenvalues = {
+    'every': 100,
+    'k': 1,
+    'num_iterations': 20,
+    'seed': 0,
+    'bn_mode': 'both',
+  }
+  c.probes.spectral_density = {
+    'every': 0,
+    'steps': (0, NUM_STEPS - 1),
+    'num_probes': 4,
+    'num_iterations': 40,
+    'seed': 0,
+    'bn_mode': 'train',
+  }
   c.probes.weight_distance = {'every': 500}
   c.probes.bn_theorems = {'every': 0, 'layers': (1, 11, 24), 'units': 4}
   return c
@@ -45,13 +56,24 @@ def with_theorems(run: dict) -> dict:
 
 def get_sweep():
   c = base_config()
-  norms = {'standard': 'none', 'bn': 'batch', 'l1': 'lp1', 'l2': 'lp2', 'linf': 'lpinf',
-           'layernorm': 'layer'}
+  norms = {
+    'standard': 'none',
+    'bn': 'batch',
+    'l1': 'lp1',
+    'l2': 'lp2',
+    'linf': 'lpinf',
+    'layernorm': 'layer',
+  }
   runs = [{'name': f'{name}_lr1e-6', 'norm': norm} for name, norm in norms.items()]
-  runs += [{'name': f'{name}_lr1e-7', 'norm': norms[name], 'learning_rate': 1e-7}
-           for name in ('standard', 'bn')]
-  return c, [with_theorems({**r, 'name': f'{r["name"]}_seed{seed}', 'seed': seed})
-             for seed in SEEDS for r in runs]
+  runs += [
+    {'name': f'{name}_lr1e-7', 'norm': norms[name], 'learning_rate': 1e-7}
+    for name in ('standard', 'bn')
+  ]
+  return c, [
+    with_theorems({**r, 'name': f'{r["name"]}_seed{seed}', 'seed': seed})
+    for seed in SEEDS
+    for r in runs
+  ]
 
 
 get_config = sweep.config_getter(get_sweep)

@@ -16,18 +16,25 @@ from bnjax import config_lib, sweep
 
 def get_sweep():
   c = config_lib.vgg('batch')
-  c.probes.top_eigenvalues = {'every': 0, 'k': 1, 'num_iterations': 20, 'seed': 0,
-                              'bn_mode': 'both'}
+  c.probes.top_eigenvalues = {
+    'every': 0,
+    'k': 1,
+    'num_iterations': 20,
+    'seed': 0,
+    'bn_mode': 'both',
+  }
   runs = [
-      {'name': 'bn_lr0.1', 'norm': 'batch', 'probes.top_eigenvalues.every': 500},
-      {'name': 'standard_lr0.1', 'norm': 'none', 'probes.top_eigenvalues.every': 500},
-      {'name': 'noisy_bn_lr0.1', 'norm': 'noisy_batch'},
-      {'name': 'standard_lr0.5', 'norm': 'none', 'learning_rate': 0.5},
-      {'name': 'bn_lr0.5', 'norm': 'batch', 'learning_rate': 0.5},
+    {'name': 'bn_lr0.1', 'norm': 'batch', 'probes.top_eigenvalues.every': 500},
+    {'name': 'standard_lr0.1', 'norm': 'none', 'probes.top_eigenvalues.every': 500},
+    {'name': 'noisy_bn_lr0.1', 'norm': 'noisy_batch'},
+    {'name': 'standard_lr0.5', 'norm': 'none', 'learning_rate': 0.5},
+    {'name': 'bn_lr0.5', 'norm': 'batch', 'learning_rate': 0.5},
   ]
   runs += [{'name': f'{n}_lr0.1', 'norm': n} for n in ('lp1', 'lp2', 'lpinf')]
-  runs += [{'name': f'{name}_lr0.01', 'norm': n, 'learning_rate': 0.01}
-           for name, n in (('bn', 'batch'), ('standard', 'none'))]
+  runs += [
+    {'name': f'{name}_lr0.01', 'norm': n, 'learning_rate': 0.01}
+    for name, n in (('bn', 'batch'), ('standard', 'none'))
+  ]
   return c, runs
 
 

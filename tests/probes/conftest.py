@@ -70,8 +70,9 @@ def ggn_mlp():
   x = jax.random.normal(jax.random.key(1), (16, 4))
   y = jax.random.randint(jax.random.key(2), (16,), 0, 3)
   v = model.init(jax.random.key(0), x, train=False)
-  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
-                                     mutable=['batch_stats'])[0]
+  outputs_fn = lambda p: model.apply(
+    {'params': p, 'batch_stats': v['batch_stats']}, x, train=True, mutable=['batch_stats']
+  )[0]
   loss_of_outputs = lambda o: optax.softmax_cross_entropy_with_integer_labels(o, y).mean()
   params = v['params']
   return model, outputs_fn, loss_of_outputs, params
@@ -85,6 +86,7 @@ def classifier():
   x = jax.random.normal(jax.random.key(11), (16, 4))
   y = jax.random.randint(jax.random.key(12), (16,), 0, 3)
   v = model.init(jax.random.key(13), x, train=False)
-  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True,
-                                     mutable=['batch_stats'])[0]
+  outputs_fn = lambda p: model.apply(
+    {'params': p, 'batch_stats': v['batch_stats']}, x, train=True, mutable=['batch_stats']
+  )[0]
   return outputs_fn, y, v['params']

@@ -36,8 +36,9 @@ def main():
   stats = v['batch_stats']
 
   def outputs_fn(p):
-    out, _ = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
-                         mutable=['batch_stats'])
+    out, _ = model.apply(
+      {'params': p, 'batch_stats': stats}, x, train=True, mutable=['batch_stats']
+    )
     return out
 
   loss_of_outputs = lambda out: optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
@@ -50,24 +51,33 @@ def main():
   vec = jax.random.normal(jax.random.key(3), (n,), jnp.float64)
 
   check('hvp', ravel_pytree(probes.hvp(loss_fn, params, unravel(vec)))[0], h @ vec)
-  check('hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0],
-        h @ vec)
+  check(
+    'hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0], h @ vec
+  )
   jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat))
   out = outputs_fn(params)
   h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)))
-  check('gnvp', ravel_pytree(probes.gnvp(outputs_fn, loss_of_outputs, params, unravel(vec)))[0],
-        jac.T @ h_out @ jac @ vec)
+  check(
+    'gnvp',
+    ravel_pytree(probes.gnvp(outputs_fn, loss_of_outputs, params, unravel(vec)))[0],
+    jac.T @ h_out @ jac @ vec,
+  )
   eig = np.linalg.eigvalsh(h)
   for which, exact in (('largest', eig[::-1][:2]), ('smallest', eig[:2])):
-    r = probes.top_eigenvalues(loss_fn, params, jax.random.key(4), k=2, which=which, tol=1e-12,
-                               max_iterations=n)
+    r = probes.top_eigenvalues(
+      loss_fn, params, jax.random.key(4), k=2, which=which, tol=1e-12, max_iterations=n
+    )
     check(f'top_eigenvalues {which}', r.eigenvalues, exact)
-  check('hessian_trace_hutchpp (sketch spans everything)',
-        probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5),
-                                     num_products=3 * n).estimate,
-        np.trace(h))
-  check('directional_curvature', probes.directional_curvature(loss_fn, params, unravel(vec)),
-        vec @ h @ vec / (vec @ vec))
+  check(
+    'hessian_trace_hutchpp (sketch spans everything)',
+    probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5), num_products=3 * n).estimate,
+    np.trace(h),
+  )
+  check(
+    'directional_curvature',
+    probes.directional_curvature(loss_fn, params, unravel(vec)),
+    vec @ h @ vec / (vec @ vec),
+  )
   g = np.asarray(jax.grad(lambda f: loss_fn(unravel(f)))(flat))
   etas = jnp.asarray([1e-3, 1e-2])
   land = probes.gradient_landscape(loss_fn, params, etas)
@@ -85,23 +95,28 @@ def check_fisher(outputs_fn, y, params):
   n, examples = flat.size, y.shape[0]
 
   def jacobian(labels):  # [N, P]: one per-example gradient a row
-    return np.asarray(jax.jacrev(lambda f: optax.softmax_cross_entropy_with_integer_labels(
-        outputs_fn(unravel(f)), labels))(flat))
+    return np.asarray(
+      jax.jacrev(
+        lambda f: optax.softmax_cross_entropy_with_integer_labels(outputs_fn(unravel(f)), labels)
+      )(flat)
+    )
 
   loss = probes.PerExampleLoss(outputs_fn, y, mc_samples=2, key=jax.random.key(6))
   probs = np.asarray(jax.nn.softmax(outputs_fn(params)))
   by_class = [jacobian(jnp.full(examples, c)) for c in range(probs.shape[1])]
   dense = {
-      'ef': jacobian(y).T @ jacobian(y) / examples,
-      'fisher_exact': sum(j.T @ (probs[:, c, None] * j) for c, j in enumerate(by_class)) / examples,
-      'fisher': sum(j.T @ j for j in map(jacobian, loss.sampled_targets(params))) / (2 * examples),
+    'ef': jacobian(y).T @ jacobian(y) / examples,
+    'fisher_exact': sum(j.T @ (probs[:, c, None] * j) for c, j in enumerate(by_class)) / examples,
+    'fisher': sum(j.T @ j for j in map(jacobian, loss.sampled_targets(params))) / (2 * examples),
   }
   for name, matrix in dense.items():
-    top = probes.top_eigenvalues(loss, params, jax.random.key(4), k=2, tol=1e-12,
-                                 max_iterations=n, operator=name)
+    top = probes.top_eigenvalues(
+      loss, params, jax.random.key(4), k=2, tol=1e-12, max_iterations=n, operator=name
+    )
     check(f'top_eigenvalues {name}', top.eigenvalues, np.linalg.eigvalsh(matrix)[::-1][:2])
-    trace = probes.hessian_trace_hutchpp(loss, params, jax.random.key(5), num_products=3 * n,
-                                         operator=name)
+    trace = probes.hessian_trace_hutchpp(
+      loss, params, jax.random.key(5), num_products=3 * n, operator=name
+    )
     check(f'hessian_trace_hutchpp {name}', trace.estimate, np.trace(matrix))
 
 

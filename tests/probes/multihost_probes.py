@@ -34,16 +34,23 @@ def main(out: str) -> None:
   repl, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   per_process = 32 // jax.process_count()
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
-  batch = {'x': jax.make_array_from_process_local_data(sharded, x[mine]),
-           'y': jax.make_array_from_process_local_data(sharded, y[mine]),
-           'stats': jax.device_put(v['batch_stats'], repl)}
-  fn = jax.jit(all_probes, in_shardings=(repl, repl, {'x': sharded, 'y': sharded, 'stats': repl},
-                                         repl), out_shardings=repl)
-  result = fn(jax.device_put(params, repl), jax.device_put(new_params, repl), batch,
-              jax.random.key(3))
+  batch = {
+    'x': jax.make_array_from_process_local_data(sharded, x[mine]),
+    'y': jax.make_array_from_process_local_data(sharded, y[mine]),
+    'stats': jax.device_put(v['batch_stats'], repl),
+  }
+  fn = jax.jit(
+    all_probes,
+    in_shardings=(repl, repl, {'x': sharded, 'y': sharded, 'stats': repl}, repl),
+    out_shardings=repl,
+  )
+  result = fn(
+    jax.device_put(params, repl), jax.device_put(new_params, repl), batch, jax.random.key(3)
+  )
   leaves = jax.tree_util.tree_flatten_with_path(result)[0]
-  arrays = {jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0))
-            for path, leaf in leaves}
+  arrays = {
+    jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0)) for path, leaf in leaves
+  }
   if jax.process_index() == 0:
     np.savez(out, **arrays)
 

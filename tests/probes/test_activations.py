@@ -17,16 +17,22 @@ def test_activation_curvature_matches_the_dense_activation_hessian():
   v = model.init(jax.random.key(2), x, train=False)
 
   def loss_of_perturbation(delta):
-    out, _ = model.apply({'params': v['params'], 'batch_stats': v['batch_stats'],
-                          'perturbations': delta}, x, train=True, mutable=['batch_stats'])
+    out, _ = model.apply(
+      {'params': v['params'], 'batch_stats': v['batch_stats'], 'perturbations': delta},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+    )
     return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
 
   zero = jax.tree.map(jnp.zeros_like, v['perturbations'])
   r = jax.jit(lambda z: probes.activation_curvature(loss_of_perturbation, z))(zero)
   for name in ('dense1_out', 'norm1_out'):
     f = lambda a, name=name: loss_of_perturbation(dict(zero, **{name: a.reshape(zero[name].shape)}))
-    g, h = (np.asarray(a, np.float64) for a in
-            jax.jit(lambda a, f=f: (jax.grad(f)(a), jax.hessian(f)(a)))(zero[name].ravel()))
+    g, h = (
+      np.asarray(a, np.float64)
+      for a in jax.jit(lambda a, f=f: (jax.grad(f)(a), jax.hessian(f)(a)))(zero[name].ravel())
+    )
     assert r.grad_norm[name] == pytest.approx(np.linalg.norm(g), rel=1e-5)
     assert r.quadratic_form[name] == pytest.approx(g @ h @ g, rel=1e-3, abs=1e-9)
 
@@ -45,21 +51,26 @@ def bn_layer_in_a_network():
 
   def loss_of_perturbation(delta):
     perturbations = dict(zeros, conv2_out=delta['y'], norm2_out=delta['z'])
-    out, _ = model.apply(dict(variables, perturbations=perturbations),
-                         x, train=True, mutable=['batch_stats'])
+    out, _ = model.apply(
+      dict(variables, perturbations=perturbations), x, train=True, mutable=['batch_stats']
+    )
     return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
 
   # A non-trivial gamma, so that the theorems' gamma terms matter.
   gamma = 1.0 + jax.random.uniform(jax.random.key(5), (16,))
-  variables['params'] = dict(variables['params'],
-                             norm2=dict(variables['params']['norm2'], scale=gamma))
+  variables['params'] = dict(
+    variables['params'], norm2=dict(variables['params']['norm2'], scale=gamma)
+  )
   return loss_of_perturbation, st['intermediates']['conv2_out'][0], gamma
 
 
 def test_theorem_4_1_is_an_equality_per_unit(bn_layer_in_a_network):
   loss_of_perturbation, y, gamma = bn_layer_in_a_network
-  r = jax.jit(lambda y, gamma: probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5,
-                                                         units=jnp.arange(16)))(y, gamma)
+  r = jax.jit(
+    lambda y, gamma: probes.batchnorm_theorems(
+      loss_of_perturbation, y, gamma, 1e-5, units=jnp.arange(16)
+    )
+  )(y, gamma)
   assert np.all(np.asarray(r.grad_y_sq) > 0)
   np.testing.assert_allclose(r.grad_y_sq, r.thm41_rhs, rtol=1e-4)
   # BN shrinks the gradient: ||dL/dy|| relative to ||dL/dz|| scaled by gamma / sigma.
@@ -69,8 +80,11 @@ def test_theorem_4_1_is_an_equality_per_unit(bn_layer_in_a_network):
 
 def test_theorem_4_2_bound_holds_per_unit(bn_layer_in_a_network):
   loss_of_perturbation, y, gamma = bn_layer_in_a_network
-  r = jax.jit(lambda y, gamma: probes.batchnorm_theorems(loss_of_perturbation, y, gamma, 1e-5,
-                                                         units=jnp.arange(8)))(y, gamma)
+  r = jax.jit(
+    lambda y, gamma: probes.batchnorm_theorems(
+      loss_of_perturbation, y, gamma, 1e-5, units=jnp.arange(8)
+    )
+  )(y, gamma)
   lhs, rhs = np.asarray(r.curvature_y, np.float64), np.asarray(r.thm42_rhs, np.float64)
   scale = np.abs(lhs).max()
   assert scale > 0

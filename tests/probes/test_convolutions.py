@@ -15,29 +15,70 @@ from bnjax.probes._common import tree_norm
 
 # (lhs shape, rhs shape, conv_general_dilated keywords)
 CASES = {
-    '2d same': ((2, 5, 6, 3), (3, 3, 3, 4), dict(window_strides=(1, 1), padding='SAME',
-                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
-    '2d strided nchw': ((2, 3, 7, 6), (4, 3, 3, 2), dict(
-        window_strides=(2, 1), padding=((1, 0), (2, 1)),
-        dimension_numbers=('NCHW', 'OIHW', 'NCHW'))),
-    '2d dilated valid': ((1, 9, 8, 2), (3, 2, 2, 5), dict(
-        window_strides=(1, 2), padding='VALID', rhs_dilation=(2, 3),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
-    '2d transposed (lhs dilation)': ((2, 4, 4, 3), (3, 3, 3, 2), dict(
-        window_strides=(1, 1), padding=((2, 1), (1, 2)), lhs_dilation=(2, 2),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
-    '2d negative padding': ((1, 6, 6, 2), (2, 2, 2, 3), dict(
-        window_strides=(1, 1), padding=((-1, 0), (0, -1)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
-    '2d grouped': ((2, 5, 5, 6), (3, 3, 2, 9), dict(window_strides=(1, 1), padding='SAME',
-                                                    feature_group_count=3,
-                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
-    '2d odd layout': ((5, 2, 3, 6), (3, 4, 3, 3), dict(window_strides=(1, 1), padding='SAME',
-                                                       dimension_numbers=('HNCW', 'HOWI', 'CWNH'))),
-    '1d': ((2, 10, 3), (4, 3, 2), dict(window_strides=(3,), padding=((2, 1),),
-                                       dimension_numbers=('NWC', 'WIO', 'NWC'))),
-    '3d': ((1, 4, 5, 3, 2), (2, 3, 2, 2, 3), dict(window_strides=(1, 1, 1), padding='SAME',
-                                                  dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))),
+  '2d same': (
+    (2, 5, 6, 3),
+    (3, 3, 3, 4),
+    dict(window_strides=(1, 1), padding='SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
+  ),
+  '2d strided nchw': (
+    (2, 3, 7, 6),
+    (4, 3, 3, 2),
+    dict(
+      window_strides=(2, 1), padding=((1, 0), (2, 1)), dimension_numbers=('NCHW', 'OIHW', 'NCHW')
+    ),
+  ),
+  '2d dilated valid': (
+    (1, 9, 8, 2),
+    (3, 2, 2, 5),
+    dict(
+      window_strides=(1, 2),
+      padding='VALID',
+      rhs_dilation=(2, 3),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    ),
+  ),
+  '2d transposed (lhs dilation)': (
+    (2, 4, 4, 3),
+    (3, 3, 3, 2),
+    dict(
+      window_strides=(1, 1),
+      padding=((2, 1), (1, 2)),
+      lhs_dilation=(2, 2),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    ),
+  ),
+  '2d negative padding': (
+    (1, 6, 6, 2),
+    (2, 2, 2, 3),
+    dict(
+      window_strides=(1, 1), padding=((-1, 0), (0, -1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    ),
+  ),
+  '2d grouped': (
+    (2, 5, 5, 6),
+    (3, 3, 2, 9),
+    dict(
+      window_strides=(1, 1),
+      padding='SAME',
+      feature_group_count=3,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    ),
+  ),
+  '2d odd layout': (
+    (5, 2, 3, 6),
+    (3, 4, 3, 3),
+    dict(window_strides=(1, 1), padding='SAME', dimension_numbers=('HNCW', 'HOWI', 'CWNH')),
+  ),
+  '1d': (
+    (2, 10, 3),
+    (4, 3, 2),
+    dict(window_strides=(3,), padding=((2, 1),), dimension_numbers=('NWC', 'WIO', 'NWC')),
+  ),
+  '3d': (
+    (1, 4, 5, 3, 2),
+    (2, 3, 2, 2, 3),
+    dict(window_strides=(1, 1, 1), padding='SAME', dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')),
+  ),
 }
 
 
@@ -66,6 +107,7 @@ def _conv_loss(kw):
   def loss(w, x):
     y = jax.lax.conv_general_dilated(x, w, **kw)
     return jnp.sum(jnp.tanh(y) ** 2)
+
   return loss
 
 
@@ -81,7 +123,8 @@ def test_primitive_value_gradient_and_hvp_match(name):
   with jax.default_matmul_precision('highest'):
     out_plain = jax.lax.conv_general_dilated(x, w, **kw)
     out_fast = convolutions.convolutions_for_loops(
-        lambda w, x: jax.lax.conv_general_dilated(x, w, **kw))(w, x)
+      lambda w, x: jax.lax.conv_general_dilated(x, w, **kw)
+    )(w, x)
     np.testing.assert_allclose(out_fast, out_plain, rtol=1e-5, atol=1e-5)
     assert_only_canonical_convolutions(jax.make_jaxpr(fast)(w, x))
     g_plain, g_fast = jax.grad(loss)(w, x), jax.jit(jax.grad(fast))(w, x)
@@ -102,8 +145,9 @@ def test_descends_into_jit_scan_and_cond_and_keeps_custom_jvp():
     def body(h, _):
       h = jax.lax.cond(h.sum() > 1e9, lambda h: h, lambda h: jax.nn.relu(conv(h, w)), h)
       return h, h.mean()
+
     h, means = jax.lax.scan(body, x, None, length=2)
-    return jnp.sum(h ** 2) + means.sum()
+    return jnp.sum(h**2) + means.sum()
 
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
   w = jax.random.normal(jax.random.key(1), (3, 3, 3, 3)) * 0.4
@@ -141,8 +185,12 @@ def _linen_loss():
   variables = model.init(jax.random.key(1), x, train=False)
 
   def loss_fn(params):
-    logits, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                            train=True, mutable=['batch_stats'])
+    logits, _ = model.apply(
+      {'params': params, 'batch_stats': variables['batch_stats']},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+    )
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), y])
 
   return loss_fn, variables['params']
@@ -157,12 +205,15 @@ def test_probes_on_a_linen_conv_net_match_the_dense_hessian():
     dense = jax.hessian(lambda f: loss_fn(unravel(f)))(flat)
   top = np.linalg.eigvalsh(np.asarray(dense, np.float64))[::-1][:2]
   pairs = jax.jit(lambda p, k: probes.top_eigenvalues(loss_fn, p, k, k=2, tol=1e-5))(
-      params, jax.random.key(3))
+    params, jax.random.key(3)
+  )
   np.testing.assert_allclose(pairs.eigenvalues, top, rtol=1e-4)
   v = jax.random.normal(jax.random.key(4), (3, flat.size))
-  products = jax.jit(lambda p, vs: jax.lax.map(
-      lambda u: jax.flatten_util.ravel_pytree(probes.hvp_operator(loss_fn, p)(unravel(u)))[0], vs))(
-      params, v)  # the operator's products in a loop, as every many-product probe runs them
+  products = jax.jit(
+    lambda p, vs: jax.lax.map(
+      lambda u: jax.flatten_util.ravel_pytree(probes.hvp_operator(loss_fn, p)(unravel(u)))[0], vs
+    )
+  )(params, v)  # the operator's products in a loop, as every many-product probe runs them
   np.testing.assert_allclose(products, v @ np.asarray(dense), rtol=1e-4, atol=1e-5)
 
 
@@ -172,16 +223,25 @@ def test_many_product_probes_loop_only_over_loop_safe_convolutions_hessian_and_g
   x = jax.random.normal(jax.random.key(0), (4, 9, 9, 3))
   y = jnp.arange(4) % 3
   variables = model.init(jax.random.key(1), x, train=False)
-  outputs_fn = lambda p: model.apply({'params': p, 'batch_stats': variables['batch_stats']}, x,
-                                     train=True, mutable=['batch_stats'])[0]
+  outputs_fn = lambda p: model.apply(
+    {'params': p, 'batch_stats': variables['batch_stats']}, x, train=True, mutable=['batch_stats']
+  )[0]
   split = probes.SplitLoss(outputs_fn, lambda o: -jnp.mean(jax.nn.log_softmax(o)[jnp.arange(4), y]))
   for operator in ('hessian', 'ggn'):
-    assert_only_canonical_convolutions(jax.make_jaxpr(
-        lambda p: probes.top_eigenvalues(split, p, jax.random.key(2), operator=operator,
-                                         max_iterations=4))(variables['params']))
-    assert_only_canonical_convolutions(jax.make_jaxpr(
-        lambda p: probes.hessian_trace(split, p, jax.random.key(2), num_samples=2,
-                                       operator=operator))(variables['params']))
+    assert_only_canonical_convolutions(
+      jax.make_jaxpr(
+        lambda p: probes.top_eigenvalues(
+          split, p, jax.random.key(2), operator=operator, max_iterations=4
+        )
+      )(variables['params'])
+    )
+    assert_only_canonical_convolutions(
+      jax.make_jaxpr(
+        lambda p: probes.hessian_trace(
+          split, p, jax.random.key(2), num_samples=2, operator=operator
+        )
+      )(variables['params'])
+    )
 
 
 def test_nnx_and_plain_models_are_rewritten_too():

@@ -19,11 +19,15 @@ def test_dataset_loss_gives_the_hessian_of_the_full_data_loss():
   y = jax.random.randint(jax.random.key(2), (40,), 0, 3)
   params = model.init(jax.random.key(0), x, train=False)['params']
   ce = lambda p, xb, yb: optax.softmax_cross_entropy_with_integer_labels(
-      model.apply({'params': p}, xb, train=False), yb)
+    model.apply({'params': p}, xb, train=False), yb
+  )
   full_loss = lambda p: ce(p, x, y).mean()
   pad = lambda a: jnp.concatenate([a, jnp.zeros((8,) + a.shape[1:], a.dtype)])
-  batches = {'x': pad(x).reshape(3, 16, 5), 'y': pad(y).reshape(3, 16),
-             'mask': pad(jnp.ones(40)).reshape(3, 16)}
+  batches = {
+    'x': pad(x).reshape(3, 16, 5),
+    'y': pad(y).reshape(3, 16),
+    'mask': pad(jnp.ones(40)).reshape(3, 16),
+  }
   sizes = jnp.asarray([16.0, 16.0, 8.0])
 
   def batch_loss(p, b):  # the mean over a batch's real examples
@@ -33,9 +37,12 @@ def test_dataset_loss_gives_the_hessian_of_the_full_data_loss():
 
   def probed(p, b, key):
     loss_fn = probes.dataset_loss(batch_loss, b, sizes)
-    return (loss_fn(p), probes.hvp(loss_fn, p, p),
-            probes.top_eigenvalues(loss_fn, p, key, k=2, tol=1e-5),
-            probes.hessian_trace_hutchpp(loss_fn, p, key, num_products=3 * h.shape[0]))
+    return (
+      loss_fn(p),
+      probes.hvp(loss_fn, p, p),
+      probes.top_eigenvalues(loss_fn, p, key, k=2, tol=1e-5),
+      probes.hessian_trace_hutchpp(loss_fn, p, key, num_products=3 * h.shape[0]),
+    )
 
   loss, hv, eig, trace = jax.jit(probed)(params, batches, jax.random.key(3))
   assert loss == pytest.approx(float(full_loss(params)), rel=1e-6)

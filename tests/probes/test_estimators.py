@@ -14,7 +14,8 @@ def test_hessian_trace_within_three_standard_errors(mlp, mlp_hessian):
   loss_fn, params = mlp
   trace = np.trace(mlp_hessian)
   r = jax.jit(lambda p, k: probes.hessian_trace(loss_fn, p, k, num_samples=200, batch_size=20))(
-      params, jax.random.key(0))
+    params, jax.random.key(0)
+  )
   assert r.stderr > 0
   assert abs(r.estimate - trace) < 3 * r.stderr
 
@@ -23,9 +24,12 @@ def test_hessian_trace_samples_until_its_standard_error_meets_rtol():
   spectrum = np.random.default_rng(4).uniform(0.5, 2.0, 120)
   loss_fn, a = quadratic_with_spectrum(spectrum)
   p = {'x': jnp.zeros(120, jnp.float32)}
-  run = jax.jit(lambda p, k, rtol, cap: probes.hessian_trace(loss_fn, p, k, batch_size=4,
-                                                              rtol=rtol, max_samples=cap),
-                static_argnums=(2, 3))
+  run = jax.jit(
+    lambda p, k, rtol, cap: probes.hessian_trace(
+      loss_fn, p, k, batch_size=4, rtol=rtol, max_samples=cap
+    ),
+    static_argnums=(2, 3),
+  )
   r = run(p, jax.random.key(0), 5e-3, 2000)
   assert float(r.stderr) <= 5e-3 * abs(float(r.estimate)) and 8 <= int(r.num_samples) < 2000
   assert abs(float(r.estimate) - np.trace(a)) < 4 * float(r.stderr)
@@ -38,7 +42,8 @@ def test_hutchpp_is_exact_on_low_rank_and_far_better_than_hutchinson_on_decaying
   loss_fn, a = quadratic_with_spectrum(low_rank)
   p = {'x': jnp.zeros(100, jnp.float32)}
   r = jax.jit(lambda p, k: probes.hessian_trace_hutchpp(loss_fn, p, k, num_products=30))(
-      p, jax.random.key(0))
+    p, jax.random.key(0)
+  )
   # The sketch holds it all.
   assert abs(float(r.estimate) - np.trace(a)) < 1e-4 * np.abs(low_rank).sum()
   decaying = 0.7 ** np.arange(300)
@@ -57,7 +62,8 @@ def test_hessian_diagonal_matches_the_dense_diagonal_within_its_standard_error(m
   loss_fn, params = mlp
   exact = np.diag(dense_hessian(loss_fn, params))
   r = jax.jit(lambda p, k: probes.hessian_diagonal(loss_fn, p, k, num_samples=400))(
-      params, jax.random.key(0))
+    params, jax.random.key(0)
+  )
   estimate, stderr = flat(r.estimate), flat(r.stderr)
   z = np.abs(estimate - exact) / np.maximum(stderr, 1e-12)
   assert np.mean(z < 3) > 0.97 and np.median(z) < 1.5  # unbiased, honest error bars

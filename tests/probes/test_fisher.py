@@ -18,8 +18,7 @@ from .cases import flat
 def per_example_jacobian(outputs_fn, params, labels):
   """[N, P]: the gradients of l_n = cross-entropy(f_n, labels_n), one row per example."""
   flat_p, unravel = ravel_pytree(params)
-  losses = lambda f: optax.softmax_cross_entropy_with_integer_labels(outputs_fn(unravel(f)),
-                                                                     labels)
+  losses = lambda f: optax.softmax_cross_entropy_with_integer_labels(outputs_fn(unravel(f)), labels)
   return np.asarray(jax.jit(jax.jacrev(losses))(flat_p), np.float64)
 
 
@@ -31,11 +30,17 @@ def dense_matrices(outputs_fn, targets, params, mc_labels):
   probs = np.asarray(jax.nn.softmax(outputs_fn(params)), np.float64)
   j = per_example_jacobian(outputs_fn, params, targets)
   ef = j.T @ j / n
-  fisher = sum(jc.T @ (probs[:, c, None] * jc) for c, jc in enumerate(
-      per_example_jacobian(outputs_fn, params, jnp.full(n, c)) for c in range(num_classes))) / n
+  fisher = (
+    sum(
+      jc.T @ (probs[:, c, None] * jc)
+      for c, jc in enumerate(
+        per_example_jacobian(outputs_fn, params, jnp.full(n, c)) for c in range(num_classes)
+      )
+    )
+    / n
+  )
   mc = [per_example_jacobian(outputs_fn, params, labels) for labels in mc_labels]
-  return {'ef': ef, 'fisher_exact': fisher,
-          'fisher': sum(jm.T @ jm for jm in mc) / (n * len(mc))}
+  return {'ef': ef, 'fisher_exact': fisher, 'fisher': sum(jm.T @ jm for jm in mc) / (n * len(mc))}
 
 
 def operator_matrix(loss, params, operator):
@@ -57,22 +62,27 @@ def test_each_operator_is_its_dense_matrix_and_fisher_exact_is_the_ggn(fisher_ca
   loss, params, dense = fisher_case
   scale = np.abs(dense['fisher_exact']).max()
   for name, matrix in dense.items():
-    np.testing.assert_allclose(operator_matrix(loss, params, name), matrix, rtol=1e-4,
-                               atol=1e-5 * scale, err_msg=name)
+    np.testing.assert_allclose(
+      operator_matrix(loss, params, name), matrix, rtol=1e-4, atol=1e-5 * scale, err_msg=name
+    )
   # The identity: for softmax cross-entropy the Fisher is the Gauss-Newton matrix.
   outputs_fn, targets, _ = classifier
-  split = probes.SplitLoss(outputs_fn, lambda o: optax.softmax_cross_entropy_with_integer_labels(
-      o, targets).mean())
-  np.testing.assert_allclose(operator_matrix(split, params, 'ggn'), dense['fisher_exact'],
-                             rtol=1e-4, atol=1e-5 * scale)
-  np.testing.assert_allclose(operator_matrix(loss, params, 'ggn'), dense['fisher_exact'],
-                             rtol=1e-4, atol=1e-5 * scale)
+  split = probes.SplitLoss(
+    outputs_fn, lambda o: optax.softmax_cross_entropy_with_integer_labels(o, targets).mean()
+  )
+  np.testing.assert_allclose(
+    operator_matrix(split, params, 'ggn'), dense['fisher_exact'], rtol=1e-4, atol=1e-5 * scale
+  )
+  np.testing.assert_allclose(
+    operator_matrix(loss, params, 'ggn'), dense['fisher_exact'], rtol=1e-4, atol=1e-5 * scale
+  )
   assert np.abs(dense['ef'] - dense['fisher_exact']).max() > 0.1 * scale  # EF is not F here
   # The loss itself is the mean of the per-example losses; 'sum' scales every matrix by N.
   assert float(loss(params)) == pytest.approx(float(split(params)), rel=1e-6)
   summed = probes.PerExampleLoss(loss.outputs_fn, loss.targets, reduction='sum')
-  np.testing.assert_allclose(operator_matrix(summed, params, 'ef'), 16 * dense['ef'], rtol=1e-4,
-                             atol=16e-5 * scale)
+  np.testing.assert_allclose(
+    operator_matrix(summed, params, 'ef'), 16 * dense['ef'], rtol=1e-4, atol=16e-5 * scale
+  )
 
 
 @pytest.mark.parametrize('operator', ['ef', 'fisher', 'fisher_exact'])
@@ -84,11 +94,13 @@ def test_every_spectral_probe_gives_the_dense_fisher(fisher_case, operator):
 
   def probed(p, key):
     kw = dict(operator=operator)
-    return (probes.top_eigenvalues(loss, p, key, k=2, tol=1e-5, **kw),
-            probes.hessian_trace_hutchpp(loss, p, key, num_products=3 * n, **kw),
-            probes.hessian_trace(loss, p, key, num_samples=100, **kw),
-            probes.hessian_diagonal(loss, p, key, num_samples=100, **kw),
-            probes.spectral_density(loss, p, key, num_probes=4, num_iterations=20, **kw))
+    return (
+      probes.top_eigenvalues(loss, p, key, k=2, tol=1e-5, **kw),
+      probes.hessian_trace_hutchpp(loss, p, key, num_products=3 * n, **kw),
+      probes.hessian_trace(loss, p, key, num_samples=100, **kw),
+      probes.hessian_diagonal(loss, p, key, num_samples=100, **kw),
+      probes.spectral_density(loss, p, key, num_probes=4, num_iterations=20, **kw),
+    )
 
   top, hutchpp, hutch, diag, density = jax.jit(probed)(params, jax.random.key(3))
   np.testing.assert_allclose(top.eigenvalues, eig[::-1][:2], rtol=1e-4)
@@ -105,11 +117,13 @@ def test_per_layer_fisher_is_the_dense_fishers_diagonal_block(fisher_case):
   kernel = np.arange(24)  # dense1/bias [6] comes first, then dense1/kernel [4, 6]
   sizes = [leaf.size for leaf in jax.tree.leaves(params)]
   assert sizes[:2] == [6, 24]
-  top = probes.top_eigenvalues(loss, params, jax.random.key(0), tol=1e-5, operator='ef',
-                               blocks=[('dense1', 'kernel')])
+  top = probes.top_eigenvalues(
+    loss, params, jax.random.key(0), tol=1e-5, operator='ef', blocks=[('dense1', 'kernel')]
+  )
   block = dense['ef'][np.ix_(6 + kernel, 6 + kernel)]
   assert float(top['dense1/kernel'].eigenvalues[0]) == pytest.approx(
-      np.linalg.eigvalsh(block)[-1], rel=1e-4)
+    np.linalg.eigvalsh(block)[-1], rel=1e-4
+  )
 
 
 def test_the_monte_carlo_fisher_tends_to_the_exact_one_and_is_one_matrix(fisher_case):
@@ -117,10 +131,10 @@ def test_the_monte_carlo_fisher_tends_to_the_exact_one_and_is_one_matrix(fisher_
   exact = dense['fisher_exact']
   errors = {}
   for m in (1, 4000):
-    many = probes.PerExampleLoss(loss.outputs_fn, loss.targets, mc_samples=m,
-                                 key=jax.random.key(7))
+    many = probes.PerExampleLoss(loss.outputs_fn, loss.targets, mc_samples=m, key=jax.random.key(7))
     errors[m] = np.linalg.norm(operator_matrix(many, params, 'fisher') - exact) / np.linalg.norm(
-        exact)
+      exact
+    )
   assert errors[4000] < 0.05 < errors[1]
   # The labels are drawn once per operator: two products with one vector agree exactly.
   _, matvec = operators.curvature_operator(loss, params, None, 'fisher')
@@ -139,22 +153,28 @@ def test_per_example_loss_fails_in_one_line_on_wrong_shapes_and_operators(classi
     return str(caught.value)
 
   wrong = {
-      'logits [N, C]': probes.PerExampleLoss(lambda p: outputs_fn(p)[:, :, None], targets),
-      'targets are (8,)': probes.PerExampleLoss(outputs_fn, targets[:8]),
-      'integer class labels': probes.PerExampleLoss(outputs_fn, targets.astype(jnp.float32)),
-      'one loss per example': probes.PerExampleLoss(outputs_fn, targets,
-                                                    example_loss=lambda o, t: jnp.sum(o)),
+    'logits [N, C]': probes.PerExampleLoss(lambda p: outputs_fn(p)[:, :, None], targets),
+    'targets are (8,)': probes.PerExampleLoss(outputs_fn, targets[:8]),
+    'integer class labels': probes.PerExampleLoss(outputs_fn, targets.astype(jnp.float32)),
+    'one loss per example': probes.PerExampleLoss(
+      outputs_fn, targets, example_loss=lambda o, t: jnp.sum(o)
+    ),
   }
   for expected, loss in wrong.items():
     error = TypeError if 'integer' in expected else ValueError
-    assert expected in message(error, lambda loss=loss: probes.hessian_trace(
-        loss, params, key, num_samples=2, operator='ef'))
-  squared = probes.PerExampleLoss(outputs_fn, jax.nn.one_hot(targets, 3),
-                                  example_loss=lambda o, t: jnp.sum((o - t) ** 2, axis=1))
+    assert expected in message(
+      error, lambda loss=loss: probes.hessian_trace(loss, params, key, num_samples=2, operator='ef')
+    )
+  squared = probes.PerExampleLoss(
+    outputs_fn, jax.nn.one_hot(targets, 3), example_loss=lambda o, t: jnp.sum((o - t) ** 2, axis=1)
+  )
   probes.hessian_trace(squared, params, key, num_samples=2, operator='ef')  # any loss: EF
   assert 'no example_loss' in message(
-      TypeError, lambda: probes.hessian_trace(squared, params, key, operator='fisher'))
+    TypeError, lambda: probes.hessian_trace(squared, params, key, operator='fisher')
+  )
   assert 'needs loss_fn=probes.PerExampleLoss' in message(
-      TypeError, lambda: probes.hessian_trace(mlp[0], mlp[1], key, operator='ef'))
+    TypeError, lambda: probes.hessian_trace(mlp[0], mlp[1], key, operator='ef')
+  )
   assert "reduction must be 'mean' or 'sum'" in message(
-      ValueError, lambda: probes.PerExampleLoss(outputs_fn, targets, reduction='avg'))
+    ValueError, lambda: probes.PerExampleLoss(outputs_fn, targets, reduction='avg')
+  )

@@ -24,6 +24,7 @@ def test_ics_on_a_two_layer_linear_model_matches_the_closed_form():
   np.testing.assert_allclose(r.cosine, [1.0, cos], rtol=1e-5)
   g1 = w2.T @ (w2 @ w1 @ x - y) @ x.T  # G_1 at theta_t
   np.testing.assert_allclose(r.grad_norm, [np.linalg.norm(g1), np.linalg.norm(g2)], rtol=1e-5)
-  given = probes.ics(loss_fn, params, new, [('l1',), ('l2', 'w')],
-                     gradient=jax.grad(loss_fn)(params))
+  given = probes.ics(
+    loss_fn, params, new, [('l1',), ('l2', 'w')], gradient=jax.grad(loss_fn)(params)
+  )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), r, given)

@@ -19,8 +19,9 @@ def test_top_eigenvalues_match_eigh_of_the_dense_hessian(convnet, convnet_hessia
   assert 1500 < n < 5000
   evals = np.linalg.eigvalsh(convnet_hessian)
   expected = evals[::-1][:2] if which == 'largest' else evals[:2]
-  r = jax.jit(lambda p, k: probes.top_eigenvalues(loss_fn, p, k, k=2, num_iterations=120,
-                                                  which=which))(params, jax.random.key(0))
+  r = jax.jit(
+    lambda p, k: probes.top_eigenvalues(loss_fn, p, k, k=2, num_iterations=120, which=which)
+  )(params, jax.random.key(0))
   np.testing.assert_allclose(r.eigenvalues, expected, rtol=1e-4)
   # The residuals Lanczos reports are the true ones: ||H v - lambda v||.
   hvp = jax.jit(lambda p, v: probes.hvp(loss_fn, p, v))
@@ -36,10 +37,12 @@ def test_top_eigenvalues_of_a_known_diagonal_spectrum():
   d = jnp.concatenate([jnp.array([50.0, 20.0, -30.0]), jnp.linspace(-1, 1, 500)])
   loss_fn = lambda p: 0.5 * jnp.sum(d * p['w'] ** 2)
   params = {'w': jnp.ones(503)}
-  top, low = jax.jit(lambda p, k: (
+  top, low = jax.jit(
+    lambda p, k: (
       probes.top_eigenvalues(loss_fn, p, k, k=2, num_iterations=30),
-      probes.top_eigenvalues(loss_fn, p, k, k=1, num_iterations=30, which='smallest')))(
-          params, jax.random.key(1))
+      probes.top_eigenvalues(loss_fn, p, k, k=1, num_iterations=30, which='smallest'),
+    )
+  )(params, jax.random.key(1))
   np.testing.assert_allclose(top.eigenvalues, [50.0, 20.0], rtol=1e-5)
   assert np.all(top.residuals < 1e-3)
   np.testing.assert_allclose(low.eigenvalues, [-30.0], rtol=1e-5)
@@ -49,12 +52,16 @@ def test_top_eigenvalues_of_a_known_diagonal_spectrum():
 
 @pytest.mark.parametrize('which', ['largest', 'smallest'])
 def test_top_eigenvalues_stop_at_the_tolerance_with_true_residuals_below_it(which):
-  spectrum = np.concatenate([[10.0, 9.0, 8.0, -6.0, -5.0],
-                             np.random.default_rng(1).uniform(-1, 4, 195)])
+  spectrum = np.concatenate(
+    [[10.0, 9.0, 8.0, -6.0, -5.0], np.random.default_rng(1).uniform(-1, 4, 195)]
+  )
   loss_fn, a = quadratic_with_spectrum(spectrum)
   params = {'x': jnp.zeros(200, jnp.float32)}
-  r = jax.jit(lambda p, key: probes.top_eigenvalues(loss_fn, p, key, k=3, which=which, tol=1e-5,
-                                                    max_iterations=150))(params, jax.random.key(0))
+  r = jax.jit(
+    lambda p, key: probes.top_eigenvalues(
+      loss_fn, p, key, k=3, which=which, tol=1e-5, max_iterations=150
+    )
+  )(params, jax.random.key(0))
   exact = np.sort(spectrum)[::-1][:3] if which == 'largest' else np.sort(spectrum)[:3]
   assert r.converged.tolist() == [True] * 3
   assert 3 <= int(r.num_iterations) < 150  # stopped on the residuals, not the cap
@@ -67,8 +74,9 @@ def test_top_eigenvalues_stop_at_the_tolerance_with_true_residuals_below_it(whic
 def test_top_eigenvalues_say_when_they_hit_max_iterations():
   spectrum = np.linspace(1.0, 1.1, 200)  # no gaps: Lanczos cannot separate the top three
   loss_fn, _ = quadratic_with_spectrum(spectrum)
-  r = probes.top_eigenvalues(loss_fn, {'x': jnp.zeros(200)}, jax.random.key(0), k=3, tol=1e-7,
-                             max_iterations=8)
+  r = probes.top_eigenvalues(
+    loss_fn, {'x': jnp.zeros(200)}, jax.random.key(0), k=3, tol=1e-7, max_iterations=8
+  )
   assert int(r.num_iterations) == 8 and not bool(np.all(r.converged))
   short = ~np.asarray(r.converged)
   assert np.all(np.asarray(r.residuals)[short] > 1e-7 * np.abs(np.asarray(r.eigenvalues))[short])
@@ -80,16 +88,19 @@ def test_top_eigenvalues_defaults_converge_on_a_small_tanh_mlp():
   rng = np.random.default_rng(0)
   x, y = jnp.asarray(rng.standard_normal((64, 8)), jnp.float32), jnp.asarray(rng.integers(0, 5, 64))
   sizes = [(8, 16), (16, 5)]
-  params = {f'w{i}': jnp.asarray(rng.standard_normal(s) / np.sqrt(s[0]), jnp.float32)
-            for i, s in enumerate(sizes)}
+  params = {
+    f'w{i}': jnp.asarray(rng.standard_normal(s) / np.sqrt(s[0]), jnp.float32)
+    for i, s in enumerate(sizes)
+  }
   params.update({f'b{i}': jnp.zeros(s[1], jnp.float32) for i, s in enumerate(sizes)})
 
   def loss_fn(p):
     h = jnp.tanh(x @ p['w0'] + p['b0'])
     return optax.softmax_cross_entropy_with_integer_labels(h @ p['w1'] + p['b1'], y).mean()
 
-  r = jax.jit(lambda p, key: probes.top_eigenvalues(loss_fn, p, key, k=3))(params,
-                                                                           jax.random.key(1))
+  r = jax.jit(lambda p, key: probes.top_eigenvalues(loss_fn, p, key, k=3))(
+    params, jax.random.key(1)
+  )
   exact = np.linalg.eigvalsh(dense_hessian(loss_fn, params))[::-1][:3]
   assert r.converged.tolist() == [True] * 3
   np.testing.assert_allclose(r.eigenvalues, exact, rtol=1e-3)
@@ -99,8 +110,9 @@ def test_spectral_density_integrates_to_one_and_has_the_right_moments(mlp, mlp_h
   loss_fn, params = mlp
   h = mlp_hessian
   n = h.shape[0]
-  d = jax.jit(lambda p, k: probes.spectral_density(loss_fn, p, k, num_probes=30,
-                                                   num_iterations=30))(params, jax.random.key(0))
+  d = jax.jit(
+    lambda p, k: probes.spectral_density(loss_fn, p, k, num_probes=30, num_iterations=30)
+  )(params, jax.random.key(0))
   w, x = np.asarray(d.weights, np.float64), np.asarray(d.nodes, np.float64)
   assert w.shape == (30, 30) and np.all(w >= 0)
   assert w.sum() == pytest.approx(1.0, abs=1e-5)
@@ -117,8 +129,9 @@ def test_spectral_density_moments_are_exact_for_a_diagonal_hessian():
   # Rademacher probes have v_i^2 = 1, so v^T H v / n = mean(d) and ||Hv||^2 / n = mean(d^2).
   d = jnp.linspace(-2.0, 5.0, 300)
   loss_fn = lambda p: 0.5 * jnp.sum(d * p**2)
-  dens = probes.spectral_density(loss_fn, jnp.zeros(300), jax.random.key(0), num_probes=3,
-                                 num_iterations=10)
+  dens = probes.spectral_density(
+    loss_fn, jnp.zeros(300), jax.random.key(0), num_probes=3, num_iterations=10
+  )
   m1 = float(jnp.sum(dens.weights * dens.nodes))
   m2 = float(jnp.sum(dens.weights * dens.nodes**2))
   assert m1 == pytest.approx(float(d.mean()), rel=1e-5)
@@ -129,8 +142,12 @@ def test_spectral_density_adds_probes_until_the_trace_stderr_meets_rtol():
   spectrum = np.random.default_rng(5).uniform(-1.0, 4.0, 150)
   loss_fn, a = quadratic_with_spectrum(spectrum)
   p = {'x': jnp.zeros(150, jnp.float32)}
-  run = jax.jit(lambda p, k, rtol, cap: probes.spectral_density(
-      loss_fn, p, k, num_iterations=20, rtol=rtol, max_probes=cap), static_argnums=(2, 3))
+  run = jax.jit(
+    lambda p, k, rtol, cap: probes.spectral_density(
+      loss_fn, p, k, num_iterations=20, rtol=rtol, max_probes=cap
+    ),
+    static_argnums=(2, 3),
+  )
   d = run(p, jax.random.key(0), 0.02, 64)
   used = int(d.num_probes)
   w, x = np.asarray(d.weights, np.float64), np.asarray(d.nodes, np.float64)

@@ -21,10 +21,13 @@ def test_gradient_landscape_on_a_quadratic(quadratic):
   assert r.loss_at_start == pytest.approx(0.5 * x @ a @ x, rel=1e-5)
   assert r.grad_norm == pytest.approx(np.linalg.norm(g), rel=1e-5)
   # Vmapped all at once, or with the gradient supplied: the same numbers.
-  for kwargs in ({'batch_size': 4}, {'batch_size': 1}, {'batch_size': 0},
-                 {'gradient': {'x': jnp.asarray(g, jnp.float32)}},
-                 {'gradient': {'x': jnp.asarray(g, jnp.float32)},
-                  'loss_at_start': jnp.float32(0.5 * x @ a @ x)}):
+  for kwargs in (
+    {'batch_size': 4},
+    {'batch_size': 1},
+    {'batch_size': 0},
+    {'gradient': {'x': jnp.asarray(g, jnp.float32)}},
+    {'gradient': {'x': jnp.asarray(g, jnp.float32)}, 'loss_at_start': jnp.float32(0.5 * x @ a @ x)},
+  ):
     other = probes.gradient_landscape(loss_fn, params, jnp.asarray(etas), **kwargs)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), r, other)
   curv = probes.directional_curvature(loss_fn, params, {'x': jnp.asarray(g, jnp.float32)})

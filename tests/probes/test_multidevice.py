@@ -45,8 +45,9 @@ def test_probes_agree_on_one_device_and_sharded_over_eight():
     leaves_one, leaves_eight = jax.tree.leaves(one[name]), jax.tree.leaves(eight[name])
     scale = max(float(np.abs(np.asarray(a)).max()) for a in leaves_one)
     for a, b in zip(leaves_one, leaves_eight):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-4 * scale,
-                                 err_msg=name)
+      np.testing.assert_allclose(
+        np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-4 * scale, err_msg=name
+      )
 
 
 @pytest.mark.slow
@@ -54,13 +55,25 @@ def test_probes_agree_on_two_processes_and_one(tmp_path):
   """2 JAX processes x 2 devices (jax.distributed on localhost), each holding half the
   batch, give the same hvp, eigenpairs and every other probe as 1 process x 4 devices."""
   script = [sys.executable, str(pathlib.Path(__file__).parent / 'multihost_probes.py')]
-  one = subprocess.run([*script, str(tmp_path / 'one.npz')], env=subprocess_env(4),
-                       capture_output=True, text=True, timeout=300)
+  one = subprocess.run(
+    [*script, str(tmp_path / 'one.npz')],
+    env=subprocess_env(4),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert one.returncode == 0, one.stderr[-3000:]
   port = 20000 + os.getpid() % 10000
-  two = [subprocess.Popen([*script, str(tmp_path / 'two.npz'), f'127.0.0.1:{port}', '2', str(i)],
-                          env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) for i in range(2)]
+  two = [
+    subprocess.Popen(
+      [*script, str(tmp_path / 'two.npz'), f'127.0.0.1:{port}', '2', str(i)],
+      env=subprocess_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for p in two:
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]

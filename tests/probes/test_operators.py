@@ -60,10 +60,13 @@ def test_block_probes_use_the_hessians_diagonal_block(mlp):
   v = random_like(jax.random.key(1), block_params)
 
   def block_probes(p, k, v):
-    return (probes.top_eigenvalues(loss_fn, p, k, k=1, num_iterations=60, block=('dense2',)),
-            probes.hessian_trace(loss_fn, p, k, num_samples=300, batch_size=50,
-                                 block=lambda path: path[0] == 'dense2'),
-            probes.directional_curvature(loss_fn, p, v, block=('dense2',)))
+    return (
+      probes.top_eigenvalues(loss_fn, p, k, k=1, num_iterations=60, block=('dense2',)),
+      probes.hessian_trace(
+        loss_fn, p, k, num_samples=300, batch_size=50, block=lambda path: path[0] == 'dense2'
+      ),
+      probes.directional_curvature(loss_fn, p, v, block=('dense2',)),
+    )
 
   r, t, c = jax.jit(block_probes)(params, jax.random.key(0), v)
   np.testing.assert_allclose(r.eigenvalues, np.linalg.eigvalsh(h)[-1:], rtol=1e-4)
@@ -79,8 +82,9 @@ def test_every_spectral_probe_gives_the_ggn_with_operator_ggn(ggn_mlp):
   flat_p, unravel = ravel_pytree(params)
   jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat_p), np.float64)
   out = outputs_fn(params)
-  h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)),
-                     np.float64)
+  h_out = np.asarray(
+    jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)), np.float64
+  )
   ggn = jac.T @ h_out @ jac
   eig = np.linalg.eigvalsh(ggn)
   assert eig[0] > -1e-6 * eig[-1]  # positive semi-definite
@@ -91,14 +95,16 @@ def test_every_spectral_probe_gives_the_ggn_with_operator_ggn(ggn_mlp):
 
   def probed(p, key):
     ggn = dict(operator='ggn')
-    return (probes.top_eigenvalues(split, p, key, k=2, tol=1e-5, **ggn),
-            probes.top_eigenvalues(split, p, key, which='smallest', tol=1e-5, **ggn),
-            probes.hessian_trace_hutchpp(split, p, key, num_products=3 * n, **ggn),
-            probes.hessian_trace(split, p, key, num_samples=100, **ggn),
-            probes.hessian_diagonal(split, p, key, num_samples=100, **ggn),
-            probes.spectral_density(split, p, key, num_probes=2, num_iterations=20, **ggn),
-            probes.hvp(probes.ggn_loss(outputs_fn, loss_of_outputs, p), p, p),
-            probes.gnvp(outputs_fn, loss_of_outputs, p, p))
+    return (
+      probes.top_eigenvalues(split, p, key, k=2, tol=1e-5, **ggn),
+      probes.top_eigenvalues(split, p, key, which='smallest', tol=1e-5, **ggn),
+      probes.hessian_trace_hutchpp(split, p, key, num_products=3 * n, **ggn),
+      probes.hessian_trace(split, p, key, num_samples=100, **ggn),
+      probes.hessian_diagonal(split, p, key, num_samples=100, **ggn),
+      probes.spectral_density(split, p, key, num_probes=2, num_iterations=20, **ggn),
+      probes.hvp(probes.ggn_loss(outputs_fn, loss_of_outputs, p), p, p),
+      probes.gnvp(outputs_fn, loss_of_outputs, p, p),
+    )
 
   top, bottom, hpp, hutch, diag, density, hv, gv = jax.jit(probed)(params, jax.random.key(3))
   np.testing.assert_allclose(top.eigenvalues, eig[::-1][:2], rtol=1e-4)
@@ -117,15 +123,24 @@ def test_ggn_of_a_block_is_the_dense_ggns_diagonal_block_and_needs_a_split_loss(
   model, outputs_fn, loss_of_outputs, params = ggn_mlp
   block = models.kernel_path(model, 1)
   block_outputs, bp = probes.restrict(outputs_fn, params, block)
-  (name, w), = bp.items()
-  jac = np.asarray(jax.jacobian(lambda f: block_outputs({name: f.reshape(w.shape)}).reshape(-1))(
-      w.reshape(-1)), np.float64)
+  ((name, w),) = bp.items()
+  jac = np.asarray(
+    jax.jacobian(lambda f: block_outputs({name: f.reshape(w.shape)}).reshape(-1))(w.reshape(-1)),
+    np.float64,
+  )
   o = outputs_fn(params)
   h_out = np.asarray(jax.hessian(lambda z: loss_of_outputs(z.reshape(o.shape)))(o.reshape(-1)))
-  top = probes.top_eigenvalues(probes.SplitLoss(outputs_fn, loss_of_outputs), params,
-                               jax.random.key(0), block=block, operator='ggn', tol=1e-5)
-  assert float(top.eigenvalues[0]) == pytest.approx(np.linalg.eigvalsh(jac.T @ h_out @ jac)[-1],
-                                                    rel=1e-4)
+  top = probes.top_eigenvalues(
+    probes.SplitLoss(outputs_fn, loss_of_outputs),
+    params,
+    jax.random.key(0),
+    block=block,
+    operator='ggn',
+    tol=1e-5,
+  )
+  assert float(top.eigenvalues[0]) == pytest.approx(
+    np.linalg.eigvalsh(jac.T @ h_out @ jac)[-1], rel=1e-4
+  )
   loss_fn, params = mlp
   with pytest.raises(TypeError, match='SplitLoss'):
     probes.top_eigenvalues(loss_fn, params, jax.random.key(0), operator='ggn')
@@ -137,8 +152,11 @@ def test_a_new_operator_is_one_entry_in_the_table_and_every_probe_takes_it(monke
   """OPERATORS is the one place that maps operator= to a matvec: an entry added there (a
   diagonal D, ignoring the loss) reaches Lanczos and the estimators unchanged."""
   d = jnp.linspace(1.0, 2.0, 30)
-  monkeypatch.setitem(operators.OPERATORS, 'diagonal',
-                      lambda loss_fn, params, block: (params, lambda v: {'x': d * v['x']}))
+  monkeypatch.setitem(
+    operators.OPERATORS,
+    'diagonal',
+    lambda loss_fn, params, block: (params, lambda v: {'x': d * v['x']}),
+  )
   loss_fn, params, key = lambda p: jnp.sum(p['x'] ** 4), {'x': jnp.zeros(30)}, jax.random.key(0)
   top = probes.top_eigenvalues(loss_fn, params, key, tol=1e-5, operator='diagonal')
   trace = probes.hessian_trace(loss_fn, params, key, num_samples=4, operator='diagonal')

@@ -45,9 +45,11 @@ def test_average_sharpness_of_a_quadratic_is_the_closed_form(p, second_moment):
   # E[L(w + delta)] - L(w) = 0.5 rho^2 E[z^2] sum_i A_ii w_i^2 (the linear term has mean
   # 0, but its spread ~ rho dominates the standard error: a large rho keeps that small).
   rho = 0.5
-  r = jax.jit(lambda w, k: probes.adaptive_sharpness(
-      diagonal_quadratic, w, k, rho, kind='average', p=p, num_samples=4000))(
-          tree(W), jax.random.key(0))
+  r = jax.jit(
+    lambda w, k: probes.adaptive_sharpness(
+      diagonal_quadratic, w, k, rho, kind='average', p=p, num_samples=4000
+    )
+  )(tree(W), jax.random.key(0))
   expected = 0.5 * rho**2 * second_moment * np.sum(A_DIAG * W**2)
   assert r.values.shape == (4000,)
   assert 0 < r.stderr < 0.1 * expected
@@ -57,20 +59,26 @@ def test_average_sharpness_of_a_quadratic_is_the_closed_form(p, second_moment):
 
 def test_worst_case_sharpness_of_a_quadratic_is_the_closed_form_maximum():
   rho = 0.2
-  run = jax.jit(lambda w, k: [probes.adaptive_sharpness(diagonal_quadratic, w, k, rho, p=p,
-                                                        num_steps=60) for p in (2, 'inf')])
+  run = jax.jit(
+    lambda w, k: [
+      probes.adaptive_sharpness(diagonal_quadratic, w, k, rho, p=p, num_steps=60)
+      for p in (2, 'inf')
+    ]
+  )
   l2, linf = run(tree(W), jax.random.key(0))
   np.testing.assert_allclose(l2.sharpness, worst_l2_closed_form(A_DIAG, W, rho), rtol=1e-4)
   # p=inf: separable, each |w_i + |w_i| u_i| largest at u_i = rho sign(w_i).
-  np.testing.assert_allclose(linf.sharpness, 0.5 * np.sum(A_DIAG * W**2) * ((1 + rho)**2 - 1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    linf.sharpness, 0.5 * np.sum(A_DIAG * W**2) * ((1 + rho) ** 2 - 1), rtol=1e-5
+  )
   for r in (l2, linf):
     assert r.values.shape == (61,) and r.values[0] == 0.0  # the ascent starts at w
     np.testing.assert_allclose(r.sharpness, np.max(r.values), rtol=1e-6)
     assert np.isnan(r.stderr)
   # A random start inside the ball reaches the same maximum.
-  l2_random = probes.adaptive_sharpness(diagonal_quadratic, tree(W), jax.random.key(1), rho,
-                                        num_steps=60, random_init=True)
+  l2_random = probes.adaptive_sharpness(
+    diagonal_quadratic, tree(W), jax.random.key(1), rho, num_steps=60, random_init=True
+  )
   np.testing.assert_allclose(l2_random.sharpness, l2.sharpness, rtol=1e-4)
 
 
@@ -79,22 +87,26 @@ def test_epsilon_sharpness_of_a_1d_quadratic_is_keskars_closed_form():
   k, m, x, eps = 3.0, 0.4, -1.2, 1e-2
   loss_fn = lambda p: 0.5 * k * jnp.sum((p - m) ** 2)
   r = jax.jit(lambda p, key: probes.epsilon_sharpness(loss_fn, p, key, eps, num_steps=5))(
-      jnp.array([x]), jax.random.key(0))
-  loss = 0.5 * k * (x - m)**2
-  worst = 0.5 * k * (abs(x - m) + eps * (abs(x) + 1))**2
+    jnp.array([x]), jax.random.key(0)
+  )
+  loss = 0.5 * k * (x - m) ** 2
+  worst = 0.5 * k * (abs(x - m) + eps * (abs(x) + 1)) ** 2
   np.testing.assert_allclose(r.sharpness, 100 * (worst - loss) / (1 + loss), rtol=1e-5)
   np.testing.assert_allclose(r.loss, loss, rtol=1e-6)
 
 
 def test_ignore_and_block_leave_the_other_leaves_unperturbed():
   w = tree(W)
-  ignored = probes.adaptive_sharpness(diagonal_quadratic, w, jax.random.key(0), 0.2,
-                                      ignore=('b',), num_steps=30)
-  only_a = probes.adaptive_sharpness(diagonal_quadratic, w, jax.random.key(0), 0.2,
-                                     block=('a',), num_steps=30)
+  ignored = probes.adaptive_sharpness(
+    diagonal_quadratic, w, jax.random.key(0), 0.2, ignore=('b',), num_steps=30
+  )
+  only_a = probes.adaptive_sharpness(
+    diagonal_quadratic, w, jax.random.key(0), 0.2, block=('a',), num_steps=30
+  )
   np.testing.assert_allclose(ignored.sharpness, only_a.sharpness, rtol=1e-6)
-  np.testing.assert_allclose(ignored.sharpness, worst_l2_closed_form(A_DIAG[:2], W[:2], 0.2),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    ignored.sharpness, worst_l2_closed_form(A_DIAG[:2], W[:2], 0.2), rtol=1e-4
+  )
 
 
 class BNNet(nn.Module):
@@ -117,8 +129,9 @@ def bn_net():
   variables = model.init(jax.random.key(2), x)
 
   def loss_fn(params):
-    logits, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                            mutable=['batch_stats'])
+    logits, _ = model.apply(
+      {'params': params, 'batch_stats': variables['batch_stats']}, x, mutable=['batch_stats']
+    )
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   return loss_fn, variables['params']
@@ -134,15 +147,18 @@ def rescaled(params, c):
 def measures(loss_fn, params):
   key = jax.random.key(3)
   return {
-      'loss': loss_fn(params),
-      'worst l2': probes.adaptive_sharpness(loss_fn, params, key, 0.5, num_steps=10).sharpness,
-      'worst linf': probes.adaptive_sharpness(loss_fn, params, key, 0.1, p='inf',
-                                              num_steps=10).sharpness,
-      'average l2': probes.adaptive_sharpness(loss_fn, params, key, 0.5, kind='average',
-                                              num_samples=64).sharpness,
-      'lambda_max': probes.top_eigenvalues(loss_fn, params, key, tol=1e-6).eigenvalues[0],
-      'lambda_max Dense_0': probes.top_eigenvalues(loss_fn, params, key, tol=1e-6,
-                                                   block=('Dense_0',)).eigenvalues[0],
+    'loss': loss_fn(params),
+    'worst l2': probes.adaptive_sharpness(loss_fn, params, key, 0.5, num_steps=10).sharpness,
+    'worst linf': probes.adaptive_sharpness(
+      loss_fn, params, key, 0.1, p='inf', num_steps=10
+    ).sharpness,
+    'average l2': probes.adaptive_sharpness(
+      loss_fn, params, key, 0.5, kind='average', num_samples=64
+    ).sharpness,
+    'lambda_max': probes.top_eigenvalues(loss_fn, params, key, tol=1e-6).eigenvalues[0],
+    'lambda_max Dense_0': probes.top_eigenvalues(
+      loss_fn, params, key, tol=1e-6, block=('Dense_0',)
+    ).eigenvalues[0],
   }
 
 
@@ -160,8 +176,9 @@ def test_bn_rescaling_moves_lambda_max_but_not_adaptive_sharpness(bn_net):
   # Per-channel rescaling reshapes the whole Hessian: its top eigenvalue moves.
   assert abs(per_channel['lambda_max'] / base['lambda_max'] - 1) > 0.1
   # One c for the whole kernel: that block's curvature scales exactly by 1/c^2.
-  np.testing.assert_allclose(uniform['lambda_max Dense_0'], base['lambda_max Dense_0'] / 4,
-                             rtol=1e-3)
+  np.testing.assert_allclose(
+    uniform['lambda_max Dense_0'], base['lambda_max Dense_0'] / 4, rtol=1e-3
+  )
 
 
 def test_sharpness_inputs_are_checked():
