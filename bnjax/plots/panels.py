@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import matplotlib.transforms  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402
 
 from bnjax.plots.runs import Group  # noqa: E402
@@ -44,8 +45,17 @@ def finish(fig, title: str):
 
 
 def legend_below(ax, ncol: int = 2) -> None:
-  """A legend under the panel, where it covers no line."""
-  ax.legend(fontsize=6, loc='upper center', bbox_to_anchor=(0.5, -0.28), ncol=ncol, frameon=False)
+  """A legend under the panel, where it covers no line: half an inch below the panel's
+  bottom edge, clear of its tick labels and x label whatever the panel's height."""
+  below = matplotlib.transforms.offset_copy(ax.transAxes, fig=ax.figure, y=-0.5, units='inches')
+  ax.legend(
+    fontsize=6,
+    loc='upper center',
+    bbox_to_anchor=(0.5, 0),
+    bbox_transform=below,
+    ncol=ncol,
+    frameon=False,
+  )
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
