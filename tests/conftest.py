@@ -16,6 +16,12 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 
 # Tiny models run fine without most XLA optimisations, and compile far faster.
 jax.config.update('jax_disable_most_optimizations', True)
+# Every program the tests compile goes to one persistent compilation cache (see
+# small_runs.JAX_TEST_CACHE), as do their subprocesses'.
+from small_runs import JAX_TEST_CACHE  # noqa: E402
+
+for option, value in JAX_TEST_CACHE.items():
+  jax.config.update(option, value)
 
 import pathlib  # noqa: E402
 import tarfile  # noqa: E402
