@@ -17,12 +17,11 @@ import time
 from bnjax import checkpoints, config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# JAX's persistent compilation cache for every program the tests compile, in the pytest
-# process (conftest.py) and in the bnjax.main runs they start (``subprocess_env``): a rerun
-# of the suite reads most programs instead of compiling them (test_blocks and
-# test_operators: 2.4x faster). Entries are keyed by program, flags and versions. (No size
-# cap: jax_compilation_cache_max_size needs the filelock package, and without it every
-# cache read fails; the directory is in the temporary directory.)
+# JAX's persistent compilation cache of the bnjax.main runs the tests start
+# (``subprocess_env``): a rerun of the same config (resume after kill, preemption) reads
+# most programs instead of compiling them. Entries are keyed by program, flags and versions.
+# (No size cap: jax_compilation_cache_max_size needs the filelock package, and without it
+# every cache read fails; the directory is in the temporary directory.)
 JAX_TEST_CACHE = {
   'jax_compilation_cache_dir': os.path.join(tempfile.gettempdir(), 'bnjax-test-jax-cache'),
   'jax_persistent_cache_min_compile_time_secs': 0,
