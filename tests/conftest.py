@@ -18,7 +18,7 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 jax.config.update('jax_disable_most_optimizations', True)
 # No persistent compilation cache in this process: with it, the 8-device train chunk of
 # test_end_to_end_on_mock_cifar10_over_8_devices, read back from the cache, aborted the
-# process (jaxlib 0.10.2). The subprocess runs use one (small_runs.JAX_TEST_CACHE).
+# process (jaxlib 0.10.2). The subprocess runs use one (small_runs.subprocess_env).
 
 import pathlib  # noqa: E402
 import tarfile  # noqa: E402

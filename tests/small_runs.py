@@ -17,24 +17,14 @@ import time
 from bnjax import checkpoints, config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# JAX's persistent compilation cache of the bnjax.main runs the tests start
-# (``subprocess_env``): a rerun of the same config (resume after kill, preemption) reads
-# most programs instead of compiling them. Entries are keyed by program, flags and versions.
-# (No size cap: jax_compilation_cache_max_size needs the filelock package, and without it
-# every cache read fails; the directory is in the temporary directory.)
-JAX_TEST_CACHE = {
-  'jax_compilation_cache_dir': os.path.join(tempfile.gettempdir(), 'bnjax-test-jax-cache'),
-  'jax_persistent_cache_min_compile_time_secs': 0,
-  'jax_persistent_cache_min_entry_size_bytes': 0,
-}
 
 
 def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
   """The environment of a bnjax.main run in a subprocess (CPU, fake devices).
 
-  The runs share JAX's persistent compilation cache (``JAX_TEST_CACHE``): a rerun of the
-  same config (resume after kill, preemption) then skips most of its compile, as on a TPU
-  VM with jax_compilation_cache_dir set.
+  The runs share JAX's persistent compilation cache: a rerun of the same config (resume
+  after kill, preemption) then skips most of its compile, as on a TPU VM with
+  jax_compilation_cache_dir set. Entries are keyed by program, flags and versions.
   """
   return dict(
     os.environ,
@@ -42,7 +32,9 @@ def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
     JAX_PLATFORMS='cpu',
     JAX_DISABLE_MOST_OPTIMIZATIONS='true',
     PYTHON=sys.executable,
-    **{option.upper(): str(value) for option, value in JAX_TEST_CACHE.items()},
+    JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
   )
 
 
