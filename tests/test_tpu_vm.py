@@ -349,13 +349,17 @@ def test_runs_survive_a_closed_laptop_and_a_lost_network_and_a_rerun_attaches(tp
 
 @pytest.mark.slow
 def test_stop_checkpoints_the_run_and_a_rerun_resumes_it(tpu):
-  num_steps = 400
+  # --stop takes seconds to reach the run (launcher, ssh, driver), in which an idle CI
+  # machine trains hundreds of these steps: at 400 steps the run once finished first.
+  num_steps = 1500
   t = tpu(num_steps=num_steps, runs=('seed=0',))
   follower = t.start('--only=seed=0')
   wait_for(lambda: t.steps('seed=0') > 120, 'seed=0 past a checkpoint', proc=follower)
   out = t.run('--stop', '--only=seed=0')
   assert out.returncode == 0, out.stderr
-  assert follower.wait(timeout=120) == 1  # the runs it followed ended unfinished
+  ended = follower.wait(timeout=120)
+  assert t.steps('seed=0') < num_steps, 'the run finished before --stop reached it'
+  assert ended == 1  # the runs it followed ended unfinished
   assert not t.drivers()
   state = status(t.root / 'seed=0')
   assert state['state'] == 'preempted' and state['step'] < num_steps, state
