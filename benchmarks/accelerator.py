@@ -214,7 +214,8 @@ def trainer_chunk(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     make_train_step(make_objective(m, config.loss), tx, key, config.learning_rate)
     for m in (model, for_control_flow(model))
   )
-  chunk = make_train_chunk(train_step, build_probes(config, model, tx), key, scan_step)
+  probes = build_probes(config, model, tx)
+  chunk = make_train_chunk(train_step, probes, jnp.int32(config.seed), scan_step)
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, 'data'))
   jitted = jax.jit(
     chunk,

@@ -105,6 +105,8 @@ def _check_numbers(c: ml_collections.ConfigDict, num_devices: int) -> None:
     _positive_int(c, field)
   for field in ('num_steps', 'seed', 'eval_every', 'checkpoint_every'):
     _positive_int(c, field, allow_zero=True)
+  # The train program takes the seed as an int32 argument (seeds share one program).
+  _require(c.seed < 2**31, f'config.seed must be below 2**31, got {c.seed!r}')
   every = c.status_every_seconds
   _require(
     isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0,

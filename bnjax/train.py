@@ -86,18 +86,21 @@ def _unset(s: jax.ShapeDtypeStruct) -> jax.Array:
 def make_train_chunk(
   train_step: Callable,
   probe_fns: dict[str, scheduled_probes.Probe],
-  base_key: jax.Array,
+  seed: jax.Array,
   scan_train_step: Callable | None = None,
 ) -> Callable:
   """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan`` (k > 1).
 
-  batches: {'inputs': [k, B, ...], ...}. Each probe runs before the update of every step
-  its schedule names, on that step's batch, noise key, loss and gradient, under
+  batches: {'inputs': [k, B, ...], ...}. seed: the run's seed, int32 [] (traced under jit:
+  runs that differ only in their seed share the program); ``train_step`` must draw its
+  noise from ``objective.noise_base_key(seed)``. Each probe runs before the update of every
+  step its schedule names, on that step's batch, noise key, loss and gradient, under
   ``lax.cond``; on the other steps its outputs are NaN-filled and the host drops them.
   ``scan_train_step``: the same step for use inside the scan (default ``train_step``),
   e.g. built on ``models.for_control_flow(model)``; one step runs ``train_step`` unscanned.
   """
   scan_train_step = scan_train_step or train_step
+  base_key = objective_lib.noise_base_key(seed)
 
   def one_step(step_fn, state, batch):
     key = objective_lib.noise_key_for_step(base_key, state.step)
@@ -107,10 +110,11 @@ def make_train_chunk(
       for name, probe in probe_fns.items():
         # Jitted, the probe is traced once: eval_shape's trace is reused by lax.cond.
         fn = jax.jit(probe.fn)
-        shapes = jax.eval_shape(fn, state, batch, key, loss, grads)
+        args = (state, batch, key, loss, grads, seed)
+        shapes = jax.eval_shape(fn, *args)
         skipped = lambda *_, shapes=shapes: jax.tree.map(_unset, shapes)
         due = probe.due_traced(state.step)
-        out[name] = jax.lax.cond(due, fn, skipped, state, batch, key, loss, grads)
+        out[name] = jax.lax.cond(due, fn, skipped, *args)
       return out
 
     state, metrics = step_fn(state, batch, run_probes if probe_fns else None)
@@ -210,8 +214,8 @@ def train_and_evaluate(
 class _Steps:
   """The jitted functions of a run and its sharding, built once (see ``_compile``)."""
 
-  chunk: Callable  # (state, batches [k, B, ...], noise_base) -> (state, (metrics, probes))
-  noise_base: jax.Array  # the data of the run's noise key, an argument: seeds share chunk
+  chunk: Callable  # (state, batches [k, B, ...], seed) -> (state, (metrics, probes))
+  seed: jax.Array  # int32 [], the run's seed: an argument, so seeds share the program
   evaluate: Callable  # state -> {'eval_loss', 'eval_accuracy'} (host floats)
   chunk_sharding: NamedSharding
 
@@ -243,18 +247,18 @@ def _compile(run: Run, state: TrainState) -> _Steps:
   chunk_sharding = NamedSharding(run.mesh, P(None, 'data'))
   state_sharding = jax.tree.map(lambda _: replicated, state)
 
-  def chunk(state, batches, noise_data):
-    # The noise key is an argument, not a constant of the program: runs that differ only
-    # in their seed compile the same program (one persistent compilation cache entry).
+  def chunk(state, batches, seed):
+    # The seed is an argument, not a constant of the program: runs that differ only in
+    # their seed compile the same program (one persistent compilation cache entry).
     # Inside lax.scan (several steps per call): the same model, fast inside control flow.
-    noise_base = jax.random.wrap_key_data(noise_data)
+    noise_base = objective_lib.noise_base_key(seed)
     train_step, scan_train_step = (
       make_train_step(
         objective_lib.make_objective(m, config.loss), run.tx, noise_base, config.learning_rate
       )
       for m in (model, models.for_control_flow(model))
     )
-    return make_train_chunk(train_step, run.probe_fns, noise_base, scan_train_step)(state, batches)
+    return make_train_chunk(train_step, run.probe_fns, seed, scan_train_step)(state, batches)
 
   chunk_fn = jax.jit(
     chunk,
@@ -262,11 +266,10 @@ def _compile(run: Run, state: TrainState) -> _Steps:
     out_shardings=(state_sharding, replicated),
     donate_argnums=0,
   )
-  # Its raw data (uint32), placed on every device of every host.
-  noise_data = np.asarray(jax.random.key_data(objective_lib.noise_base_key(config.seed)))
-  noise_base = jax.make_array_from_process_local_data(replicated, noise_data, noise_data.shape)
+  seed = np.asarray(config.seed, np.int32)  # placed on every device of every host
+  seed = jax.make_array_from_process_local_data(replicated, seed, seed.shape)
   evaluate = evaluation.make_evaluate(config, model, run.dataset.test, run.mesh)
-  return _Steps(chunk_fn, noise_base, evaluate, chunk_sharding)
+  return _Steps(chunk_fn, seed, evaluate, chunk_sharding)
 
 
 def _chunk_length(config, step: int) -> int:
@@ -355,7 +358,7 @@ def _train(
     batches = {
       n: jax.make_array_from_process_local_data(steps.chunk_sharding, v) for n, v in local.items()
     }
-    state, device_metrics = steps.chunk(state, batches, steps.noise_base)
+    state, device_metrics = steps.chunk(state, batches, steps.seed)
     # The log writes the previous call's metrics: the device never waits for the host.
     if log.submit(step, device_metrics, extra) is not None:
       break

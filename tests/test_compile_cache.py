@@ -3,12 +3,14 @@ off, and runs that differ only in their seed sharing the train chunk's program."
 
 import pathlib
 import re
+import sys
 
 import jax
+import numpy as np
 import pytest
 
 from bnjax import main as bnjax_main
-from small_runs import main_args, start, subprocess_env
+from small_runs import ROOT, main_args, metric_lines, start, subprocess_env
 
 
 @pytest.fixture
@@ -42,6 +44,21 @@ def test_the_cache_is_under_the_bnjax_cache_dir_unless_the_config_or_jax_says_ot
   assert bnjax_main.use_compilation_cache('auto') is None and not config_updates
 
 
+# The paper's DLN set, small: its weight_distance probe computes theta_0 from the seed
+# inside the train program, so the seed must be an argument there, not a constant.
+WEIGHT_DISTANCE_ONLY = {
+  'model_kwargs.depth': 4,
+  'steps_per_call': 10,
+  'probes.landscape.every': 0,
+  'probes.ics.every': 0,
+  'probes.activations.every': 0,
+  'probes.top_eigenvalues.every': 0,
+  'probes.spectral_density.steps': '()',
+  'probes.weight_distance.every': 10,
+  'probes.bn_theorems.layers': '(1,)',
+}
+
+
 @pytest.mark.slow
 def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_path, monkeypatch):
   monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
@@ -54,7 +71,17 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
     # Without XLA's optimisations (as the tests run), the tiny DLN compiles in less than
     # bnjax's threshold; the threshold is JAX's and this variable wins over bnjax's.
     env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    run = start(main_args(tmp_path / f'seed{seed}', num_steps=20, seed=seed), env=env)
+    args = [
+      sys.executable,
+      '-m',
+      'bnjax.main',
+      f'--config={ROOT}/configs/sweeps/paper_dln.py:bn_lr1e-6_seed0',
+      f'--workdir={tmp_path / f"seed{seed}"}',
+      '--config.num_steps=20',
+      f'--config.seed={seed}',
+      *(f'--config.{k}={v}' for k, v in WEIGHT_DISTANCE_ONLY.items()),
+    ]
+    run = start(args, env=env)
     _, logs[seed] = run.communicate(timeout=300)
     assert run.returncode == 0, logs[seed][-3000:]
     assert f'persistent compilation cache: {cache}' in logs[seed]
@@ -64,6 +91,9 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
     int(re.search(r'(\d+) programs from the persistent cache', logs[s]).group(1)) for s in (0, 1)
   ]
   assert hits[0] == 0 and hits[1] >= 2
+  probed = [l for l in metric_lines(tmp_path / 'seed1') if 'probe/weight_distance/raw' in l]
+  assert [l['step'] for l in probed] == [0, 10]
+  assert np.asarray(probed[0]['probe/weight_distance/raw']).max() == 0  # theta_0 of seed 1
 
 
 @pytest.mark.slow

@@ -260,3 +260,12 @@ def test_main_reports_a_bad_value_in_one_line(tmp_path):
     "bnjax: config error: unknown normaliser 'bogus'"
   )
   assert not (tmp_path / 'w').exists()
+
+
+def test_a_seed_the_train_program_cannot_take_is_refused_in_one_line():
+  config = experiments.dln('batch')
+  config.seed = 2**31 - 1
+  config_lib.validate(config, 1)
+  config.seed = 2**31  # the train program takes the seed as an int32 argument
+  with pytest.raises(config_lib.ConfigError, match=r'^config.seed must be below 2\*\*31, got'):
+    config_lib.validate(config, 1)

@@ -17,6 +17,9 @@ from bnjax.models import norms
 LR = 0.5
 
 
+SEED = jnp.int32(0)  # the run's seed, an argument of the probes as of the train program
+
+
 def mlp_setup(probe_configs: dict, norm: str = 'batch'):
   """A two-layer MLP with a normaliser, one SGD step's state, and the probes asked for."""
   config = experiments.vgg(norm)
@@ -69,8 +72,8 @@ def test_ics_moves_whole_blocks_below_the_layer():
     {'ics': {'every': 1, 'layers': (1, 2), 'shift': 'block'}}
   )
   kernel_fns, *_ = mlp_setup({'ics': {'every': 1, 'layers': (1, 2), 'shift': 'kernel'}})
-  block = jax.jit(fns['ics'].fn)(state, batch, key, loss, grads)
-  kernel = jax.jit(kernel_fns['ics'].fn)(state, batch, key, loss, grads)
+  block = jax.jit(fns['ics'].fn)(state, batch, key, loss, grads, SEED)
+  kernel = jax.jit(kernel_fns['ics'].fn)(state, batch, key, loss, grads, SEED)
 
   p = state.params
   x, y = batch['inputs'], batch['targets']
@@ -106,7 +109,7 @@ def test_hessian_probes_in_train_and_eval_bn_mode():
   fns, state, batch, key, loss, grads = mlp_setup(
     {'top_eigenvalues': {'every': 1, 'k': 1, 'num_iterations': 40, 'seed': 0, 'bn_mode': 'both'}}
   )
-  out = jax.jit(fns['top_eigenvalues'].fn)(state, batch, key, loss, grads)
+  out = jax.jit(fns['top_eigenvalues'].fn)(state, batch, key, loss, grads, SEED)
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
   x, y = batch['inputs'], batch['targets']
   ce = lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -125,7 +128,7 @@ def test_bn_theorems_gradients_are_those_of_the_hand_written_network():
   fns, state, batch, key, loss, grads = mlp_setup(
     {'bn_theorems': {'every': 1, 'layers': (1, 2), 'units': 4}}
   )
-  out = jax.jit(fns['bn_theorems'].fn)(state, batch, key, loss, grads)
+  out = jax.jit(fns['bn_theorems'].fn)(state, batch, key, loss, grads, SEED)
   for k, width in ((1, 6), (2, 5)):
     dy = jnp.zeros((16, width))
     g = jax.grad(
@@ -141,14 +144,17 @@ def test_bn_theorems_gradients_are_those_of_the_hand_written_network():
 def test_weight_distance_is_zero_for_a_rescaled_unit_only_without_scale():
   fns, state, batch, key, loss, grads = mlp_setup({'weight_distance': {'every': 1}})
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
-  init = objective.init_variables(model, 0, batch['inputs'][:1])['params']
+  seed = 7  # the run's seed, as the train program gives it (the config says 0)
+  init = objective.init_variables(model, seed, batch['inputs'][:1])['params']
   assert init['dense1']['kernel'].shape == (4, 6)
   scales = np.linspace(0.5, 2.0, 6)
   params = dict(
     state.params, dense1=dict(state.params['dense1'], kernel=init['dense1']['kernel'] * scales)
   )
   params['dense2'] = dict(params['dense2'], kernel=init['dense2']['kernel'] + 1.0)
-  out = jax.jit(fns['weight_distance'].fn)(state.replace(params=params), batch, key, loss, grads)
+  out = jax.jit(fns['weight_distance'].fn)(
+    state.replace(params=params), batch, key, loss, grads, jnp.int32(seed)
+  )
   w0 = np.asarray(init['dense1']['kernel'], np.float64)
   np.testing.assert_allclose(out['raw'][0], np.linalg.norm(w0 * scales - w0), rtol=1e-5)
   np.testing.assert_allclose(out['scale_free'][0], 0.0, atol=1e-5)
@@ -165,10 +171,14 @@ def test_a_probe_runs_at_its_listed_steps():
   assert [s for s in range(5) if probe.due(s)] == [2]
   assert [s for s in range(5) if bool(probe.due_traced(jnp.int32(s)))] == [2]
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
+  seed = jnp.int32(1)
   step = train.make_train_step(
-    objective.make_objective(model, 'cross_entropy'), optax.sgd(LR), jax.random.key(1), LR
+    objective.make_objective(model, 'cross_entropy'),
+    optax.sgd(LR),
+    objective.noise_base_key(seed),
+    LR,
   )
   batches = jax.tree.map(lambda b: jnp.stack([b] * 4), batch)
-  _, (_, out) = jax.jit(train.make_train_chunk(step, fns, jax.random.key(1)))(state, batches)
+  _, (_, out) = jax.jit(train.make_train_chunk(step, fns, seed))(state, batches)
   ran = np.isfinite(np.asarray(out['landscape']['loss_at_start']))
   assert ran.tolist() == [False, False, True, False]

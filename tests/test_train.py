@@ -127,11 +127,12 @@ def test_probes_do_not_change_training():
   )
   state = train.TrainState.create(v, tx)
   objective_fn = objective.make_objective(model, config.loss)
-  noise_base = jax.random.key(1)
+  seed = jnp.int32(1)
+  noise_base = objective.noise_base_key(seed)
   step = train.make_train_step(objective_fn, tx, noise_base, config.learning_rate)
   results = []
   for probe_fns in ({}, scheduled_probes.build(config, model, tx)):
-    chunk = jax.jit(train.make_train_chunk(step, probe_fns, noise_base))
+    chunk = jax.jit(train.make_train_chunk(step, probe_fns, seed))
     results.append(chunk(state, batches))
   (plain, _), (probed, (_, probe_out)) = results
   assert set(probe_out) == {'landscape', 'ics', 'activations', 'top_eigenvalues'}

@@ -55,7 +55,8 @@ def _per_layer(k: int, fields: dict[str, jax.Array]) -> dict[str, jax.Array]:
 def _landscape(settings, ctx: Context):
   step_sizes = np.asarray(settings.step_size_multipliers, np.float32) * ctx.config.learning_rate
 
-  def fn(state, batch, key, loss, grads):
+  def fn(state, batch, key, loss, grads, seed):
+    del seed
     r = probes.gradient_landscape(
       losses.loss_fn(ctx.objective, state, batch, key),
       state.params,
@@ -89,8 +90,8 @@ def _ics(settings, ctx: Context):
     names = (n for block in blocks for n in (block.linear, block.norm))
     return [(n,) for n in names if n in params]  # a parameter-free normaliser has none
 
-  def fn(state, batch, key, loss, grads):
-    del loss
+  def fn(state, batch, key, loss, grads, seed):
+    del loss, seed
     loss_fn = losses.loss_fn(ctx.objective, state, batch, key)
     updates, _ = ctx.tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -111,8 +112,8 @@ def _ics(settings, ctx: Context):
 def _activations(settings, ctx: Context):
   layers = layer_numbers(ctx, 'activations', settings.layers)
 
-  def fn(state, batch, key, loss, grads):
-    del loss, grads
+  def fn(state, batch, key, loss, grads, seed):
+    del loss, grads, seed
     acts = losses.intermediates(ctx.model, state, batch, key)
     out = {}
     for k in layers:
@@ -208,11 +209,11 @@ def _bn_theorems(settings, ctx: Context):
 
 
 def _bn_theorems_probe(model, loss_name: str, layers: list[int], max_units: int, epsilon: float):
-  """fn(state, batch, key, loss, grads) -> both sides of Theorems 4.1 and 4.2 at each of
+  """fn(state, batch, key, loss, grads, seed) -> both sides of Theorems 4.1 and 4.2 at each of
   ``layers`` (BatchNorm with ``epsilon``), for its first ``max_units`` units."""
 
-  def fn(state, batch, key, loss, grads):
-    del loss, grads
+  def fn(state, batch, key, loss, grads, seed):
+    del loss, grads, seed
     acts = losses.intermediates(model, state, batch, key)
     out = {}
     for k in layers:
@@ -266,9 +267,11 @@ def _weight_distance(settings, ctx: Context):
   model = ctx.model
   paths = [models.kernel_path(model, k) for k in range(1, models.num_layers(model) + 1)]
 
-  def fn(state, batch, key, loss, grads):
+  def fn(state, batch, key, loss, grads, seed):
     del key, loss, grads
-    init = objective_lib.init_variables(model, ctx.config.seed, batch['inputs'][:1])['params']
+    # theta_0 from the seed the program is given (not ctx.config.seed, which would make
+    # each seed a program of its own)
+    init = objective_lib.init_variables(model, seed, batch['inputs'][:1])['params']
     raw, scale_free = [], []
     for layer, kernel in paths:
       w, w0 = state.params[layer][kernel], init[layer][kernel]

@@ -44,8 +44,8 @@ def per_bn_mode(bn_mode: str, ctx: Context, probe: Callable) -> Callable:
   fields are prefixed ``eval_``."""
   modes = _loss_fns_by_mode(bn_mode, ctx)
 
-  def fn(state, batch, key, loss, grads):
-    del loss, grads  # train-mode values; the eval mode has its own
+  def fn(state, batch, key, loss, grads, seed):
+    del loss, grads, seed  # train-mode values; the eval mode has its own
     out = {}
     for prefix, make_loss in modes:
       r = probe(make_loss(state, batch, key), state.params)

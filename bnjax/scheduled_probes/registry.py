@@ -8,7 +8,9 @@ A probe is declared once, by decorating its builder::
 Each keyword is one of the probe's config fields, a ``Setting``: its default (none: the
 field is required) and its check. Every probe also has ``every`` (required) and ``steps``
 (default ``()``). The builder gets the probe's fields with the defaults filled in and a
-``Context``, and returns ``fn(state, batch, noise_key, loss, grads) -> dict[str, Array]``.
+``Context``, and returns ``fn(state, batch, noise_key, loss, grads, seed) -> dict[str, Array]``
+(seed: the run's, int32 [], traced: read it there, not from the config, so that runs that
+differ only in their seed share one compiled program).
 """
 
 import dataclasses
@@ -29,7 +31,7 @@ REQUIRED = object()  # the default of a field that has none
 class Probe:
   every: int  # period in steps; 0: only at ``steps``
   steps: tuple[int, ...]  # further steps where it runs
-  fn: Callable  # (state, batch, noise_key, loss, grads) -> dict[str, jax.Array]
+  fn: Callable  # (state, batch, noise_key, loss, grads, seed) -> dict[str, jax.Array]
 
   def due(self, step: int) -> bool:
     """Whether the probe runs at ``step`` (a Python int, on the host)."""
