@@ -104,7 +104,7 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
     '--config.norm=noisy_batch',
     '--config.model_kwargs.depth=8',
     '--config.probes.ics.layers=(2, 4)',
-    '--config.num_steps=500',
+    '--config.num_steps=1000',  # SIGTERM comes at step 300: the run must not end first
     '--config.checkpoint_every=100',
     '--config.steps_per_call=20',
     '--config.probes.activations.every=0',
@@ -132,6 +132,7 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
   preempted = start_and_wait_for_checkpoint(300)
   preempted.send_signal(signal.SIGTERM)
   _, err = preempted.communicate(timeout=300)
+  assert 'run done' not in err, 'finished before SIGTERM reached it: make the run longer'
   assert preempted.returncode == interruptions.EXIT_PREEMPTED, err
   assert 'resumed from checkpoint at step 200' in err
   status = json.loads((run / 'status.json').read_text())
@@ -142,7 +143,7 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
   assert resumed.returncode == 0, err
   assert f'resumed from checkpoint at step {status["step"]}' in err
   a, b = metric_lines(tmp_path / 'full'), metric_lines(run)
-  assert [l['step'] for l in b] == list(range(500))  # no duplicated, no missing steps
+  assert [l['step'] for l in b] == list(range(1000))  # no duplicated, no missing steps
   for la, lb in zip(a, b):
     assert la['train_loss'] == lb['train_loss'], la['step']
     assert la.get('probe/landscape/beta') == lb.get('probe/landscape/beta')

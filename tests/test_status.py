@@ -143,7 +143,7 @@ def test_status_json_gives_the_step_while_a_run_trains(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_shows_as_stopped_with_its_step_and_checkpoint(tmp_path):
-  run = start(main_args(tmp_path, status_every_seconds=0.5))
+  run = start(main_args(tmp_path, num_steps=10**6, status_every_seconds=0.5))  # killed below
   try:
     wait_for(lambda: has_checkpoint(tmp_path)() and status(tmp_path).get('last_checkpoint'), run)
     shown = subprocess.run(

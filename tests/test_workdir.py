@@ -25,18 +25,23 @@ from small_runs import (
 
 @pytest.mark.slow
 def test_a_second_run_in_a_busy_workdir_refuses_and_a_dead_holders_lock_is_taken_over(tmp_path):
-  first = start(main_args(tmp_path))
-  wait_for(has_checkpoint(tmp_path), first)
-  second = start(main_args(tmp_path))
-  _, err = second.communicate(timeout=120)
-  assert second.returncode == 3
-  assert (
-    err.strip()
-    .splitlines()[-1]
-    .startswith(f'bnjax: {tmp_path} is in use by process {first.pid} on ')
-  )
-  first.send_signal(signal.SIGKILL)
-  first.wait()
+  # The first run must outlast the second's start-up (seconds: thousands of these steps),
+  # so it is given more steps than it ever trains; it is killed below.
+  first = start(main_args(tmp_path, num_steps=10**6))
+  try:
+    wait_for(has_checkpoint(tmp_path), first)
+    second = start(main_args(tmp_path))
+    _, err = second.communicate(timeout=120)
+    assert first.poll() is None, 'the first run ended before the second looked at the lock'
+    assert second.returncode == 3, err[-3000:]
+    assert (
+      err.strip()
+      .splitlines()[-1]
+      .startswith(f'bnjax: {tmp_path} is in use by process {first.pid} on ')
+    )
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
   end = (
     max(int(p.parent.name) for p in tmp_path.glob(f'checkpoints/*/{checkpoints.COMMIT_MARKER}'))
     + 100
