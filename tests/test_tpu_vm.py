@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from small_runs import ROOT, metric_lines, status, subprocess_env
+from small_runs import AS_IN_A_TERMINAL, ROOT, metric_lines, status, subprocess_env
 
 FAKE = ROOT / 'tests' / 'fake_gcloud'
 
@@ -77,9 +77,11 @@ class Tpu:
       *tail,
     ]
 
+  # The launcher runs as from a terminal, SIGINT and SIGHUP at their defaults: a shell
+  # started with a signal ignored (the suite under nohup) can never trap it.
   def run(self, *options, timeout=600, **env):
     return subprocess.run(
-      self.args(*options),
+      [*AS_IN_A_TERMINAL, *self.args(*options)],
       env=dict(self.env, **env),
       capture_output=True,
       text=True,
@@ -90,7 +92,7 @@ class Tpu:
     """The launcher in the background, in a process group of its own (for SIGHUP)."""
     log = open(self.tmp / f'launcher{time.time():.3f}.log', 'w+')
     proc = subprocess.Popen(
-      self.args(*options),
+      [*AS_IN_A_TERMINAL, *self.args(*options)],
       env=dict(self.env, **env),
       stdout=log,
       stderr=subprocess.STDOUT,
