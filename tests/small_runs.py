@@ -54,10 +54,11 @@ def small_dln(**overrides):
   return c
 
 
-def main_args(workdir, num_steps=3000, **overrides):
-  """bnjax.main on a small DLN that runs long enough to be interrupted."""
+def main_args(workdir, num_steps=3000, config=f'{ROOT}/configs/dln_bn.py', **overrides):
+  """bnjax.main on a small DLN that runs long enough to be interrupted (``config``: a
+  DLN config file, with its probe schedule)."""
   args = [
-    f'--config={ROOT}/configs/dln_bn.py',
+    f'--config={config}',
     f'--workdir={workdir}',
     '--config.model_kwargs.depth=4',
     f'--config.num_steps={num_steps}',

@@ -3,7 +3,6 @@ off, and runs that differ only in their seed sharing the train chunk's program."
 
 import pathlib
 import re
-import sys
 
 import jax
 import numpy as np
@@ -46,12 +45,8 @@ def test_the_cache_is_under_the_bnjax_cache_dir_unless_the_config_or_jax_says_ot
 
 # The paper's DLN set, small: its weight_distance probe computes theta_0 from the seed
 # inside the train program, so the seed must be an argument there, not a constant.
+PAPER_DLN = f'{ROOT}/configs/sweeps/paper_dln.py:bn_lr1e-6_seed0'
 WEIGHT_DISTANCE_ONLY = {
-  'model_kwargs.depth': 4,
-  'steps_per_call': 10,
-  'probes.landscape.every': 0,
-  'probes.ics.every': 0,
-  'probes.activations.every': 0,
   'probes.top_eigenvalues.every': 0,
   'probes.spectral_density.steps': '()',
   'probes.weight_distance.every': 10,
@@ -71,16 +66,7 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
     # Without XLA's optimisations (as the tests run), the tiny DLN compiles in less than
     # bnjax's threshold; the threshold is JAX's and this variable wins over bnjax's.
     env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    args = [
-      sys.executable,
-      '-m',
-      'bnjax.main',
-      f'--config={ROOT}/configs/sweeps/paper_dln.py:bn_lr1e-6_seed0',
-      f'--workdir={tmp_path / f"seed{seed}"}',
-      '--config.num_steps=20',
-      f'--config.seed={seed}',
-      *(f'--config.{k}={v}' for k, v in WEIGHT_DISTANCE_ONLY.items()),
-    ]
+    args = main_args(tmp_path / f'seed{seed}', 20, PAPER_DLN, seed=seed, **WEIGHT_DISTANCE_ONLY)
     run = start(args, env=env)
     _, logs[seed] = run.communicate(timeout=300)
     assert run.returncode == 0, logs[seed][-3000:]

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from small_runs import AS_IN_A_TERMINAL, ROOT, metric_lines, status, subprocess_env
+from small_runs import start as start_process
 
 FAKE = ROOT / 'tests' / 'fake_gcloud'
 
@@ -91,12 +92,11 @@ class Tpu:
   def start(self, *options, **env):
     """The launcher in the background, in a process group of its own (for SIGHUP)."""
     log = open(self.tmp / f'launcher{time.time():.3f}.log', 'w+')
-    proc = subprocess.Popen(
-      [*AS_IN_A_TERMINAL, *self.args(*options)],
+    proc = start_process(
+      self.args(*options),
       env=dict(self.env, **env),
       stdout=log,
       stderr=subprocess.STDOUT,
-      text=True,
       start_new_session=True,
     )
     proc.log = log
