@@ -59,7 +59,8 @@ class StopRequest:
     Multi-host runs: ``jax.distributed.initialize`` hands SIGTERM to JAX's preemption
     notifier (it replaces this handler), which tells every process; all stop at the same
     call (``reached_preemption_sync_point``), as their collective programs need. Every
-    process must call this at every iteration.
+    process must call this at every iteration, and nothing else may pass JAX a counter
+    (orbax's save would: ``checkpoints._Manager``).
     """
     if self.signum is None and _reached_preemption_sync_point(call):
       logging.warning('SIGTERM (JAX preemption notice): saving a checkpoint and stopping')

@@ -353,7 +353,8 @@ def test_runs_survive_a_closed_laptop_and_a_lost_network_and_a_rerun_attaches(tp
 @pytest.mark.slow
 def test_stop_checkpoints_the_run_and_a_rerun_resumes_it(tpu):
   # --stop takes seconds to reach the run (launcher, ssh, driver), in which an idle CI
-  # machine trains hundreds of these steps: at 400 steps the run once finished first.
+  # machine trains a hundred of these steps: 1,500 leave room. (Runs that once trained
+  # to the end despite the stop were orbax's counter in JAX's preemption sync, mended.)
   num_steps = 1500
   t = tpu(num_steps=num_steps, runs=('seed=0',))
   follower = t.start('--only=seed=0')
