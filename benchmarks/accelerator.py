@@ -64,7 +64,7 @@ from bnjax.experiments import dln as dln_config, vgg as vgg_config
 from bnjax.models import for_control_flow, from_config as model_from_config
 from bnjax.models.common import ASSUME_BACKEND
 from bnjax.models.norms import NOISY
-from bnjax.objective import init_variables, make_objective, noise_base_key
+from bnjax.objective import init_variables, make_objective
 from bnjax.scheduled_probes import Probe, build as build_probes
 from bnjax.sweep import load as load_sweep
 from bnjax.train import TrainState, make_train_chunk, make_train_step
@@ -209,9 +209,8 @@ def trainer_chunk(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """
   model = model_from_config(config, num_classes=None if config.model == 'dln' else 10)
   tx = optax.sgd(config.learning_rate, momentum=config.momentum or None)
-  key = noise_base_key(config.seed)
   train_step, scan_step = (
-    make_train_step(make_objective(m, config.loss), tx, key, config.learning_rate)
+    make_train_step(make_objective(m, config.loss), tx, config.learning_rate)
     for m in (model, for_control_flow(model))
   )
   probes = build_probes(config, model, tx)

@@ -18,11 +18,10 @@ def vgg_train_step(name: str, batch_size: int, norm: str = 'batch', width: float
   y = jax.random.randint(jax.random.key(1), (batch_size,), 0, 10)
   tx = optax.sgd(0.1)
   state = train.TrainState.create(model.init(jax.random.key(2), x[:1], train=False), tx)
+  train_step = train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx, 0.1)
+  base = jax.random.key(3)  # each step's noise key as bnjax.train draws it (noisy BN)
   step = jax.jit(
-    train.make_train_step(
-      objective.make_objective(model, 'cross_entropy'), tx, jax.random.key(3), 0.1
-    ),
-    donate_argnums=0,
+    lambda s, b: train_step(s, b, objective.noise_key_for_step(base, s.step)), donate_argnums=0
   )
   return model, state, step, {'inputs': x, 'targets': y}
 

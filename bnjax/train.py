@@ -54,17 +54,17 @@ class TrainState:
 
 
 def make_train_step(
-  objective: Callable, tx: optax.GradientTransformation, base_key: jax.Array, learning_rate: float
+  objective: Callable, tx: optax.GradientTransformation, learning_rate: float
 ) -> Callable:
-  """train_step(state, batch, before_update=None) -> (state, metrics); one SGD update.
+  """train_step(state, batch, key, before_update=None) -> (state, metrics); one SGD update.
 
+  key: this step's noise key (``objective.noise_key_for_step``; noisy BN draws from it).
   ``before_update(loss, grads)``, if given, runs between the gradient and the update, and
   its result is returned as ``metrics['before_update']``: in-training probes use it to
   share the step's loss and gradient instead of computing them again.
   """
 
-  def train_step(state: TrainState, batch, before_update=None):
-    key = objective_lib.noise_key_for_step(base_key, state.step)
+  def train_step(state: TrainState, batch, key: jax.Array, before_update=None):
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     (loss, (new_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, key)
     metrics = dict(metrics, learning_rate=jnp.asarray(learning_rate, jnp.float32))
@@ -92,10 +92,11 @@ def make_train_chunk(
   """chunk(state, batches) -> (state, metrics [k]): k steps in one ``lax.scan`` (k > 1).
 
   batches: {'inputs': [k, B, ...], ...}. seed: the run's seed, int32 [] (traced under jit:
-  runs that differ only in their seed share the program); ``train_step`` must draw its
-  noise from ``objective.noise_base_key(seed)``. Each probe runs before the update of every
-  step its schedule names, on that step's batch, noise key, loss and gradient, under
-  ``lax.cond``; on the other steps its outputs are NaN-filled and the host drops them.
+  runs that differ only in their seed share the program); each step's noise key comes
+  from it (``objective.noise_key_for_step``) and goes to the step and its probes. Each
+  probe runs before the update of every step its schedule names, on that step's batch,
+  noise key, loss and gradient, under ``lax.cond``; on the other steps its outputs are
+  NaN-filled and the host drops them.
   ``scan_train_step``: the same step for use inside the scan (default ``train_step``),
   e.g. built on ``models.for_control_flow(model)``; one step runs ``train_step`` unscanned.
   """
@@ -117,7 +118,7 @@ def make_train_chunk(
         out[name] = jax.lax.cond(due, fn, skipped, *args)
       return out
 
-    state, metrics = step_fn(state, batch, run_probes if probe_fns else None)
+    state, metrics = step_fn(state, batch, key, run_probes if probe_fns else None)
     probe_out = metrics.pop('before_update', {})
     return state, (metrics, probe_out)
 
@@ -247,17 +248,15 @@ def _compile(run: Run, state: TrainState) -> _Steps:
   chunk_sharding = NamedSharding(run.mesh, P(None, 'data'))
   state_sharding = jax.tree.map(lambda _: replicated, state)
 
+  # Inside lax.scan (several steps per call): the same model, fast inside control flow.
+  train_step, scan_train_step = (
+    make_train_step(objective_lib.make_objective(m, config.loss), run.tx, config.learning_rate)
+    for m in (model, models.for_control_flow(model))
+  )
+
   def chunk(state, batches, seed):
     # The seed is an argument, not a constant of the program: runs that differ only in
     # their seed compile the same program (one persistent compilation cache entry).
-    # Inside lax.scan (several steps per call): the same model, fast inside control flow.
-    noise_base = objective_lib.noise_base_key(seed)
-    train_step, scan_train_step = (
-      make_train_step(
-        objective_lib.make_objective(m, config.loss), run.tx, noise_base, config.learning_rate
-      )
-      for m in (model, models.for_control_flow(model))
-    )
     return make_train_chunk(train_step, run.probe_fns, seed, scan_train_step)(state, batches)
 
   chunk_fn = jax.jit(

@@ -172,12 +172,7 @@ def test_a_probe_runs_at_its_listed_steps():
   assert [s for s in range(5) if bool(probe.due_traced(jnp.int32(s)))] == [2]
   model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
   seed = jnp.int32(1)
-  step = train.make_train_step(
-    objective.make_objective(model, 'cross_entropy'),
-    optax.sgd(LR),
-    objective.noise_base_key(seed),
-    LR,
-  )
+  step = train.make_train_step(objective.make_objective(model, 'cross_entropy'), optax.sgd(LR), LR)
   batches = jax.tree.map(lambda b: jnp.stack([b] * 4), batch)
   _, (_, out) = jax.jit(train.make_train_chunk(step, fns, seed))(state, batches)
   ran = np.isfinite(np.asarray(out['landscape']['loss_at_start']))

@@ -71,15 +71,14 @@ def _train_step_on(num_devices, norm, num_groups):
   y = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
   v = model.init({'params': jax.random.key(2), 'noise': jax.random.key(2)}, x[0], train=False)
   state = train.TrainState.create(v, tx)
-  step = train.make_train_step(
-    objective.make_objective(model, 'cross_entropy'), tx, jax.random.key(3), 0.1
-  )
+  step = train.make_train_step(objective.make_objective(model, 'cross_entropy'), tx, 0.1)
   repl = NamedSharding(mesh, P())
-  fn = jax.jit(step, in_shardings=(repl, NamedSharding(mesh, P('data'))), out_shardings=repl)
+  fn = jax.jit(step, in_shardings=(repl, NamedSharding(mesh, P('data')), repl), out_shardings=repl)
   state = jax.device_put(state, repl)
   losses = []
   for i in range(2):
-    state, m = fn(state, {'inputs': x[i], 'targets': y[i]})
+    key = objective.noise_key_for_step(jax.random.key(3), i)
+    state, m = fn(state, {'inputs': x[i], 'targets': y[i]}, key)
     losses.append(m['train_loss'])
   return np.array(losses), state
 
@@ -128,8 +127,7 @@ def test_probes_do_not_change_training():
   state = train.TrainState.create(v, tx)
   objective_fn = objective.make_objective(model, config.loss)
   seed = jnp.int32(1)
-  noise_base = objective.noise_base_key(seed)
-  step = train.make_train_step(objective_fn, tx, noise_base, config.learning_rate)
+  step = train.make_train_step(objective_fn, tx, config.learning_rate)
   results = []
   for probe_fns in ({}, scheduled_probes.build(config, model, tx)):
     chunk = jax.jit(train.make_train_chunk(step, probe_fns, seed))
@@ -141,7 +139,7 @@ def test_probes_do_not_change_training():
   # rounding: grad_diff is a difference of two gradients of norm grad_norm (here ~7e3, and
   # grad_diff ~1 at the smallest step), so it is compared to within 1e-6 grad_norm, about
   # ten float32 ulps of the gradients, computed by two differently compiled programs.
-  key0 = objective.noise_key_for_step(noise_base, jnp.int32(0))
+  key0 = objective.noise_key_for_step(objective.noise_base_key(seed), jnp.int32(0))
   batch0 = jax.tree.map(lambda b: b[0], batches)
   alone = jax.jit(
     lambda p, stats, b, k, etas: probes.gradient_landscape(
