@@ -30,13 +30,12 @@ def step_time(norm: str, steps: int, repeats: int) -> float:
   v = model.init(jax.random.key(2), x, train=False)
   state = train.TrainState.create(v, tx)
   step = train.make_train_step(objective.make_objective(model, 'sum_squared'), tx, 1e-6)
-  base = jax.random.key(3)
-  key = lambda s: objective.noise_key_for_step(base, s.step)  # as bnjax.train draws it
+  chunk = train.make_train_chunk(step, {}, jnp.int32(3))  # the trainer's scan, no probes
   batches = {
     'inputs': jnp.broadcast_to(x, (steps, *x.shape)),
     'targets': jnp.broadcast_to(y, (steps, *y.shape)),
   }
-  run = jax.jit(lambda s, b: jax.lax.scan(lambda s, b: step(s, b, key(s)), s, b)[0].params)
+  run = jax.jit(lambda s, b: chunk(s, b)[0].params)
   return median_time(run, state, batches, repeats=repeats) / steps
 
 
