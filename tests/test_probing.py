@@ -4,6 +4,7 @@ weight distance.
 (Their config checks are in test_config.py.)
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -177,3 +178,28 @@ def test_a_probe_runs_at_its_listed_steps():
   _, (_, out) = jax.jit(train.make_train_chunk(step, fns, seed))(state, batches)
   ran = np.isfinite(np.asarray(out['landscape']['loss_at_start']))
   assert ran.tolist() == [False, False, True, False]
+
+
+def test_the_probes_of_a_train_step_trace_each_loss_once(monkeypatch):
+  """Every scheduled probe at once: the model is traced once per function differentiated
+  (the step's objective, the probes' objective at their precision, the activations, BN's
+  perturbed loss, the eval-mode loss), not once per probe, step size, layer or HVP."""
+  fns, state, batch, _, _, _ = mlp_setup(
+    {
+      'landscape': {'every': 1, 'step_size_multipliers': (0.5, 1.0, 2.0)},
+      'ics': {'every': 1, 'layers': (1, 2)},
+      'activations': {'every': 1, 'layers': (1, 2), 'seed': 0},
+      'top_eigenvalues': {'every': 1, 'k': 1, 'num_iterations': 4, 'seed': 0, 'bn_mode': 'both'},
+      'spectral_density': {'every': 1, 'num_probes': 2, 'num_iterations': 4, 'seed': 0},
+      'hessian_trace': {'every': 1, 'num_samples': 2, 'seed': 0, 'bn_mode': 'both'},
+      'bn_theorems': {'every': 1, 'layers': (1, 2), 'units': 2},
+    }
+  )
+  model = models.get_model('mlp', 'batch', hidden=(6, 5), num_classes=3)
+  step = train.make_train_step(objective.make_objective(model, 'cross_entropy'), optax.sgd(LR), LR)
+  batches = jax.tree.map(lambda b: jnp.stack([b] * 2), batch)
+  traced = []
+  apply = nn.Module.apply
+  monkeypatch.setattr(nn.Module, 'apply', lambda *a, **k: traced.append(1) or apply(*a, **k))
+  jax.jit(train.make_train_chunk(step, fns, SEED)).trace(state, batches)
+  assert len(traced) == 5

@@ -21,6 +21,7 @@ kind, hence our own interpreter (the pattern of JAX's "Writing custom interprete
 import functools
 import itertools
 import math
+import weakref
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -92,11 +93,24 @@ def _rewrite_param(value):
   if isinstance(value, tuple):
     return tuple(_rewrite_param(v) for v in value)
   if isinstance(value, jex.ClosedJaxpr):
-    return _retrace(value.jaxpr, value.consts)
+    if value.consts:
+      return _retrace(value.jaxpr, value.consts)
+    # Rewritten once per jaxpr (and matmul precision, which a rewrite's matmuls inherit)
+    by_precision = _REWRITTEN.setdefault(value, {})
+    precision = jax.config.jax_default_matmul_precision
+    if precision not in by_precision:
+      by_precision[precision] = _retrace(value.jaxpr, [])
+    return by_precision[precision]
   if isinstance(value, jex.Jaxpr) and not value.constvars:
     new = _retrace(value, [])
     return new.jaxpr if not new.consts else value  # an open jaxpr cannot take new consts
   return value
+
+
+# The rewrites of each const-free sub-jaxpr, by matmul precision. JAX caches the
+# derivatives of a jitted function's jaxpr by identity, so the probes that rewrite the same
+# jitted loss (objective.make_objective) share one gradient and one HVP trace of it.
+_REWRITTEN: 'weakref.WeakKeyDictionary[jex.ClosedJaxpr, dict]' = weakref.WeakKeyDictionary()
 
 
 def _retrace(jaxpr: jex.Jaxpr, consts) -> jex.ClosedJaxpr:

@@ -215,23 +215,29 @@ def _bn_theorems_probe(model, loss_name: str, layers: list[int], max_units: int,
   def fn(state, batch, key, loss, grads, seed):
     del loss, grads, seed
     acts = losses.intermediates(model, state, batch, key)
+
+    # Jitted: every layer's gradient and HVPs reuse one trace of the model (as in
+    # objective.make_objective). Flax wants every perturbation present once the
+    # collection is given: zeros where nothing is perturbed.
+    @jax.jit
+    def perturbed_loss(perturbations):
+      variables = {
+        'params': state.params,
+        'batch_stats': state.batch_stats,
+        'perturbations': perturbations,
+      }
+      pred, _ = model.apply(
+        variables, batch['inputs'], train=True, rngs={'noise': key}, mutable=['batch_stats']
+      )
+      return objective_lib.loss_value(loss_name, pred, batch['targets'])
+
+    zeros = {name: jnp.zeros_like(a) for name, a in acts.items()}
     out = {}
     for k in layers:
       names = models.layer(model, k)
 
       def loss_of_perturbation(delta, names=names):
-        # Flax wants every perturbation present once the collection is given.
-        perturbations = {name: jnp.zeros_like(a) for name, a in acts.items()}
-        perturbations.update({names.linear_out: delta['y'], names.norm_out: delta['z']})
-        variables = {
-          'params': state.params,
-          'batch_stats': state.batch_stats,
-          'perturbations': perturbations,
-        }
-        pred, _ = model.apply(
-          variables, batch['inputs'], train=True, rngs={'noise': key}, mutable=['batch_stats']
-        )
-        return objective_lib.loss_value(loss_name, pred, batch['targets'])
+        return perturbed_loss({**zeros, names.linear_out: delta['y'], names.norm_out: delta['z']})
 
       y = acts[names.linear_out]
       units = jnp.arange(min(max_units, y.shape[-1]))

@@ -6,6 +6,7 @@ eval-mode loss uses BN's running averages and no noise (as PyHessian and most Py
 reproductions probe). ``per_bn_mode`` runs a probe on the modes its ``bn_mode`` asks for.
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -22,14 +23,15 @@ def loss_fn(objective: Callable, state, batch, key) -> Callable:
   return lambda params: objective(params, state.batch_stats, batch, key)[0]
 
 
-def _eval_loss_fn(ctx: Context, state, batch) -> Callable:
-  def loss(params):
-    out = ctx.model.apply(
-      {'params': params, 'batch_stats': state.batch_stats}, batch['inputs'], train=False
-    )
-    return objective_lib.loss_value(ctx.config.loss, out, batch['targets'])
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _eval_loss(model, loss: str, params, batch_stats, batch) -> jax.Array:
+  """The eval-mode loss (running averages, no noise). Jitted: probes share its trace."""
+  out = model.apply({'params': params, 'batch_stats': batch_stats}, batch['inputs'], train=False)
+  return objective_lib.loss_value(loss, out, batch['targets'])
 
-  return loss
+
+def _eval_loss_fn(ctx: Context, state, batch) -> Callable:
+  return lambda params: _eval_loss(ctx.model, ctx.config.loss, params, state.batch_stats, batch)
 
 
 def _loss_fns_by_mode(bn_mode: str, ctx: Context) -> list[tuple[str, Callable]]:
@@ -55,8 +57,10 @@ def per_bn_mode(bn_mode: str, ctx: Context, probe: Callable) -> Callable:
   return fn
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def intermediates(model, state, batch, key) -> dict[str, jax.Array]:
-  """The activations the model exposes (``models.common.expose``), in training mode."""
+  """The activations the model exposes (``models.common.expose``), in training mode.
+  Jitted: the probes that read them share one trace of the model."""
   _, updates = model.apply(
     {'params': state.params, 'batch_stats': state.batch_stats},
     batch['inputs'],
