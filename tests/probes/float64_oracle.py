@@ -1,6 +1,7 @@
 """The probes against dense float64 Hessians, with tolerances only float64 can meet.
 
-Run by test_precision_and_inputs.py in a subprocess (x64 is a process-wide switch). Prints
+Run by test_precision_and_inputs.py in a subprocess (x64 is a process-wide switch). Each
+call is jitted: one compiled program per check, not one per operation. Prints
 one line per check and exits non-zero on the first that fails. The tolerances (1e-9
 relative) are far below what a wrong factor of 2, a wrong sign or a transposed block
 would give.
@@ -45,43 +46,45 @@ def main():
   loss_fn = lambda p: loss_of_outputs(outputs_fn(p))
   flat, unravel = ravel_pytree(params)
   assert flat.dtype == jnp.float64
-  h = np.asarray(jax.hessian(lambda f: loss_fn(unravel(f)))(flat))
+  h = np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f))))(flat))
   np.testing.assert_allclose(h, h.T, atol=1e-12)
   n = flat.size
   vec = jax.random.normal(jax.random.key(3), (n,), jnp.float64)
 
-  check('hvp', ravel_pytree(probes.hvp(loss_fn, params, unravel(vec)))[0], h @ vec)
-  check(
-    'hvp_operator', ravel_pytree(probes.hvp_operator(loss_fn, params)(unravel(vec)))[0], h @ vec
-  )
-  jac = np.asarray(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1))(flat))
+  hvp = jax.jit(lambda p, u: probes.hvp(loss_fn, p, u))(params, unravel(vec))
+  check('hvp', ravel_pytree(hvp)[0], h @ vec)
+  hvp = jax.jit(lambda p, u: probes.hvp_operator(loss_fn, p)(u))(params, unravel(vec))
+  check('hvp_operator', ravel_pytree(hvp)[0], h @ vec)
+  jac = np.asarray(jax.jit(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1)))(flat))
   out = outputs_fn(params)
-  h_out = np.asarray(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape)))(out.reshape(-1)))
-  check(
-    'gnvp',
-    ravel_pytree(probes.gnvp(outputs_fn, loss_of_outputs, params, unravel(vec)))[0],
-    jac.T @ h_out @ jac @ vec,
-  )
+  h_out = jax.jit(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape))))(out.reshape(-1))
+  gnvp = jax.jit(lambda p, u: probes.gnvp(outputs_fn, loss_of_outputs, p, u))(params, unravel(vec))
+  check('gnvp', ravel_pytree(gnvp)[0], jac.T @ np.asarray(h_out) @ jac @ vec)
   eig = np.linalg.eigvalsh(h)
   for which, exact in (('largest', eig[::-1][:2]), ('smallest', eig[:2])):
-    r = probes.top_eigenvalues(
-      loss_fn, params, jax.random.key(4), k=2, which=which, tol=1e-12, max_iterations=n
-    )
+    r = jax.jit(
+      lambda p, key, which=which: probes.top_eigenvalues(
+        loss_fn, p, key, k=2, which=which, tol=1e-12, max_iterations=n
+      )
+    )(params, jax.random.key(4))
     check(f'top_eigenvalues {which}', r.eigenvalues, exact)
   check(
     'hessian_trace_hutchpp (sketch spans everything)',
-    probes.hessian_trace_hutchpp(loss_fn, params, jax.random.key(5), num_products=3 * n).estimate,
+    jax.jit(lambda p, key: probes.hessian_trace_hutchpp(loss_fn, p, key, num_products=3 * n))(
+      params, jax.random.key(5)
+    ).estimate,
     np.trace(h),
   )
   check(
     'directional_curvature',
-    probes.directional_curvature(loss_fn, params, unravel(vec)),
+    jax.jit(lambda p, u: probes.directional_curvature(loss_fn, p, u))(params, unravel(vec)),
     vec @ h @ vec / (vec @ vec),
   )
-  g = np.asarray(jax.grad(lambda f: loss_fn(unravel(f)))(flat))
+  grad = jax.jit(jax.grad(lambda f: loss_fn(unravel(f))))
+  g = np.asarray(grad(flat))
   etas = jnp.asarray([1e-3, 1e-2])
-  land = probes.gradient_landscape(loss_fn, params, etas)
-  moved = [np.asarray(jax.grad(lambda f: loss_fn(unravel(f)))(flat - e * g)) for e in etas]
+  land = jax.jit(lambda p, e: probes.gradient_landscape(loss_fn, p, e))(params, etas)
+  moved = [np.asarray(grad(flat - e * g)) for e in etas]
   check('landscape grad_diff', land.grad_diff, [np.linalg.norm(m - g) for m in moved])
   check('landscape loss', land.loss, [loss_fn(unravel(flat - e * g)) for e in etas])
   check_fisher(outputs_fn, y, params)
@@ -95,11 +98,10 @@ def check_fisher(outputs_fn, y, params):
   n, examples = flat.size, y.shape[0]
 
   def jacobian(labels):  # [N, P]: one per-example gradient a row
-    return np.asarray(
-      jax.jacrev(
-        lambda f: optax.softmax_cross_entropy_with_integer_labels(outputs_fn(unravel(f)), labels)
-      )(flat)
+    per_example = lambda f, t: optax.softmax_cross_entropy_with_integer_labels(
+      outputs_fn(unravel(f)), t
     )
+    return np.asarray(jax.jit(jax.jacrev(per_example))(flat, labels))
 
   loss = probes.PerExampleLoss(outputs_fn, y, mc_samples=2, key=jax.random.key(6))
   probs = np.asarray(jax.nn.softmax(outputs_fn(params)))
@@ -110,13 +112,17 @@ def check_fisher(outputs_fn, y, params):
     'fisher': sum(j.T @ j for j in map(jacobian, loss.sampled_targets(params))) / (2 * examples),
   }
   for name, matrix in dense.items():
-    top = probes.top_eigenvalues(
-      loss, params, jax.random.key(4), k=2, tol=1e-12, max_iterations=n, operator=name
-    )
+    top = jax.jit(
+      lambda p, key, name=name: probes.top_eigenvalues(
+        loss, p, key, k=2, tol=1e-12, max_iterations=n, operator=name
+      )
+    )(params, jax.random.key(4))
     check(f'top_eigenvalues {name}', top.eigenvalues, np.linalg.eigvalsh(matrix)[::-1][:2])
-    trace = probes.hessian_trace_hutchpp(
-      loss, params, jax.random.key(5), num_products=3 * n, operator=name
-    )
+    trace = jax.jit(
+      lambda p, key, name=name: probes.hessian_trace_hutchpp(
+        loss, p, key, num_products=3 * n, operator=name
+      )
+    )(params, jax.random.key(5))
     check(f'hessian_trace_hutchpp {name}', trace.estimate, np.trace(matrix))
 
 
