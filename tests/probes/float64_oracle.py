@@ -51,10 +51,10 @@ def main():
   n = flat.size
   vec = jax.random.normal(jax.random.key(3), (n,), jnp.float64)
 
-  hvp = jax.jit(lambda p, u: probes.hvp(loss_fn, p, u))(params, unravel(vec))
-  check('hvp', ravel_pytree(hvp)[0], h @ vec)
-  hvp = jax.jit(lambda p, u: probes.hvp_operator(loss_fn, p)(u))(params, unravel(vec))
-  check('hvp_operator', ravel_pytree(hvp)[0], h @ vec)
+  product = jax.jit(lambda p, u: probes.hvp(loss_fn, p, u))(params, unravel(vec))
+  check('hvp', ravel_pytree(product)[0], h @ vec)
+  product = jax.jit(lambda p, u: probes.hvp_operator(loss_fn, p)(u))(params, unravel(vec))
+  check('hvp_operator', ravel_pytree(product)[0], h @ vec)
   jac = np.asarray(jax.jit(jax.jacobian(lambda f: outputs_fn(unravel(f)).reshape(-1)))(flat))
   out = outputs_fn(params)
   h_out = jax.jit(jax.hessian(lambda o: loss_of_outputs(o.reshape(out.shape))))(out.reshape(-1))
