@@ -17,14 +17,20 @@ import time
 from bnjax import checkpoints, config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# JAX's persistent compilation cache of every program the tests compile, in the pytest
+# processes (conftest.py) and in the bnjax.main runs they start (``subprocess_env``): a
+# rerun of the suite reads most programs instead of compiling them. Entries are keyed by
+# program, flags and versions; `rm -rf` the directory for a cold run. (No size cap:
+# jax_compilation_cache_max_size needs the filelock package.)
+JAX_CACHE_DIR = pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'
 
 
 def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
   """The environment of a bnjax.main run in a subprocess (CPU, fake devices).
 
-  The runs share JAX's persistent compilation cache: a rerun of the same config (resume
-  after kill, preemption) then skips most of its compile, as on a TPU VM with
-  jax_compilation_cache_dir set. Entries are keyed by program, flags and versions.
+  The runs share JAX's persistent compilation cache (``JAX_CACHE_DIR``): a rerun of the
+  same config (resume after kill, preemption) then skips most of its compile, as on a TPU
+  VM with jax_compilation_cache_dir set.
   """
   return dict(
     os.environ,
@@ -32,7 +38,7 @@ def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
     JAX_PLATFORMS='cpu',
     JAX_DISABLE_MOST_OPTIMIZATIONS='true',
     PYTHON=sys.executable,
-    JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'),
+    JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE_DIR),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
   )

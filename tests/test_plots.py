@@ -187,22 +187,21 @@ EXPECTED_PANELS = {
 }
 
 
-def test_every_figure_renders_with_its_panels(sweep_root, tmp_path):
-  runs = plots.find_runs(sweep_root)
-  assert set(EXPECTED_PANELS) == set(plots.FIGURES)
-  for name, expected in EXPECTED_PANELS.items():
-    out = tmp_path / f'{name}.png'
-    titles = plots.draw(name, runs, out)
-    data = out.read_bytes()
-    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000, name
-    assert len(titles) == expected, (name, titles)
-
-
-def test_plots_all_from_a_root_and_one_figure_from_workdirs(sweep_root, tmp_path):
+def test_plots_all_from_a_root_draws_every_figure_with_its_panels(
+  sweep_root, tmp_path, monkeypatch
+):
   from bnjax.plots.__main__ import main
 
+  # Each figure is drawn once (most of this test's time): `all` draws them through
+  # plots.draw, whose panel titles are recorded on the way.
+  titles, draw = {}, plots.draw
+  monkeypatch.setattr(plots, 'draw', lambda name, *a: titles.setdefault(name, draw(name, *a)))
+  assert set(EXPECTED_PANELS) == set(plots.FIGURES)
   assert main(['all', '--root', str(sweep_root), '--out', str(tmp_path / 'all')]) == 0
-  assert {p.stem for p in (tmp_path / 'all').glob('*.png')} == set(plots.FIGURES)
+  for name, expected in EXPECTED_PANELS.items():
+    data = (tmp_path / 'all' / f'{name}.png').read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000, name
+    assert len(titles[name]) == expected, (name, titles[name])
   workdirs = [str(sweep_root / n) for n in ('vgg_none_0.1', 'vgg_batch_0.1')]
   assert main(['fig4', '--workdirs', *workdirs, '--out', str(tmp_path / 'f4.png')]) == 0
   assert (tmp_path / 'f4.png').stat().st_size > 10_000

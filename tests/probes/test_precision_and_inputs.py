@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bnjax import probes
+from small_runs import JAX_CACHE_DIR
 
 from .cases import dense_hessian
 
@@ -55,7 +56,13 @@ def test_probes_against_dense_float64_hessians_at_float64_tolerances():
     capture_output=True,
     text=True,
     timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='true'),  # as here
+    env=dict(  # as here, with the tests' compilation cache
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      JAX_DISABLE_MOST_OPTIMIZATIONS='true',
+      JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE_DIR),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    ),
   )
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]
   assert 'all float64 checks passed' in out.stdout
