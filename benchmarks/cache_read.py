@@ -7,7 +7,7 @@ For the train chunk (``make_train_chunk`` as ``bnjax.train`` jits it, one call o
 ``steps_per_call`` steps) with no probe, with each of the config's probes alone and with
 all of them: the compile time (trace, lower, XLA), the optimised module's instructions and
 computations, its XLA:CPU YNNPACK fusions, the serialised executable's size, and the
-median of 3 loads of it in a new process (``deserialize_and_load``: what a cache hit
+median of 3 loads of it in a new process, after one (``deserialize_and_load``: what a cache hit
 costs besides reading the file). On XLA:CPU (jaxlib 0.10.2) a load finds each YNNPACK
 fusion's instruction by a linear search of the module (``YnnFusionThunkFromProto``), so
 it costs about fusions x instructions: probes that add both cost most. About 10 minutes
@@ -17,7 +17,6 @@ on 2 CPU cores for the reduced VGG.
 import argparse
 import pickle
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,19 +65,16 @@ def measure(config, config_spec: str) -> dict[str, float]:
 
 
 def load_median(path: str) -> float:
-  """Median time of 3 loads of the serialized executable in ``path``, seconds."""
+  """Median time of 3 loads of the serialized executable in ``path`` after one, seconds."""
   import jax
   from jax.experimental.serialize_executable import deserialize_and_load
+
+  from timing import median_time
 
   with open(path, 'rb') as f:
     payload, in_tree, out_tree = pickle.load(f)
   jax.devices()  # the backend started before the clock does
-  loads = []
-  for _ in range(3):
-    t = time.perf_counter()
-    deserialize_and_load(payload, in_tree, out_tree)
-    loads.append(time.perf_counter() - t)
-  return statistics.median(loads)
+  return median_time(deserialize_and_load, payload, in_tree, out_tree, repeats=3)
 
 
 def main():

@@ -21,14 +21,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # processes (conftest.py) and in the bnjax.main runs they start (``subprocess_env``): a
 # rerun of the suite reads most programs instead of compiling them. Entries are keyed by
 # program, flags and versions; `rm -rf` the directory for a cold run. (No size cap:
-# jax_compilation_cache_max_size needs the filelock package.)
-JAX_CACHE_DIR = pathlib.Path(tempfile.gettempdir()) / 'bnjax-test-jax-cache'
+# jax_compilation_cache_max_size needs the filelock package.) Every program is kept,
+# however fast its compile. As jax.config options; the environment variables are their
+# upper-case names.
+JAX_TEST_CACHE = {
+  'jax_compilation_cache_dir': os.path.join(tempfile.gettempdir(), 'bnjax-test-jax-cache'),
+  'jax_persistent_cache_min_compile_time_secs': 0,
+  'jax_persistent_cache_min_entry_size_bytes': 0,
+}
 
 
 def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
   """The environment of a bnjax.main run in a subprocess (CPU, fake devices).
 
-  The runs share JAX's persistent compilation cache (``JAX_CACHE_DIR``): a rerun of the
+  The runs share JAX's persistent compilation cache (``JAX_TEST_CACHE``): a rerun of the
   same config (resume after kill, preemption) then skips most of its compile, as on a TPU
   VM with jax_compilation_cache_dir set.
   """
@@ -38,9 +44,7 @@ def subprocess_env(devices_per_process: int = 1) -> dict[str, str]:
     JAX_PLATFORMS='cpu',
     JAX_DISABLE_MOST_OPTIMIZATIONS='true',
     PYTHON=sys.executable,
-    JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE_DIR),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+    **{option.upper(): str(value) for option, value in JAX_TEST_CACHE.items()},
   )
 
 

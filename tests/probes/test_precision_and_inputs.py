@@ -1,6 +1,5 @@
 """Across the package: matmul precision, float64 tolerances and clear errors for bad input."""
 
-import os
 import pathlib
 
 import equinox as eqx
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from bnjax import probes
-from small_runs import JAX_CACHE_DIR
+from small_runs import subprocess_env
 
 from .cases import dense_hessian
 
@@ -56,13 +55,7 @@ def test_probes_against_dense_float64_hessians_at_float64_tolerances():
     capture_output=True,
     text=True,
     timeout=300,
-    env=dict(  # as here, with the tests' compilation cache
-      os.environ,
-      JAX_PLATFORMS='cpu',
-      JAX_DISABLE_MOST_OPTIMIZATIONS='true',
-      JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE_DIR),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    ),
+    env=subprocess_env(),  # CPU, most optimisations off as here, the tests' cache
   )
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]
   assert 'all float64 checks passed' in out.stdout
