@@ -22,6 +22,7 @@ Metrics are read back one call behind the dispatch, so the device never waits fo
 
 import dataclasses
 import functools
+import json
 import logging
 from typing import Any, Callable
 
@@ -36,7 +37,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from bnjax import checkpoints, config_lib, data, evaluation, interruptions, metrics_log, models
-from bnjax import objective as objective_lib, scheduled_probes, workdir as workdir_lib
+from bnjax import objective as objective_lib, program_cache, scheduled_probes
+from bnjax import workdir as workdir_lib
 
 
 @flax.struct.dataclass
@@ -259,16 +261,30 @@ def _compile(run: Run, state: TrainState) -> _Steps:
     # their seed compile the same program (one persistent compilation cache entry).
     return make_train_chunk(train_step, run.probe_fns, seed, scan_train_step)(state, batches)
 
-  chunk_fn = jax.jit(
+  # Traced once per machine: a rerun, a resume or another seed reads the lowered program
+  # back (bnjax.program_cache) and the compiled one from JAX's persistent cache.
+  chunk_fn = program_cache.jit(
     chunk,
+    key=_program_key(config),
+    directory=jax.config.jax_compilation_cache_dir or None,
     in_shardings=(state_sharding, chunk_sharding, replicated),
     out_shardings=(state_sharding, replicated),
-    donate_argnums=0,
+    donate_argnums=(0,),
+    name='chunk',
   )
   seed = np.asarray(config.seed, np.int32)  # placed on every device of every host
   seed = jax.make_array_from_process_local_data(replicated, seed, seed.shape)
   evaluate = evaluation.make_evaluate(config, model, run.dataset.test, run.mesh)
   return _Steps(chunk_fn, seed, evaluate, chunk_sharding)
+
+
+def _program_key(config: ml_collections.ConfigDict) -> str:
+  """What the train chunk's trace reads from the config: all of it but the seed (an
+  argument of the program) and where the compilation cache is."""
+  fields = json.loads(config.to_json_best_effort(sort_keys=True))
+  for field in ('seed', 'compilation_cache'):
+    fields.pop(field, None)
+  return json.dumps(fields, sort_keys=True)
 
 
 def _chunk_length(config, step: int) -> int:

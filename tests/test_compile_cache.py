@@ -1,5 +1,6 @@
 """JAX's persistent compilation cache as bnjax.main uses it: where, how to change or turn it
-off, and runs that differ only in their seed sharing the train chunk's program."""
+off, and runs that differ only in their seed sharing the train chunk's program (compiled,
+and traced: bnjax.program_cache)."""
 
 import pathlib
 import re
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bnjax import main as bnjax_main
+from bnjax import main as bnjax_main, program_cache
 from small_runs import ROOT, main_args, metric_lines, start, subprocess_env
 
 
@@ -73,6 +74,9 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
     assert f'persistent compilation cache: {cache}' in logs[seed]
   for program in ('jit_chunk', 'jit_init'):  # one program for both seeds
     assert len(list(cache.glob(f'{program}-*'))) == 1, sorted(cache.iterdir())
+  # ... and one traced train program (bnjax.program_cache): seed 1 does not trace it.
+  assert len(list((cache / program_cache.SUBDIR).glob('chunk-*'))) == 1
+  assert 'tracing skipped' not in logs[0] and 'tracing skipped' in logs[1]
   hits = [
     int(re.search(r'(\d+) programs from the persistent cache', logs[s]).group(1)) for s in (0, 1)
   ]
