@@ -27,10 +27,10 @@ import logging
 import os
 import pathlib
 import pickle
-import tempfile
 from typing import Any, Callable
 
 import jax
+from etils import epath
 
 SUBDIR = 'bnjax-exported'
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'matfree', 'ml_collections', 'numpy')
@@ -102,31 +102,19 @@ def jit(
   )
   if directory is None:
     return plain
-  store = pathlib.Path(directory) / SUBDIR
+  store = epath.Path(directory) / SUBDIR  # as JAX's cache: a local path or gs://
   name = name or getattr(fn, '__name__', 'program')
-  programs = {}  # signature -> (in treedef, out treedef, flat jitted call) or None: plain
+  programs = {}  # signature -> (out treedef, the exported call jitted on leaves) or None
 
   def program_for(args):
     signature = _signature(args)
     if signature not in programs:
       digest = hashlib.sha256(f'{_environment_key()}\0{key}\0{signature}'.encode()).hexdigest()
       path = store / f'{name}-{digest}.pkl'
-      programs[signature] = _load(path) or _export(plain, args, path, in_shardings)
-      if programs[signature] is not None:
-        in_tree, out_tree, exported = programs[signature]
-        flat_call = _flat_call(exported, name)
-        donated = {i for i in donate_argnums}
-        flat_args = [(i, x) for i, a in enumerate(args) for x in jax.tree.leaves(a)]
-        programs[signature] = (
-          in_tree,
-          out_tree,
-          jax.jit(
-            flat_call,
-            in_shardings=_broadcast(in_shardings, args),
-            out_shardings=_broadcast(out_shardings, _dummy(out_tree)),
-            donate_argnums=tuple(j for j, (i, _) in enumerate(flat_args) if i in donated),
-          ),
-        )
+      entry = _load(path) or _export(plain, args, path, in_shardings, name)
+      programs[signature] = entry and _jit_leaves(
+        *entry, args, name, in_shardings, out_shardings, donate_argnums
+      )
     return programs[signature]
 
   @functools.wraps(fn)
@@ -134,44 +122,51 @@ def jit(
     program = program_for(args)
     if program is None:
       return plain(*args)
-    _, out_tree, flat_jitted = program
-    return jax.tree.unflatten(out_tree, flat_jitted(*jax.tree.leaves(args)))
+    out_tree, jitted = program
+    return jax.tree.unflatten(out_tree, jitted(*jax.tree.leaves(args)))
 
   return call
 
 
-def _dummy(treedef):
-  return jax.tree.unflatten(treedef, [0] * treedef.num_leaves)
+def _jit_leaves(out_tree, exported, args, name, in_shardings, out_shardings, donate_argnums):
+  """(out_tree, ``exported.call`` jitted on the leaves of ``args``), with ``jit``'s
+  shardings and donation spread over the leaves."""
 
-
-def _flat_call(exported, name: str) -> Callable:
-  def flat(*leaves):
+  def leaves_call(*leaves):
     return exported.call(*leaves)
 
-  flat.__name__ = flat.__qualname__ = name  # the compilation cache names its entries so
-  return flat
+  leaves_call.__name__ = leaves_call.__qualname__ = name  # names the compiled cache entry
+  arg_of_leaf = [i for i, a in enumerate(args) for _ in jax.tree.leaves(a)]
+  jitted = jax.jit(
+    leaves_call,
+    in_shardings=_broadcast(in_shardings, args),
+    out_shardings=_broadcast(
+      out_shardings, jax.tree.unflatten(out_tree, [0] * out_tree.num_leaves)
+    ),
+    donate_argnums=tuple(j for j, i in enumerate(arg_of_leaf) if i in donate_argnums),
+  )
+  return out_tree, jitted
 
 
-def _load(path: pathlib.Path):
-  """(in treedef, out treedef, Exported) from ``path``; None if absent or unreadable."""
-  try:
-    with open(path, 'rb') as f:
-      in_tree, out_tree, serialized = pickle.load(f)
-    exported = jax.export.deserialize(bytearray(serialized))
-  except FileNotFoundError:
+def _load(path: epath.Path):
+  """(out treedef, Exported) from ``path``; None if absent or unreadable."""
+  if not path.exists():
     return None
+  try:
+    out_tree, serialized = pickle.loads(path.read_bytes())
+    exported = jax.export.deserialize(bytearray(serialized))
   except Exception as e:  # pylint: disable=broad-except  # a torn or old entry: trace again
     logging.warning(
       'traced program %s unreadable (%s: %s); tracing again', path, type(e).__name__, e
     )
     return None
   logging.info('traced program read from %s: tracing skipped', path)
-  return in_tree, out_tree, exported
+  return out_tree, exported
 
 
-def _export(plain, args: tuple, path: pathlib.Path, in_shardings):
-  """Traces and lowers ``plain`` on ``args`` as a function of flat leaves; writes it to
-  ``path`` (process 0, atomically); None if it cannot be exported."""
+def _export(plain, args: tuple, path: epath.Path, in_shardings, name: str):
+  """(out treedef, Exported): ``plain`` traced and lowered on ``args`` as a function of
+  their leaves, written to ``path`` (process 0, atomically); None if it cannot be exported."""
   leaves, in_tree = jax.tree.flatten(args)
   out_tree = []
 
@@ -187,16 +182,16 @@ def _export(plain, args: tuple, path: pathlib.Path, in_shardings):
     serialized = exported.serialize()
   except Exception as e:  # pylint: disable=broad-except  # e.g. a host callback
     logging.warning(
-      'train program not exportable (%s: %s); traced on every run', type(e).__name__, e
+      'program %s not exportable (%s: %s); traced on every run', name, type(e).__name__, e
     )
     return None
   if jax.process_index() == 0:
     try:
       path.parent.mkdir(parents=True, exist_ok=True)
-      with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix='.tmp') as f:
-        pickle.dump((in_tree, out_tree[0], bytes(serialized)), f)
-      os.replace(f.name, path)  # readers see the whole entry or none
+      partial = path.parent / f'{path.name}.{os.getpid()}.tmp'
+      partial.write_bytes(pickle.dumps((out_tree[0], bytes(serialized))))
+      partial.replace(path)  # readers see the whole entry or none
       logging.info('traced program kept in %s', path)
     except OSError as e:
       logging.warning('traced program not kept (%s); traced again next run', e)
-  return in_tree, out_tree[0], exported
+  return out_tree[0], exported
