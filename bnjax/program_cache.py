@@ -67,10 +67,12 @@ def source_digest(package: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _signature(args: tuple) -> str:
-  """The arguments as tracing sees them: tree, shapes, dtypes, shardings."""
+def _signature(args: tuple, in_shardings: tuple) -> str:
+  """The arguments as the program sees them: tree, shapes, dtypes, and the shardings it
+  takes them in (not theirs: a state restored from a checkpoint is resharded, not retraced)."""
   leaves, treedef = jax.tree.flatten(args)
-  avals = [(tuple(x.shape), str(x.dtype), str(getattr(x, 'sharding', None))) for x in leaves]
+  shardings = _broadcast(in_shardings, args)
+  avals = [(tuple(x.shape), str(x.dtype), str(s)) for x, s in zip(leaves, shardings)]
   return f'{treedef}\0{avals}'
 
 
@@ -107,7 +109,7 @@ def jit(
   programs = {}  # signature -> (out treedef, the exported call jitted on leaves) or None
 
   def program_for(args):
-    signature = _signature(args)
+    signature = _signature(args, in_shardings)
     if signature not in programs:
       digest = hashlib.sha256(f'{_environment_key()}\0{key}\0{signature}'.encode()).hexdigest()
       path = store / f'{name}-{digest}.pkl'

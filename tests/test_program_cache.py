@@ -75,6 +75,10 @@ def test_a_second_run_reads_the_program_back_instead_of_tracing_and_computes_the
   assert_same(again(*inputs()), expected)
   assert_same(again(*inputs()), expected)
   assert second == []  # read back, never traced
+  state, batch, scale = inputs()
+  placed = jax.device_put(state, ins[0])  # as restored from a checkpoint: another sharding
+  assert_same(again(placed, batch, scale), expected)
+  assert second == []
   assert isinstance(out[0], State) and out[0].params['w'].sharding == ins[0]
 
 
