@@ -99,9 +99,8 @@ def jit(
   arguments and results. A program that cannot be exported (say, a host callback) runs
   as a plain ``jax.jit``, with a warning. Only process 0 writes, as JAX's cache does.
   """
-  plain = jax.jit(
-    fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums
-  )
+  how = dict(in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
+  plain = jax.jit(fn, **how)
   if directory is None:
     return plain
   store = epath.Path(directory) / SUBDIR  # as JAX's cache: a local path or gs://
@@ -114,9 +113,7 @@ def jit(
       digest = hashlib.sha256(f'{_environment_key()}\0{key}\0{signature}'.encode()).hexdigest()
       path = store / f'{name}-{digest}.pkl'
       entry = _load(path) or _export(plain, args, path, in_shardings, name)
-      programs[signature] = entry and _jit_leaves(
-        *entry, args, name, in_shardings, out_shardings, donate_argnums
-      )
+      programs[signature] = entry and _jit_leaves(entry, args, name, how)
     return programs[signature]
 
   @functools.wraps(fn)
@@ -130,9 +127,11 @@ def jit(
   return call
 
 
-def _jit_leaves(out_tree, exported, args, name, in_shardings, out_shardings, donate_argnums):
-  """(out_tree, ``exported.call`` jitted on the leaves of ``args``), with ``jit``'s
-  shardings and donation spread over the leaves."""
+def _jit_leaves(entry: tuple, args: tuple, name: str, how: dict):
+  """(out treedef, ``exported.call`` jitted on the leaves of ``args``) from ``entry`` (out
+  treedef, Exported), with ``how``'s shardings and donation (``jax.jit``'s) spread over
+  the leaves."""
+  out_tree, exported = entry
 
   def leaves_call(*leaves):
     return exported.call(*leaves)
@@ -141,11 +140,11 @@ def _jit_leaves(out_tree, exported, args, name, in_shardings, out_shardings, don
   arg_of_leaf = [i for i, a in enumerate(args) for _ in jax.tree.leaves(a)]
   jitted = jax.jit(
     leaves_call,
-    in_shardings=_broadcast(in_shardings, args),
+    in_shardings=_broadcast(how['in_shardings'], args),
     out_shardings=_broadcast(
-      out_shardings, jax.tree.unflatten(out_tree, [0] * out_tree.num_leaves)
+      how['out_shardings'], jax.tree.unflatten(out_tree, [0] * out_tree.num_leaves)
     ),
-    donate_argnums=tuple(j for j, i in enumerate(arg_of_leaf) if i in donate_argnums),
+    donate_argnums=tuple(j for j, i in enumerate(arg_of_leaf) if i in how['donate_argnums']),
   )
   return out_tree, jitted
 

@@ -7,9 +7,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bnjax import program_cache
+from bnjax import program_cache, train
+from small_runs import metric_lines, small_dln
 
 
 @flax.struct.dataclass
@@ -131,3 +133,28 @@ def test_a_program_with_a_host_callback_runs_as_plain_jit(tmp_path, caplog):
   jax.effects_barrier()
   assert seen and 'not exportable' in caplog.text
   assert_same(out, jax.jit(step, in_shardings=ins, out_shardings=outs)(*inputs()))
+
+
+@pytest.fixture
+def cache_dir_option():
+  """Sets jax_compilation_cache_dir, where train reads the program cache's directory;
+  restored afterwards."""
+  before = jax.config.jax_compilation_cache_dir
+  yield lambda value: jax.config.update('jax_compilation_cache_dir', value)
+  jax.config.update('jax_compilation_cache_dir', before)
+
+
+def test_a_run_through_the_cache_trains_exactly_as_a_plain_jit(tmp_path, cache_dir_option, caplog):
+  """The small DLN with every probe, 40 steps: the same metrics line for line, probes included,
+  traced and read back (a second run) or jitted as before (no compilation cache)."""
+  caplog.set_level(logging.INFO)
+  runs = {}
+  for name, cache in (('plain', None), ('traced', tmp_path / 'c'), ('read', tmp_path / 'c')):
+    cache_dir_option(cache and str(cache))
+    assert train.train_and_evaluate(small_dln(), str(tmp_path / name)) == 'done'
+    timeless = lambda line: {k: v for k, v in line.items() if 'per_second' not in k}
+    runs[name] = [timeless(line) for line in metric_lines(tmp_path / name)]
+  assert caplog.text.count('traced program kept') == 1
+  assert caplog.text.count('tracing skipped') == 1
+  assert len(runs['plain']) == 40 and any('probe/landscape/beta' in l for l in runs['plain'])
+  assert runs['traced'] == runs['plain'] and runs['read'] == runs['plain']
