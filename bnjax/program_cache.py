@@ -12,8 +12,8 @@ The key is everything tracing reads: bnjax's source files, the versions of the l
 it traces through, JAX's options (but its cache settings), the backend, the devices and
 processes, ``BNJAX_ASSUME_BACKEND`` and ``XLA_FLAGS``, the caller's ``key`` (the config
 without its seed: the program takes the seed as an argument, see
-``scheduled_probes.registry``) and the arguments' tree, shapes, dtypes and shardings.
-Editing any bnjax file therefore traces anew. Delete the subdirectory to drop every
+``scheduled_probes.registry``), the arguments' tree, shapes and dtypes, and the shardings
+the program takes them in. Editing any bnjax file therefore traces anew. Delete the subdirectory to drop every
 entry; ``config.compilation_cache='off'`` turns both caches off.
 
 Why our own: JAX caches compiled programs, not traced ones, and ``jax.export`` serialises
@@ -67,15 +67,6 @@ def source_digest(package: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _signature(args: tuple, in_shardings: tuple) -> str:
-  """The arguments as the program sees them: tree, shapes, dtypes, and the shardings it
-  takes them in (not theirs: a state restored from a checkpoint is resharded, not retraced)."""
-  leaves, treedef = jax.tree.flatten(args)
-  shardings = _broadcast(in_shardings, args)
-  avals = [(tuple(x.shape), str(x.dtype), str(s)) for x, s in zip(leaves, shardings)]
-  return f'{treedef}\0{avals}'
-
-
 def _broadcast(prefix: Any, tree: Any) -> list:
   """The leaves of ``prefix`` (e.g. shardings), one per leaf of ``tree`` it is a prefix of."""
   return jax.tree.leaves(jax.tree.map(lambda p, sub: jax.tree.map(lambda _: p, sub), prefix, tree))
@@ -105,32 +96,36 @@ def jit(
     return plain
   store = epath.Path(directory) / SUBDIR  # as JAX's cache: a local path or gs://
   name = name or getattr(fn, '__name__', 'program')
-  programs = {}  # signature -> (out treedef, the exported call jitted on leaves) or None
+  programs = {}  # (treedef, shapes and dtypes) -> (out treedef, jitted call on leaves) or None
 
-  def program_for(args):
-    signature = _signature(args, in_shardings)
+  def program_for(args, leaves, treedef):
+    # Looked up at every call, so only what can change: the shardings are in_shardings'.
+    signature = (treedef, tuple((x.shape, x.dtype) for x in leaves))
     if signature not in programs:
-      digest = hashlib.sha256(f'{_environment_key()}\0{key}\0{signature}'.encode()).hexdigest()
-      path = store / f'{name}-{digest}.pkl'
-      entry = _load(path) or _export(plain, args, path, in_shardings, name)
-      programs[signature] = entry and _jit_leaves(entry, args, name, how)
+      # Read back, not traced, whatever shardings the arguments come in (a restored state).
+      shardings = _broadcast(in_shardings, args)
+      text = f'{_environment_key()}\0{key}\0{signature}\0{shardings}'
+      path = store / f'{name}-{hashlib.sha256(text.encode()).hexdigest()}.pkl'
+      entry = _load(path) or _export(plain, args, path, shardings, name)
+      programs[signature] = entry and _jit_leaves(entry, args, shardings, name, how)
     return programs[signature]
 
   @functools.wraps(fn)
   def call(*args):
-    program = program_for(args)
+    leaves, treedef = jax.tree.flatten(args)
+    program = program_for(args, leaves, treedef)
     if program is None:
       return plain(*args)
     out_tree, jitted = program
-    return jax.tree.unflatten(out_tree, jitted(*jax.tree.leaves(args)))
+    return jax.tree.unflatten(out_tree, jitted(*leaves))
 
   return call
 
 
-def _jit_leaves(entry: tuple, args: tuple, name: str, how: dict):
+def _jit_leaves(entry: tuple, args: tuple, in_shardings: list, name: str, how: dict):
   """(out treedef, ``exported.call`` jitted on the leaves of ``args``) from ``entry`` (out
-  treedef, Exported), with ``how``'s shardings and donation (``jax.jit``'s) spread over
-  the leaves."""
+  treedef, Exported): ``in_shardings`` one per leaf, ``how``'s (``jax.jit``'s) output
+  shardings and donation spread over the leaves."""
   out_tree, exported = entry
 
   def leaves_call(*leaves):
@@ -140,7 +135,7 @@ def _jit_leaves(entry: tuple, args: tuple, name: str, how: dict):
   arg_of_leaf = [i for i, a in enumerate(args) for _ in jax.tree.leaves(a)]
   jitted = jax.jit(
     leaves_call,
-    in_shardings=_broadcast(how['in_shardings'], args),
+    in_shardings=in_shardings,
     out_shardings=_broadcast(
       how['out_shardings'], jax.tree.unflatten(out_tree, [0] * out_tree.num_leaves)
     ),
@@ -165,9 +160,10 @@ def _load(path: epath.Path):
   return out_tree, exported
 
 
-def _export(plain, args: tuple, path: epath.Path, in_shardings, name: str):
+def _export(plain, args: tuple, path: epath.Path, in_shardings: list, name: str):
   """(out treedef, Exported): ``plain`` traced and lowered on ``args`` as a function of
-  their leaves, written to ``path`` (process 0, atomically); None if it cannot be exported."""
+  their leaves (``in_shardings``: one per leaf), written to ``path`` (process 0,
+  atomically); None if it cannot be exported."""
   leaves, in_tree = jax.tree.flatten(args)
   out_tree = []
 
@@ -179,7 +175,7 @@ def _export(plain, args: tuple, path: epath.Path, in_shardings, name: str):
 
   specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
   try:
-    exported = jax.export.export(jax.jit(flat, in_shardings=_broadcast(in_shardings, args)))(*specs)
+    exported = jax.export.export(jax.jit(flat, in_shardings=in_shardings))(*specs)
     serialized = exported.serialize()
   except Exception as e:  # pylint: disable=broad-except  # e.g. a host callback
     logging.warning(
