@@ -59,6 +59,12 @@ def for_loops(fn: Callable) -> Callable:
   return convolutions_for_loops(fn) if assumed_backend() == 'cpu' else fn
 
 
+def has_convolutions(fn: Callable, *args) -> bool:
+  """Whether ``fn(*args)`` runs a convolution (traced once to a jaxpr; nested jaxprs of
+  jit, remat, scan, while and cond bodies included)."""
+  return _has_conv(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
 def _has_conv(jaxpr: jex.Jaxpr) -> bool:
   return any(
     eqn.primitive is _CONV or any(_has_conv(j) for j in jex.jaxprs_in_params(eqn.params))

@@ -1,4 +1,5 @@
-"""landscape.py: the loss landscape along the gradient on a quadratic, and NaN safety."""
+"""landscape.py: the loss landscape along the gradient on a quadratic, NaN safety, and
+where the step sizes are vmapped."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from bnjax import probes
+from bnjax.probes import _common
 
 
 def test_gradient_landscape_on_a_quadratic(quadratic):
@@ -47,3 +49,17 @@ def test_landscape_is_nan_safe(quadratic):
   assert np.isfinite(r.loss[0]) and np.isnan(r.loss[1])
   reference = probes.gradient_landscape(loss_fn, params, etas[:1])
   assert r.beta == pytest.approx(float(reference.beta), rel=1e-5)
+
+
+def test_on_cpu_only_a_loss_with_convolutions_unrolls_its_step_sizes(monkeypatch):
+  monkeypatch.delenv(_common.ASSUME_BACKEND, raising=False)
+  x = jnp.ones((2, 3, 6, 6))
+  conv = lambda w: jnp.sum(jax.lax.conv(x, w, (1, 1), 'SAME') ** 2)
+  in_a_loop = lambda w: jax.lax.fori_loop(0, 2, lambda i, s: s + jax.jit(conv)(w), 0.0)
+  dense = lambda w: jnp.sum((x.reshape(2, -1)[:, :12] @ w.reshape(12, -1)) ** 2)
+  w = jnp.ones((4, 3, 3, 3))
+  default = probes.landscape.default_batch_size
+  assert default(5, conv, w) == 0 and default(5, in_a_loop, w) == 0
+  assert default(5, dense, w[:, :1].reshape(12, 3)) == 5
+  monkeypatch.setenv(_common.ASSUME_BACKEND, 'tpu')
+  assert default(5, conv, w) == 5
