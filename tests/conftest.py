@@ -8,6 +8,10 @@ import os
 os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 ).strip()
+# One OpenBLAS thread per process (numpy's, scipy's): after each call its idle threads spin,
+# taking the core the other pytest worker compiles on. `-m "not slow"`, warm, back to back:
+# 160.2 s with OpenBLAS's default, 148.5 s with 1 (149.0 s in an earlier run).
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 os.environ.setdefault(
   'BNJAX_CACHE', os.path.join(os.environ.get('TMPDIR', '/tmp'), 'bnjax-test-cache')
 )
