@@ -11,8 +11,8 @@ the runs' environment), which also holds the traced train program
 (``bnjax.program_cache``: a second run's tracing is near 0). A run logs ``first step
 after T s: compilation C s (tracing, lowering, XLA or cache; N programs from the
 persistent cache)`` (``bnjax.metrics_log``); this prints those figures and their ratios
-to the first run's. Target (issue 25): the second run's
-compilation at most 20% of the first's.
+to the first run's. Target (issue 25): the second run's compilation at most 20% of the
+first's.
 """
 
 import argparse

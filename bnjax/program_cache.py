@@ -13,8 +13,8 @@ it traces through, JAX's options (but its cache settings), the backend, the devi
 processes, ``BNJAX_ASSUME_BACKEND`` and ``XLA_FLAGS``, the caller's ``key`` (the config
 without its seed: the program takes the seed as an argument, see
 ``scheduled_probes.registry``), the arguments' tree, shapes and dtypes, and the shardings
-the program takes them in. Editing any bnjax file therefore traces anew. Delete the subdirectory to drop every
-entry; ``config.compilation_cache='off'`` turns both caches off.
+the program takes them in. Editing any bnjax file therefore traces anew. Delete the
+subdirectory to drop every entry; ``config.compilation_cache='off'`` turns both caches off.
 
 Why our own: JAX caches compiled programs, not traced ones, and ``jax.export`` serialises
 a program but leaves where to keep it, and when it is stale, to the caller.
