@@ -12,7 +12,8 @@ from conftest import ROOT
 
 # Runs bnjax.main's real main() on a config with training replaced by a probe: the
 # XLA_FLAGS the backend started with, and whether XLA:CPU handed the DLN's batch mean
-# ([1000, 10] -> [10]) to YNNPACK in the compiled program.
+# ([1000, 10] -> [10]) and its layer's matmul ([1000, 10] x [10, 10]) to YNNPACK in the
+# compiled programs.
 _MAIN = """
 import os, sys
 from absl import app
@@ -20,8 +21,10 @@ import bnjax.main as m
 from bnjax import train
 def probe(config, workdir, stop=None):
   import jax, jax.numpy as jnp
-  hlo = jax.jit(lambda y: jnp.mean(y, 0)).lower(jnp.ones((1000, 10))).compile().as_text()
-  print(os.environ['XLA_FLAGS'], '|', 'ynn' in hlo)
+  y, w = jnp.ones((1000, 10)), jnp.ones((10, 10))
+  mean = jax.jit(lambda y: jnp.mean(y, 0)).lower(y).compile().as_text()
+  matmul = jax.jit(jnp.matmul).lower(y, w).compile().as_text()
+  print(os.environ['XLA_FLAGS'], '|', 'ynn' in mean, '|', 'ynn' in matmul)
   return 'done'
 train.train_and_evaluate = probe
 sys.argv = ['main', '--config=%s', '--workdir=unused']
@@ -40,9 +43,10 @@ def _run(code: str, env_flags: str | None) -> str:
   return run.stdout.strip()
 
 
-def _main_with(config: str, env_flags: str | None) -> tuple[str, bool]:
-  flags, ynn = _run(_MAIN % (ROOT / 'configs' / config), env_flags).rsplit(' | ', 1)
-  return flags, ynn == 'True'
+def _main_with(config: str, env_flags: str | None) -> tuple[str, tuple[bool, bool]]:
+  """XLA_FLAGS as the run's backend saw them; (mean on YNNPACK, matmul on YNNPACK)."""
+  flags, mean, matmul = _run(_MAIN % (ROOT / 'configs' / config), env_flags).rsplit(' | ', 2)
+  return flags, (mean == 'True', matmul == 'True')
 
 
 def test_main_sets_the_models_flags_before_jax_starts_and_keeps_the_users():
@@ -55,9 +59,10 @@ def test_main_sets_the_models_flags_before_jax_starts_and_keeps_the_users():
   mine = ours(None)  # a value of bnjax's own flag, other than the DLN's
   user_flags, user_ynn = _main_with('dln_bn.py', mine)
   assert user_flags == mine  # the user's choice wins
-  if not vgg_ynn:
-    pytest.skip('XLA:CPU uses no YNNPACK reductions on this machine')
-  assert not dln_ynn and user_ynn  # the DLN's flags reached the backend; the user's too
+  if not all(vgg_ynn):
+    pytest.skip(f'XLA:CPU uses no YNNPACK reduction or matmul here {vgg_ynn}')
+  # The DLN's flags reached the backend (neither op on YNNPACK); the user's did too.
+  assert dln_ynn == (False, False) and user_ynn == (True, True)
 
 
 def test_importing_the_probes_leaves_xla_flags_alone():
