@@ -18,8 +18,8 @@ resumes. The signals' handlers are installed first thing (``bnjax.interruptions`
 
 Compiled programs are kept in JAX's persistent compilation cache (``config.compilation_cache``:
 'auto', a directory or 'off'; ``JAX_COMPILATION_CACHE_DIR``, if set, wins, empty for off),
-with the train program as traced (``bnjax.program_cache``), so a rerun, a resume or
-another seed of the same config skips tracing it and most of its compilation.
+with the train and initialisation programs as traced (``bnjax.program_cache``), so a rerun,
+a resume or another seed of the same config skips tracing them and most of their compilation.
 """
 
 import errno

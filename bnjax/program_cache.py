@@ -1,4 +1,4 @@
-"""The train program as traced and lowered, kept across runs so a rerun skips tracing.
+"""Programs as traced and lowered, kept across runs so a rerun skips tracing them.
 
 JAX's persistent compilation cache keeps what XLA compiled, keyed by the lowered module,
 so every run still traces and lowers its train chunk to find its entry: for the reduced

@@ -230,18 +230,27 @@ def _initial_state(run: Run) -> TrainState:
   def init(seed, sample):  # the seed an argument: seeds share the compiled program
     return TrainState.create(objective_lib.init_variables(run.model, seed, sample), run.tx)
 
-  sample = jnp.zeros((1,) + run.dataset.train.inputs.shape[1:], jnp.float32)
-  seed = jnp.asarray(run.config.seed, jnp.int32)
-  abstract_state = jax.eval_shape(init, seed, sample)
+  # As the train chunk: a rerun reads init's traced program back instead of tracing the
+  # model's initialisers again (bnjax.program_cache), here and in eval_shape.
+  init_fn = program_cache.jit(
+    init,
+    key=_program_key(run.config),
+    directory=jax.config.jax_compilation_cache_dir or None,
+    in_shardings=(replicated, replicated),
+    out_shardings=replicated,
+    name='init',
+  )
+  sample = np.zeros((1,) + run.dataset.train.inputs.shape[1:], np.float32)
+  seed = np.asarray(run.config.seed, np.int32)
+  seed, sample = (
+    jax.make_array_from_process_local_data(replicated, a, a.shape) for a in (seed, sample)
+  )
+  abstract_state = jax.eval_shape(init_fn, seed, sample)
   abstract_with_sharding = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state
   )
   state = checkpoints.restore_latest(run.checkpoint_manager, abstract_with_sharding)
-  if state is None:
-    state = jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract_state))(
-      seed, sample
-    )
-  return state
+  return init_fn(seed, sample) if state is None else state
 
 
 def _compile(run: Run, state: TrainState) -> _Steps:

@@ -20,11 +20,11 @@ import os
 #   0.66-0.76 ms; benchmarks/dln_step.py). The VGGs keep YNNPACK's reductions: with them
 #   off their train-mode forward pass was 7-10% slower in three interleaved rounds.
 # - 'individual_dot', for the DLN only, keeps its matmuls in XLA's own code: YNNPACK's
-#   per-call cost outweighs a [1000, 10] x [10, 10] product. Every DLN step got faster by
-#   the same 0.6 ms: none 0.98-1.01 -> 0.40-0.41 ms, BN 1.61-1.62 -> 1.02-1.03 ms, the
-#   other normalisers alike (benchmarks/dln_step.py, two rounds each way); also at width
-#   100 (BN 16.0 -> 11.7 ms) and 400 (104.9 -> 100.1 ms). The train chunk with every probe
-#   then has no YNNPACK fusion and loads from the compilation cache in 0.56 s, not 0.65 s
+#   per-call cost outweighs a [1000, 10] x [10, 10] product. Every DLN step got about
+#   0.6 ms faster: none 0.98 -> 0.40 ms, BN 1.60-1.61 -> 1.02-1.03 ms, the other
+#   normalisers alike (benchmarks/dln_step.py, two rounds each way); also at width 100
+#   (BN 16.0 -> 11.7 ms) and 400 (104.9 -> 100.1 ms). The train chunk with every probe then
+#   has no YNNPACK fusion and loads from the compilation cache in 0.57 s, not 0.65 s
 #   (benchmarks/cache_read.py --config=configs/dln_bn.py).
 # Other backends ignore XLA:CPU flags.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
