@@ -15,6 +15,7 @@ on 2 CPU cores for the reduced VGG.
 """
 
 import argparse
+import pathlib
 import pickle
 import re
 import subprocess
@@ -23,6 +24,8 @@ import tempfile
 import time
 
 from bnjax import config_lib, xla_flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def program_size(compiled) -> dict[str, float]:
@@ -82,7 +85,13 @@ def main():
   parser.add_argument('--config', default='configs/sweeps/local_vgg.py:bn_lr0.1_seed0')
   parser.add_argument('--load', help=argparse.SUPPRESS)  # the new process that loads
   args = parser.parse_args()
-  config = config_lib.load_config_file(args.config)
+  path = args.config.partition(':')[0]
+  if not pathlib.Path(path).exists() and (ROOT / path).exists():
+    args.config = str(ROOT / args.config)  # relative to the repository, as compile_cache.py
+  try:
+    config = config_lib.load_config_file(args.config)
+  except config_lib.ConfigError as e:
+    sys.exit(f'cache_read.py: {e}')
   xla_flags.apply(config.model)  # before jax starts its backend, as bnjax.main does
   if args.load:
     print(load_median(args.load))
