@@ -223,8 +223,9 @@ class _Steps:
   chunk_sharding: NamedSharding
 
 
-def _initial_state(run: Run) -> TrainState:
-  """The newest readable checkpoint's state, else a fresh one from ``config.seed``."""
+def _initial_state(run: Run, seed: jax.Array) -> TrainState:
+  """The newest readable checkpoint's state, else a fresh one from ``seed`` (int32 [],
+  ``config.seed`` on every device)."""
   replicated = NamedSharding(run.mesh, P())
 
   def init(seed, sample):  # the seed an argument: seeds share the compiled program
@@ -232,19 +233,10 @@ def _initial_state(run: Run) -> TrainState:
 
   # As the train chunk: a rerun reads init's traced program back instead of tracing the
   # model's initialisers again (bnjax.program_cache), here and in eval_shape.
-  init_fn = program_cache.jit(
-    init,
-    key=_program_key(run.config),
-    directory=jax.config.jax_compilation_cache_dir or None,
-    in_shardings=(replicated, replicated),
-    out_shardings=replicated,
-    name='init',
+  init_fn = _kept_jit(
+    init, run, in_shardings=(replicated, replicated), out_shardings=replicated, name='init'
   )
-  sample = np.zeros((1,) + run.dataset.train.inputs.shape[1:], np.float32)
-  seed = np.asarray(run.config.seed, np.int32)
-  seed, sample = (
-    jax.make_array_from_process_local_data(replicated, a, a.shape) for a in (seed, sample)
-  )
+  sample = _replicated(run, np.zeros((1,) + run.dataset.train.inputs.shape[1:], np.float32))
   abstract_state = jax.eval_shape(init_fn, seed, sample)
   abstract_with_sharding = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state
@@ -253,7 +245,7 @@ def _initial_state(run: Run) -> TrainState:
   return init_fn(seed, sample) if state is None else state
 
 
-def _compile(run: Run, state: TrainState) -> _Steps:
+def _compile(run: Run, state: TrainState, seed: jax.Array) -> _Steps:
   config, model = run.config, run.model
   replicated = NamedSharding(run.mesh, P())
   chunk_sharding = NamedSharding(run.mesh, P(None, 'data'))
@@ -272,24 +264,32 @@ def _compile(run: Run, state: TrainState) -> _Steps:
 
   # Traced once per machine: a rerun, a resume or another seed reads the lowered program
   # back (bnjax.program_cache) and the compiled one from JAX's persistent cache.
-  chunk_fn = program_cache.jit(
+  chunk_fn = _kept_jit(
     chunk,
-    key=_program_key(config),
-    directory=jax.config.jax_compilation_cache_dir or None,
+    run,
     in_shardings=(state_sharding, chunk_sharding, replicated),
     out_shardings=(state_sharding, replicated),
     donate_argnums=(0,),
     name='chunk',
   )
-  seed = np.asarray(config.seed, np.int32)  # placed on every device of every host
-  seed = jax.make_array_from_process_local_data(replicated, seed, seed.shape)
   evaluate = evaluation.make_evaluate(config, model, run.dataset.test, run.mesh)
   return _Steps(chunk_fn, seed, evaluate, chunk_sharding)
 
 
+def _kept_jit(fn: Callable, run: Run, **how) -> Callable:
+  """``program_cache.jit(fn, **how)`` in the run's compilation cache, keyed by its config."""
+  directory = jax.config.jax_compilation_cache_dir or None
+  return program_cache.jit(fn, key=_program_key(run.config), directory=directory, **how)
+
+
+def _replicated(run: Run, value: np.ndarray) -> jax.Array:
+  """``value``, the same on every host, placed on every device of every host."""
+  return jax.make_array_from_process_local_data(NamedSharding(run.mesh, P()), value, value.shape)
+
+
 def _program_key(config: ml_collections.ConfigDict) -> str:
-  """What the train chunk's trace reads from the config: all of it but the seed (an
-  argument of the program) and where the compilation cache is."""
+  """What the traces of the train chunk and the initialisation read from the config: all
+  of it but the seed (an argument of both programs) and where the compilation cache is."""
   fields = json.loads(config.to_json_best_effort(sort_keys=True))
   for field in ('seed', 'compilation_cache'):
     fields.pop(field, None)
@@ -317,11 +317,12 @@ def _run(run: Run) -> str:
     jax.device_count(),
     dict(run.mesh.shape),
   )
-  state = _initial_state(run)
+  seed = _replicated(run, np.asarray(run.config.seed, np.int32))  # an argument of the programs
+  state = _initial_state(run, seed)
   step = int(state.step)
   wd.truncate_metrics(step)
   wd.open_events(step)
-  steps = _compile(run, state)
+  steps = _compile(run, state, seed)
   # Unreadable images left out: recorded on the first line this (re)start writes.
   skipped = run.dataset.skipped_images
   log = metrics_log.MetricsLog(

@@ -10,37 +10,20 @@ from tensorboardX.proto import event_pb2
 from bnjax import config_lib, train
 
 
-def read_histograms(workdir) -> dict[str, dict[int, tuple[list, list]]]:
-  """{tag: {step: (bucket limits, bucket counts)}} of the histograms in every event file."""
-  out: dict[str, dict[int, tuple[list, list]]] = {}
-  for event in _events(workdir):
-    for value in event.summary.value:
-      if value.HasField('histo'):
-        out.setdefault(value.tag, {})[event.step] = (
-          list(value.histo.bucket_limit),
-          list(value.histo.bucket),
-        )
-  return out
-
-
-def _events(workdir):
-  """Every event of every event file (TFRecord parsed by hand)."""
+def read_summaries(workdir, field: str) -> dict[str, dict[int, object]]:
+  """{tag: {step: value.<field>}} of the summary values with ``field`` set ('simple_value':
+  scalars, 'histo': HistogramProtos) in every event file (TFRecord parsed by hand)."""
+  out: dict[str, dict[int, object]] = {}
   for path in sorted(workdir.glob('events.out.tfevents.*')):
     data = path.read_bytes()
     i = 0
     while i < len(data):
       (length,) = struct.unpack('<Q', data[i : i + 8])
-      yield event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
       i += 12 + length + 4  # length, its crc, the record, its crc
-
-
-def read_events(workdir) -> dict[str, dict[int, float]]:
-  """{tag: {step: value}} of the scalars in every event file (TFRecord parsed by hand)."""
-  out: dict[str, dict[int, float]] = {}
-  for event in _events(workdir):
-    for value in event.summary.value:
-      if value.HasField('simple_value'):
-        out.setdefault(value.tag, {})[event.step] = value.simple_value
+      for value in event.summary.value:
+        if value.HasField(field):
+          out.setdefault(value.tag, {})[event.step] = getattr(value, field)
   return out
 
 
@@ -59,7 +42,7 @@ def tiny_dln(tensorboard: str):
 
 def test_every_metric_and_probe_vector_reaches_tensorboard(tmp_path):
   assert train.train_and_evaluate(tiny_dln('on'), str(tmp_path)) == 'done'
-  events = read_events(tmp_path)
+  events = read_summaries(tmp_path, 'simple_value')
   lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   losses = {l['step']: l['train_loss'] for l in lines}
   assert sorted(events['train_loss']) == list(range(20))
@@ -89,14 +72,15 @@ def test_the_activation_histograms_reach_tensorboard_as_the_probe_binned_them(tm
   c.probes.activations.layers = (1, 3)
   assert train.train_and_evaluate(c, str(tmp_path)) == 'done'
   lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  histograms, scalars = read_histograms(tmp_path), read_events(tmp_path)
+  histograms = read_summaries(tmp_path, 'histo')
+  scalars = read_summaries(tmp_path, 'simple_value')
   for k in (1, 3):
     tag = f'probe/activations/layer{k}'
     probed = {l['step']: l for l in lines if np.all(np.asarray(l.get(f'{tag}/hist', -1)) >= 0)}
     assert sorted(probed) == [0, 5, 10, 15]
     assert sorted(histograms[tag]) == [0, 5, 10, 15]  # one histogram a probed step
     for t, line in probed.items():
-      limits, counts = histograms[tag][t]
+      counts, limits = list(histograms[tag][t].bucket), histograms[tag][t].bucket_limit
       assert counts == line[f'{tag}/hist'] and sum(counts) == 1000  # the DLN's full batch
       np.testing.assert_allclose(limits, line[f'{tag}/edges'][1:], rtol=1e-6)
     assert sorted(scalars[f'{tag}/mean']) == [0, 5, 10, 15]  # the other fields as before
