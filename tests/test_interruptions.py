@@ -182,7 +182,7 @@ def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resume
   assert status(tmp_path / 'two')['state'] in ('failed', 'running')
 
   rerun = subprocess.run(
-    launcher[:4] + [a.replace('num_steps=3000', 'num_steps=500') for a in launcher[4:]],
+    launcher[:4] + [a.replace('num_steps=3000', 'num_steps=300') for a in launcher[4:]],
     cwd=ROOT,
     env=subprocess_env(),
     capture_output=True,
@@ -192,14 +192,14 @@ def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resume
   assert rerun.returncode == 0, launcher_failure(rerun.stderr)
   assert 'resumed from checkpoint' in rerun.stderr
   # Against the same two processes uninterrupted: the same reductions, so the same numbers
-  # (one process x 4 devices drifts from them by rounding over 500 steps of this DLN).
+  # (one process x 4 devices sums in another order: its losses drift from these by rounding).
   whole = subprocess.run(
     [
       'bash',
       'launch/local_multihost.sh',
       '2',
       '2',
-      *main_args(tmp_path / 'whole', num_steps=500)[3:],
+      *main_args(tmp_path / 'whole', num_steps=300)[3:],
     ],
     cwd=ROOT,
     env=subprocess_env(),
@@ -209,7 +209,7 @@ def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resume
   )
   assert whole.returncode == 0, launcher_failure(whole.stderr)
   a, b = metric_lines(tmp_path / 'whole'), metric_lines(tmp_path / 'two')
-  assert [l['step'] for l in b] == list(range(500))
+  assert [l['step'] for l in b] == list(range(300))
   assert [l['train_loss'] for l in b] == [l['train_loss'] for l in a]
 
 
