@@ -114,17 +114,26 @@ def tree_axpy(alpha, x, y):
 
 
 def rademacher_like(key: jax.Array, params: Params):
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten(
-    [jax.random.rademacher(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-  )
+  """Independent +-1 entries in a pytree like params (each leaf's shape and dtype)."""
+  return _one_draw_like(jax.random.rademacher, key, params)
 
 
 def normal_like(key: jax.Array, params: Params):
+  """Independent standard normal entries in a pytree like params."""
+  return _one_draw_like(jax.random.normal, key, params)
+
+
+def _one_draw_like(sample, key, params):
+  """sample(key, [n], dtype) for all n entries of params at once, cut into its leaves.
+
+  One draw, not one per leaf: each draw is a random-bits program of its own, and XLA:CPU
+  compiles each of its fusions separately (the top eigenvalues of the tests' 10-leaf BN
+  MLP: 294 fusions, 1.5 s, against 194 and 1.1 s with one draw).
+  """
   leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+  flat = sample(key, (sum(x.size for x in leaves),), jnp.result_type(*leaves))
+  parts = jnp.split(flat, np.cumsum([x.size for x in leaves])[:-1])
+  return treedef.unflatten([p.reshape(x.shape).astype(x.dtype) for p, x in zip(parts, leaves)])
 
 
 def map_in_batches(f, xs, batch_size: int):

@@ -68,3 +68,32 @@ def test_hessian_diagonal_matches_the_dense_diagonal_within_its_standard_error(m
   z = np.abs(estimate - exact) / np.maximum(stderr, 1e-12)
   assert np.mean(z < 3) > 0.97 and np.median(z) < 1.5  # unbiased, honest error bars
   assert np.corrcoef(estimate, exact)[0, 1] > 0.9
+
+
+def test_random_vectors_are_one_draw_cut_into_independent_leaves_of_each_dtype():
+  """normal_like / rademacher_like (the probes' random vectors): every entry of every leaf
+  an independent sample, in the leaf's shape and dtype, from one random-bits draw (one
+  per leaf made the probes' programs far larger to compile)."""
+  from bnjax.probes import _common  # pylint: disable=g-import-not-at-top
+
+  params = {
+    'a': jnp.zeros((100, 60), jnp.float32),
+    'b': jnp.zeros((100, 60), jnp.float32),
+    'c': jnp.zeros((7,), jnp.bfloat16),
+    'd': jnp.zeros((), jnp.float32),
+  }
+  key = jax.random.key(0)
+  for like, check in (
+    (_common.normal_like, lambda x: abs(x.mean()) < 0.02 and abs(x.var() - 1) < 0.03),
+    (_common.rademacher_like, lambda x: set(np.unique(x)) == {-1.0, 1.0}),
+  ):
+    z = like(key, params)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), z) == jax.tree.map(
+      lambda x: (x.shape, x.dtype), params
+    )
+    a, b = np.asarray(z['a'], np.float64).ravel(), np.asarray(z['b'], np.float64).ravel()
+    assert check(np.concatenate([a, b]))  # 12,000 entries: 0.02 is 2.2 standard errors
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05  # two leaves of one shape, independent
+    assert not np.array_equal(np.asarray(like(jax.random.key(1), params)['a']), z['a'])
+    draws = str(jax.make_jaxpr(like)(key, params)).count('random_bits')
+    assert draws == 1, draws
