@@ -131,6 +131,8 @@ def _one_draw_like(sample, key, params):
   MLP: 294 fusions, 1.5 s, against 194 and 1.1 s with one draw).
   """
   leaves, treedef = jax.tree.flatten(params)
+  if not leaves:
+    return params
   flat = sample(key, (sum(x.size for x in leaves),), jnp.result_type(*leaves))
   parts = jnp.split(flat, np.cumsum([x.size for x in leaves])[:-1])
   return treedef.unflatten([p.reshape(x.shape).astype(x.dtype) for p, x in zip(parts, leaves)])

@@ -123,6 +123,13 @@ def _project_out(q, w, m):
   )
 
 
+def _toward_start(s: jax.Array) -> jax.Array:
+  """Ritz coefficients s [m, k] with each column's sign chosen so that its vector has a
+  non-negative inner product with the start vector (the basis's row 0): eigh's signs are
+  arbitrary, and rounding (another device layout, say) could flip them."""
+  return s * jnp.where(s[:1] < 0, -1.0, 1.0).astype(s.dtype)
+
+
 def _lanczos_to_tolerance(apply_h, v0, wanted: _Wanted):
   """Lanczos with full reorthogonalisation that stops once the wanted.k Ritz pairs all
   have residual <= wanted.tol |theta| (checked after every product), or at
@@ -172,7 +179,7 @@ def _lanczos_to_tolerance(apply_h, v0, wanted: _Wanted):
   init = (q, jnp.zeros(size, dtype), jnp.zeros(size, dtype), jnp.int32(0), jnp.bool_(False))
   q, alpha, beta, m, _ = jax.lax.while_loop(cond, body, init)
   theta, s, residuals, converged = ritz_check(alpha, beta, m)
-  s = jnp.pad(s, ((0, rows - size), (0, 0)))  # [rows, k]
+  s = jnp.pad(_toward_start(s), ((0, rows - size), (0, 0)))  # [rows, k]
   vectors = _sum_over_used_blocks(
     m - 1, lambda i: _block_rows(s, i).T @ _block_rows(q, i), jnp.zeros((k, n), dtype)
   )  # [k, n]
@@ -200,6 +207,8 @@ def top_eigenvalues(
   ||H v - lambda v|| <= ``tol`` |lambda|, or ``max_iterations`` Hessian-vector products
   (then ``.converged`` says which pairs fell short). With ``num_iterations`` it runs
   exactly that many products (``.converged`` still reports against ``tol``).
+  Each eigenvector's sign makes its inner product with the start vector non-negative, so
+  the same key gives the same vectors on any device layout.
   ``which='smallest'`` gives the most negative end. Memory: the Lanczos basis holds
   min(max_iterations, num_iterations) vectors the size of params. ``operator='ggn'``:
   the Gauss-Newton matrix's pairs instead (loss_fn a ``SplitLoss``); 'ef', 'fisher',
@@ -231,7 +240,7 @@ def top_eigenvalues(
   theta, s = jnp.linalg.eigh(t)  # ascending
   last = theta.shape[0] - 1
   idx = jnp.arange(k) if which == 'smallest' else jnp.arange(last, last - k, -1)
-  theta, s = theta[idx], s[:, idx]  # [k], [m, k]
+  theta, s = theta[idx], _toward_start(s[:, idx])  # [k], [m, k]
   vectors = jax.tree.map(lambda qi: jnp.tensordot(s.T, qi, axes=1), q)
   residuals = rnorm * jnp.abs(s[-1, :])
   return Eigenpairs(

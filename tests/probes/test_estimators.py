@@ -97,3 +97,4 @@ def test_random_vectors_are_one_draw_cut_into_independent_leaves_of_each_dtype()
     assert not np.array_equal(np.asarray(like(jax.random.key(1), params)['a']), z['a'])
     draws = str(jax.make_jaxpr(like)(key, params)).count('random_bits')
     assert draws == 1, draws
+    assert like(key, {}) == {}

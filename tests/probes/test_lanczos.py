@@ -160,3 +160,23 @@ def test_spectral_density_adds_probes_until_the_trace_stderr_meets_rtol():
   assert x[used:].min() >= x[:used].min() and x[used:].max() <= x[:used].max()  # plot ranges
   capped = run(p, jax.random.key(0), 1e-6, 5)
   assert int(capped.num_probes) == 5 and float(capped.trace_stderr) > 1e-6 * abs(np.trace(a))
+
+
+def test_eigenvectors_point_along_the_start_vector_whatever_eighs_signs():
+  """Each eigenvector's sign is fixed by the run's start vector (a non-negative inner
+  product with it), not by eigh's arbitrary choice, so runs on other device layouts agree."""
+  from bnjax.probes import _common  # pylint: disable=g-import-not-at-top
+
+  spectrum = np.linspace(1.0, 8.0, 30)
+  loss_fn, a = quadratic_with_spectrum(spectrum, seed=3)
+  params = {'x': jnp.zeros(30, jnp.float32)}
+  for seed in range(4):
+    key = jax.random.key(seed)
+    start = flat(_common.normal_like(key, params))
+    for r in (
+      probes.top_eigenvalues(loss_fn, params, key, k=3, tol=1e-5),
+      probes.top_eigenvalues(loss_fn, params, key, k=3, num_iterations=30),
+    ):
+      np.testing.assert_allclose(r.eigenvalues, spectrum[::-1][:3], rtol=1e-4)
+      vectors = np.asarray(r.eigenvectors['x'], np.float64)  # [3, 30]
+      assert np.all(vectors @ start > 0), (seed, vectors @ start)
