@@ -88,9 +88,18 @@ def _ritz(alpha, beta, m, k: int, which: str):
   hi = jnp.max(jnp.where(active, alpha + radius, -jnp.inf))
   pad = lo - (hi - lo) - 1.0 if which == 'largest' else hi + (hi - lo) + 1.0
   t = jnp.diag(jnp.where(active, alpha, pad)) + jnp.diag(b[:-1], 1) + jnp.diag(b[:-1], -1)
+  return _extreme_pairs(t, k, which)
+
+
+def _extreme_pairs(t, k: int, which: str):
+  """theta [k], S [m, k]: the k extreme eigenpairs of the symmetric t [m, m] (largest
+  first, or smallest first), each column of S signed so that S[0] >= 0: its Ritz vector's
+  inner product with the start vector (the basis's row 0) is non-negative. eigh's signs
+  are arbitrary, and rounding (another device layout, say) could flip them."""
   theta, s = jnp.linalg.eigh(t)  # ascending
-  idx = jnp.arange(k) if which == 'smallest' else size - 1 - jnp.arange(k)
-  return theta[idx], s[:, idx]
+  idx = jnp.arange(k) if which == 'smallest' else t.shape[0] - 1 - jnp.arange(k)
+  s = s[:, idx]
+  return theta[idx], s * jnp.where(s[:1] < 0, -1.0, 1.0).astype(s.dtype)
 
 
 _BLOCK = 4  # basis rows per matmul in _project_out
@@ -121,13 +130,6 @@ def _project_out(q, w, m):
   return w - _sum_over_used_blocks(
     m, lambda i: _block_rows(coeffs, i) @ _block_rows(q, i), jnp.zeros_like(w)
   )
-
-
-def _toward_start(s: jax.Array) -> jax.Array:
-  """Ritz coefficients s [m, k] with each column's sign chosen so that its vector has a
-  non-negative inner product with the start vector (the basis's row 0): eigh's signs are
-  arbitrary, and rounding (another device layout, say) could flip them."""
-  return s * jnp.where(s[:1] < 0, -1.0, 1.0).astype(s.dtype)
 
 
 def _lanczos_to_tolerance(apply_h, v0, wanted: _Wanted):
@@ -179,7 +181,7 @@ def _lanczos_to_tolerance(apply_h, v0, wanted: _Wanted):
   init = (q, jnp.zeros(size, dtype), jnp.zeros(size, dtype), jnp.int32(0), jnp.bool_(False))
   q, alpha, beta, m, _ = jax.lax.while_loop(cond, body, init)
   theta, s, residuals, converged = ritz_check(alpha, beta, m)
-  s = jnp.pad(_toward_start(s), ((0, rows - size), (0, 0)))  # [rows, k]
+  s = jnp.pad(s, ((0, rows - size), (0, 0)))  # [rows, k]
   vectors = _sum_over_used_blocks(
     m - 1, lambda i: _block_rows(s, i).T @ _block_rows(q, i), jnp.zeros((k, n), dtype)
   )  # [k, n]
@@ -237,10 +239,7 @@ def top_eigenvalues(
     vectors = jax.vmap(unravel)(flat_vectors)
     return Eigenpairs(theta, vectors, residuals, converged, m)
   q, t, rnorm = _lanczos(apply_h, v0, num_iterations)
-  theta, s = jnp.linalg.eigh(t)  # ascending
-  last = theta.shape[0] - 1
-  idx = jnp.arange(k) if which == 'smallest' else jnp.arange(last, last - k, -1)
-  theta, s = theta[idx], _toward_start(s[:, idx])  # [k], [m, k]
+  theta, s = _extreme_pairs(t, k, which)  # [k], [m, k]
   vectors = jax.tree.map(lambda qi: jnp.tensordot(s.T, qi, axes=1), q)
   residuals = rnorm * jnp.abs(s[-1, :])
   return Eigenpairs(
