@@ -64,8 +64,8 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
   for seed in (0, 1):
     env = subprocess_env()
     del env['JAX_COMPILATION_CACHE_DIR']  # the tests' shared cache: not here
-    # Without XLA's optimisations (as the tests run), the tiny DLN compiles in less than
-    # bnjax's threshold; the threshold is JAX's and this variable wins over bnjax's.
+    # The tiny DLN compiles in less than bnjax's threshold; the threshold is JAX's and
+    # this variable wins over bnjax's.
     env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
     args = main_args(tmp_path / f'seed{seed}', 20, PAPER_DLN, seed=seed, **WEIGHT_DISTANCE_ONLY)
     run = start(args, env=env)
@@ -83,7 +83,11 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
   assert hits[0] == 0 and hits[1] >= 2
   probed = [l for l in metric_lines(tmp_path / 'seed1') if 'probe/weight_distance/raw' in l]
   assert [l['step'] for l in probed] == [0, 10]
-  assert np.asarray(probed[0]['probe/weight_distance/raw']).max() == 0  # theta_0 of seed 1
+  # theta_0 of seed 1 (seed 0's is as far from it as its own norm), recomputed in the
+  # probe's program: XLA's optimised build rounds it unlike the initialiser's (8.9e-8 seen)
+  step0 = probed[0]
+  distance = np.asarray(step0['probe/weight_distance/raw'])
+  assert distance.max() <= 1e-5 * np.asarray(step0['probe/weight_distance/init_norm']).min()
 
 
 @pytest.mark.slow

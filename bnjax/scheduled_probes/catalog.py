@@ -267,7 +267,10 @@ def _weight_distance(settings, ctx: Context):
 
   Per layer k: ||W_t - W_0||_F, and the same with each unit's scale removed,
   sqrt(sum_j min_c ||W_0[:, j] - c W_t[:, j]||^2) over c >= 0, the distance that matters
-  when a normaliser after the layer makes every unit's scale irrelevant.
+  when a normaliser after the layer makes every unit's scale irrelevant. W_0 is
+  recomputed from the seed in this probe's program, which XLA may round unlike the
+  initialiser's: at step 0 the distance is float32 rounding (2-3e-8 of ||W_0|| seen),
+  not exactly 0.
   """
   del settings  # none of its own
   model = ctx.model

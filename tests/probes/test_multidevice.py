@@ -57,7 +57,7 @@ def test_probes_agree_on_two_processes_and_one(tmp_path):
   script = [sys.executable, str(pathlib.Path(__file__).parent / 'multihost_probes.py')]
   one = subprocess.run(
     [*script, str(tmp_path / 'one.npz')],
-    env=subprocess_env(4),
+    env=subprocess_env(4, optimised=False),
     capture_output=True,
     text=True,
     timeout=300,
@@ -67,7 +67,7 @@ def test_probes_agree_on_two_processes_and_one(tmp_path):
   two = [
     subprocess.Popen(
       [*script, str(tmp_path / 'two.npz'), f'127.0.0.1:{port}', '2', str(i)],
-      env=subprocess_env(2),
+      env=subprocess_env(2, optimised=False),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,

@@ -55,7 +55,7 @@ def test_probes_against_dense_float64_hessians_at_float64_tolerances():
     capture_output=True,
     text=True,
     timeout=300,
-    env=subprocess_env(),  # CPU, most optimisations off as here, the tests' cache
+    env=subprocess_env(optimised=False),  # CPU, most optimisations off as here, the tests' cache
   )
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]
   assert 'all float64 checks passed' in out.stdout
