@@ -355,10 +355,11 @@ def test_runs_survive_a_closed_laptop_and_a_lost_network_and_a_rerun_attaches(tp
 
 @pytest.mark.slow
 def test_stop_checkpoints_the_run_and_a_rerun_resumes_it(tpu):
-  # --stop takes seconds to reach the run (launcher, ssh, driver), in which an idle CI
-  # machine trains a hundred of these steps: 1,500 leave room. (Runs that once trained
-  # to the end despite the stop were orbax's counter in JAX's preemption sync, mended.)
-  num_steps = 1500
+  # --stop takes seconds to reach the run (launcher, ssh, driver), in which it trains a
+  # few hundred of these steps (it stopped at 270-350 here, waited for past 120): 1,000
+  # leave room. (Runs that once trained to the end despite the stop were orbax's
+  # counter in JAX's preemption sync, mended.)
+  num_steps = 1000
   t = tpu(num_steps=num_steps, runs=('seed=0',))
   follower = t.start('--only=seed=0')
   wait_for(lambda: t.steps('seed=0') > 120, 'seed=0 past a checkpoint', proc=follower)
