@@ -21,8 +21,8 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 # Tiny models run fine without most XLA optimisations, and compile far faster.
 jax.config.update('jax_disable_most_optimizations', True)
 # Every program compiled here goes to the tests' persistent compilation cache, as do their
-# subprocesses' (small_runs.JAX_TEST_CACHE): `-m "not slow"` took 159 s with it warm, 329 s
-# with it empty (README, at df33eb9). (An earlier version of the suite once aborted reading back the
+# subprocesses' (small_runs.JAX_TEST_CACHE): `-m "not slow"` took 162 s with it warm, 349 s
+# with it empty (README, at 47f46e5). (An earlier version of the suite once aborted reading back the
 # 8-device train chunk of test_end_to_end_on_mock_cifar10_over_8_devices; not seen again
 # in 4 warm runs of the suite, 2 of them the whole of .ci/run, and 3 of that module.)
 from small_runs import JAX_TEST_CACHE  # noqa: E402
