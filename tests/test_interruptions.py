@@ -153,8 +153,8 @@ def test_killed_and_preempted_runs_resume_and_match_an_uninterrupted_run(tmp_pat
 
 @pytest.mark.slow
 def test_when_a_host_dies_every_process_exits_in_bounded_time_and_a_rerun_resumes(tmp_path):
-  # 2 hosts of 1 device each: a host's death is what is tested, and steps over 2 x 1
-  # CPU devices run about twice as fast as over 2 x 2 (gloo's collectives on 2 cores).
+  # 2 hosts of 1 device each: a host's death is what is tested, and a small DLN trains
+  # about 70 steps/s over 2 x 1 CPU devices here, 40 over 2 x 2 (gloo's collectives).
   launcher = [
     'bash',
     'launch/local_multihost.sh',

@@ -61,8 +61,8 @@ class Tpu:
       FAKE_GCLOUD_LOG=str(self.gcloud_log),
       FAKE_GCLOUD_NETWORK_DOWN=str(self.network_down),
       FAKE_GCLOUD_PYTHON=sys.executable,
-      # 1 device a worker: the launcher is what is tested, and steps over 2 x 1 CPU devices
-      # run about twice as fast as over 2 x 2 (gloo's collectives on 2 cores).
+      # 1 device a worker: the launcher is what is tested, and a small DLN trains about 70
+      # steps/s over 2 x 1 CPU devices here, 40 over 2 x 2 (gloo's collectives, 2 cores).
       FAKE_GCLOUD_DEVICES='1',
     )
 
@@ -356,7 +356,7 @@ def test_runs_survive_a_closed_laptop_and_a_lost_network_and_a_rerun_attaches(tp
 @pytest.mark.slow
 def test_stop_checkpoints_the_run_and_a_rerun_resumes_it(tpu):
   # --stop takes seconds to reach the run (launcher, ssh, driver), in which it trains a
-  # few hundred of these steps (it stopped at 270-350 here, waited for past 120): 1,000
+  # few hundred of these steps (it stopped at 260-350 here, waited for past 120): 1,000
   # leave room. (Runs that once trained to the end despite the stop were orbax's
   # counter in JAX's preemption sync, mended.)
   num_steps = 1000
