@@ -37,8 +37,8 @@ def subprocess_env(devices_per_process: int = 1, optimised: bool = True) -> dict
   The runs share JAX's persistent compilation cache (``JAX_TEST_CACHE``): a rerun of the
   same config (resume after kill, preemption) then skips most of its compile, as on a TPU
   VM with jax_compilation_cache_dir set. They are compiled as a user's are, optimised: a
-  depth-8 DLN's 1,000 steps took 12 s unoptimised (``jax_disable_most_optimizations``,
-  as the in-process tests run) and 2 s optimised, for 2 s more of compiling.
+  depth-8 DLN's 1,000 steps took 12-13 s unoptimised (``jax_disable_most_optimizations``,
+  as the in-process tests run) and 2.5 s optimised, for 2 s more of compiling.
   ``optimised=False``: as the in-process tests, for scripts that compile many programs
   and run each once or twice (the probes').
   """
