@@ -63,10 +63,9 @@ def test_a_second_seed_reads_the_train_programs_from_the_cache_of_the_first(tmp_
   logs = {}
   for seed in (0, 1):
     env = subprocess_env()
-    del env['JAX_COMPILATION_CACHE_DIR']  # the tests' shared cache: not here
-    # The tiny DLN compiles in less than bnjax's threshold; the threshold is JAX's and
-    # this variable wins over bnjax's.
-    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    # The tests' shared cache: not here. (subprocess_env also sets JAX's threshold to 0,
+    # which wins over bnjax's: the tiny DLN compiles in less than bnjax's.)
+    del env['JAX_COMPILATION_CACHE_DIR']
     args = main_args(tmp_path / f'seed{seed}', 20, PAPER_DLN, seed=seed, **WEIGHT_DISTANCE_ONLY)
     run = start(args, env=env)
     _, logs[seed] = run.communicate(timeout=300)
@@ -95,7 +94,6 @@ def test_the_cache_turned_off_writes_nothing(tmp_path, monkeypatch):
   monkeypatch.setenv('BNJAX_CACHE', str(tmp_path / 'cache'))
   env = subprocess_env()
   del env['JAX_COMPILATION_CACHE_DIR']
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   run = start(main_args(tmp_path / 'run', num_steps=10, compilation_cache='off'), env=env)
   _, err = run.communicate(timeout=300)
   assert run.returncode == 0, err[-3000:]
@@ -110,7 +108,6 @@ def test_runs_started_together_share_an_empty_cache(tmp_path, monkeypatch):
   monkeypatch.setenv('BNJAX_CACHE', str(tmp_path / 'cache'))
   env = subprocess_env()
   del env['JAX_COMPILATION_CACHE_DIR']
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   runs = [
     start(main_args(tmp_path / f'seed{seed}', num_steps=20, seed=seed), env=env) for seed in (0, 1)
   ]

@@ -61,9 +61,6 @@ class Tpu:
       FAKE_GCLOUD_LOG=str(self.gcloud_log),
       FAKE_GCLOUD_NETWORK_DOWN=str(self.network_down),
       FAKE_GCLOUD_PYTHON=sys.executable,
-      # 1 device a worker: the launcher is what is tested, and a small DLN trains about 70
-      # steps/s over 2 x 1 CPU devices here, 40 over 2 x 2 (gloo's collectives, 2 cores).
-      FAKE_GCLOUD_DEVICES='1',
     )
 
   def args(self, *options):
